@@ -1,0 +1,41 @@
+"""yacs CfgNode whose merge errors are one line naming the key and where it came from."""
+from yacs.config import CfgNode as _YacsCfgNode
+
+from dassl.utils.registry import PlainKeyError
+
+
+class ConfigKeyError(PlainKeyError):
+    """An unknown / ill-typed config key; str() is the one-line message (not KeyError's quoted repr)."""
+
+
+def _describe_yacs_error(err):
+    """yacs messages: 'Non-existent config key: A.B', 'Non-existent key: A.B', 'Type mismatch (...) for config key: A.B'."""
+    msg = str(err.args[0]) if err.args else str(err)
+    return " ".join(msg.split())  # one line
+
+
+class CfgNode(_YacsCfgNode):
+    """Drop-in yacs CfgNode; merge_from_file / merge_from_list name the file or option in their errors."""
+
+    def merge_from_file(self, cfg_filename):
+        try:
+            super().merge_from_file(cfg_filename)
+        except FileNotFoundError:
+            raise ConfigKeyError(f"Config file not found: {cfg_filename}") from None
+        except (KeyError, ValueError, AssertionError, TypeError) as e:
+            raise ConfigKeyError(f"{_describe_yacs_error(e)} (in config file {cfg_filename})") from None
+        except Exception as e:  # yaml syntax errors and the like
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigKeyError(f"Cannot parse config file {cfg_filename}: {first}") from None
+
+    def merge_from_list(self, cfg_list):
+        cfg_list = list(cfg_list)
+        if len(cfg_list) % 2 != 0:
+            raise ConfigKeyError(f"Command-line options must be KEY VALUE pairs; got an odd number: {cfg_list}")
+        # merge pair by pair so the error names the offending option
+        for key, value in zip(cfg_list[0::2], cfg_list[1::2]):
+            try:
+                super().merge_from_list([key, value])
+            except (KeyError, ValueError, AssertionError, TypeError) as e:
+                raise ConfigKeyError(
+                    f"{_describe_yacs_error(e)} (in command-line option '{key} {value}')") from None

@@ -1,0 +1,1 @@
+from .evaluator import EVALUATOR_REGISTRY, EvaluatorBase, Classification, build_evaluator

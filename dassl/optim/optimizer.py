@@ -1,0 +1,50 @@
+"""build_optimizer(model, cfg.OPTIM): sgd, adam, adamw, amsgrad, rmsprop, radam (Dassl's API)."""
+import warnings
+
+import torch
+import torch.nn as nn
+
+AVAI_OPTIMS = ["adam", "amsgrad", "sgd", "rmsprop", "radam", "adamw"]
+
+
+def _staged_param_groups(model, optim_cfg):
+    """Base layers at LR * BASE_LR_MULT, the children named in NEW_LAYERS at LR."""
+    if not isinstance(model, nn.Module):
+        raise TypeError("OPTIM.STAGED_LR needs an nn.Module to build_optimizer (got an iterable of parameters)")
+    if isinstance(model, nn.DataParallel):
+        model = model.module
+    new_layers = optim_cfg.NEW_LAYERS
+    new_layers = [new_layers] if isinstance(new_layers, str) else list(new_layers)
+    if not new_layers:
+        warnings.warn("OPTIM.NEW_LAYERS is empty (staged learning rate is pointless)")
+    base_params, new_params = [], []
+    for name, module in model.named_children():
+        (new_params if name in new_layers else base_params).extend(module.parameters())
+    return [{"params": base_params, "lr": optim_cfg.LR * optim_cfg.BASE_LR_MULT}, {"params": new_params}]
+
+
+def build_optimizer(model, optim_cfg, param_groups=None):
+    """An optimizer over `model` (nn.Module or iterable of parameters) or explicit `param_groups`."""
+    name = optim_cfg.NAME
+    if name not in AVAI_OPTIMS:
+        raise ValueError(f"Unknown OPTIM.NAME '{name}'; available: {AVAI_OPTIMS}")
+    lr, wd = optim_cfg.LR, optim_cfg.WEIGHT_DECAY
+    if param_groups is not None and optim_cfg.STAGED_LR:
+        warnings.warn("OPTIM.STAGED_LR is ignored because param_groups were given")
+    if param_groups is None:
+        if optim_cfg.STAGED_LR:
+            param_groups = _staged_param_groups(model, optim_cfg)
+        else:
+            param_groups = model.parameters() if isinstance(model, nn.Module) else model
+    betas = (optim_cfg.ADAM_BETA1, optim_cfg.ADAM_BETA2)
+    if name in ("adam", "amsgrad"):
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=wd, betas=betas, amsgrad=name == "amsgrad")
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd, betas=betas)
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=optim_cfg.MOMENTUM, weight_decay=wd,
+                               dampening=optim_cfg.SGD_DAMPNING, nesterov=optim_cfg.SGD_NESTEROV)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(param_groups, lr=lr, momentum=optim_cfg.MOMENTUM, weight_decay=wd,
+                                   alpha=optim_cfg.RMSPROP_ALPHA)
+    return torch.optim.RAdam(param_groups, lr=lr, weight_decay=wd, betas=betas)

@@ -1,0 +1,174 @@
+"""Checkpoint helpers (Dassl's dassl.utils.torchtools), with atomic writes and weights_only loading.
+
+A checkpoint holds only state dicts and plain values: `state_dict`, `epoch` (1-based), `optimizer`,
+`scheduler`, `val_result` and optionally `rng_state`, so it loads with torch.load(weights_only=True).
+"""
+import os
+import os.path as osp
+import pickle
+import tempfile
+import warnings
+from collections import OrderedDict
+
+import torch
+
+from .tools import mkdir_if_missing
+
+POINTER_FILE = "checkpoint"
+
+
+def _atomic_write(fpath, write_fn):
+    """Write through `write_fn(file_object)` into a temp file in the same folder, then os.replace it.
+
+    A crash mid-way leaves the previous file (if any) untouched and removes the partial temp file.
+    """
+    dirname = osp.dirname(osp.abspath(fpath))
+    mkdir_if_missing(dirname)
+    fd, tmp_path = tempfile.mkstemp(prefix="." + osp.basename(fpath) + ".", suffix=".tmp", dir=dirname)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, fpath)
+    except BaseException:
+        if osp.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def atomic_torch_save(obj, fpath):
+    """torch.save into `fpath` atomically (temp file + os.replace)."""
+    _atomic_write(fpath, lambda f: torch.save(obj, f))
+
+
+def _strip_module_prefix(state_dict):
+    """Drop the 'module.' prefix that nn.DataParallel adds to every key."""
+    new_state_dict = OrderedDict()
+    for k, v in state_dict.items():
+        new_state_dict[k[7:] if k.startswith("module.") else k] = v
+    return new_state_dict
+
+
+def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True, model_name=""):
+    """Save `state` as save_dir/model.pth.tar-<epoch> (or `model_name`) and point save_dir/checkpoint at it.
+
+    Both writes are atomic, and the pointer is written after the checkpoint, so the pointer never names a
+    partial file. Saving as "model-best.pth.tar" leaves the pointer alone (unlike upstream). With is_best, the state is also written to save_dir/model-best.pth.tar.
+    """
+    mkdir_if_missing(save_dir)
+    if remove_module_from_keys:
+        state["state_dict"] = _strip_module_prefix(state["state_dict"])
+    epoch = state["epoch"]
+    if not model_name:
+        model_name = "model.pth.tar-" + str(epoch)
+    fpath = osp.join(save_dir, model_name)
+    atomic_torch_save(state, fpath)
+    print(f"Checkpoint saved to {fpath}")
+    # the pointer names the last resumable file; model-best never becomes the resume point
+    if model_name == "model-best.pth.tar":
+        return fpath
+    pointer = osp.join(save_dir, POINTER_FILE)
+    _atomic_write(pointer, lambda f: f.write((osp.basename(fpath) + "\n").encode()))
+    if is_best:
+        best_fpath = osp.join(save_dir, "model-best.pth.tar")
+        atomic_torch_save(state, best_fpath)
+        print(f'Best checkpoint saved to "{best_fpath}"')
+    return fpath
+
+
+def load_checkpoint(fpath):
+    """Load a checkpoint onto the CPU with torch.load(weights_only=True).
+
+    Checkpoints written by upstream Dassl may hold pickled objects; those fall back to a full unpickle
+    with a warning (only do that for files you trust).
+    """
+    if fpath is None:
+        raise ValueError("Checkpoint path is None")
+    if not osp.exists(fpath):
+        raise FileNotFoundError(f'Checkpoint file not found: "{fpath}"')
+    try:
+        return torch.load(fpath, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        warnings.warn(f"{fpath} holds pickled objects (an upstream Dassl checkpoint?); loading it with "
+                      f"weights_only=False")
+        return torch.load(fpath, map_location="cpu", weights_only=False)
+
+
+def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
+    """Restore model / optimizer / scheduler from the file named in fdir/checkpoint; return the start epoch.
+
+    The returned start epoch is the number of epochs already completed (the `epoch` stored, 1-based).
+    """
+    with open(osp.join(fdir, POINTER_FILE), "r") as f:
+        fname = f.readline().strip()
+    return restore_checkpoint(osp.join(fdir, fname), model, optimizer, scheduler)["epoch"]
+
+
+def restore_checkpoint(fpath, model, optimizer=None, scheduler=None):
+    """Load the checkpoint `fpath` into model / optimizer / scheduler; return the checkpoint dict."""
+    print(f'Loading checkpoint from "{fpath}"')
+    checkpoint = load_checkpoint(fpath)
+    model.load_state_dict(checkpoint["state_dict"])
+    print("Loaded model weights")
+    if optimizer is not None and checkpoint.get("optimizer") is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        print("Loaded optimizer")
+    if scheduler is not None and checkpoint.get("scheduler") is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        print("Loaded scheduler")
+    print(f"Previous epoch: {checkpoint['epoch']}")
+    return checkpoint
+
+
+def load_pretrained_weights(model, weight_path):
+    """Load the matching keys (same name and shape) of a checkpoint or state dict into `model`."""
+    checkpoint = load_checkpoint(weight_path)
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    state_dict = _strip_module_prefix(state_dict)
+    model_dict = model.state_dict()
+    matched, discarded = OrderedDict(), []
+    for k, v in state_dict.items():
+        if k in model_dict and model_dict[k].size() == v.size():
+            matched[k] = v
+        else:
+            discarded.append(k)
+    model_dict.update(matched)
+    model.load_state_dict(model_dict)
+    if not matched:
+        warnings.warn(f'No layer of "{weight_path}" matches the model (check the key names)')
+    else:
+        print(f'Loaded pretrained weights from "{weight_path}"')
+        if discarded:
+            print(f"Layers discarded (unmatched name or size): {discarded}")
+
+
+def count_num_param(model=None, params=None):
+    """Number of parameters of a model (or of an iterable of tensors)."""
+    if model is not None:
+        return sum(p.numel() for p in model.parameters())
+    if params is not None:
+        return sum(p.numel() for p in params)
+    raise ValueError("count_num_param: give model or params")
+
+
+def open_all_layers(model):
+    """Make every parameter of `model` trainable and put it in train mode."""
+    model.train()
+    for p in model.parameters():
+        p.requires_grad = True
+
+
+def open_specified_layers(model, open_layers):
+    """Train only the named child modules of `model`; freeze (and eval) the others."""
+    if isinstance(model, torch.nn.DataParallel):
+        model = model.module
+    open_layers = [open_layers] if isinstance(open_layers, str) else list(open_layers)
+    children = dict(model.named_children())
+    for layer in open_layers:
+        if layer not in children:
+            raise KeyError(f"'{layer}' is not a child module of the model; children: {list(children)}")
+    for name, module in children.items():
+        module.train(name in open_layers)
+        for p in module.parameters():
+            p.requires_grad = name in open_layers
