@@ -75,6 +75,23 @@ def test_unknown_key_on_command_line_is_one_line_naming_option():
     assert cfg.OPTIM.LR == 0.1  # the valid pair before it was merged
 
 
+def test_plain_yacs_trainer_node_merges_from_file(tmp_path):
+    # CoOp-style trainers add their node with yacs' own CfgNode; a config file must still merge into it
+    from yacs.config import CfgNode as CN
+
+    cfg = get_cfg_default()
+    cfg.TRAINER.COOP = CN()
+    cfg.TRAINER.COOP.N_CTX = 16
+    cfg.TRAINER.COOP.EXTRA = CN()
+    cfg.TRAINER.COOP.EXTRA.DEPTH = 1
+    path = tmp_path / "coop.yaml"
+    path.write_text("TRAINER:\n  COOP:\n    N_CTX: 4\n    EXTRA:\n      DEPTH: 9\n")
+    cfg.merge_from_file(str(path))
+    assert (cfg.TRAINER.COOP.N_CTX, cfg.TRAINER.COOP.EXTRA.DEPTH) == (4, 9)
+    with pytest.raises(ConfigKeyError, match="TRAINER.COOP.UNKNOWN"):
+        cfg.merge_from_list(["TRAINER.COOP.UNKNOWN", "1"])
+
+
 def test_type_mismatch_names_the_key():
     cfg = get_cfg_default()
     with pytest.raises(ConfigKeyError, match="OPTIM.MAX_EPOCH"):

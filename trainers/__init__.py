@@ -7,6 +7,13 @@ import importlib
 
 TRAINER_MODULES = [
     # one line per trainer module, e.g. "coop"
+    "zsclip",
+    "coop",
+    "cocoop",
+    "vpt",
+    "ivlp",
+    "maple",
+    "mudpt",
 ]
 
 _modules = [importlib.import_module(f"{__name__}.{name}") for name in TRAINER_MODULES]

@@ -15,7 +15,16 @@ def _describe_yacs_error(err):
 
 
 class CfgNode(_YacsCfgNode):
-    """Drop-in yacs CfgNode; merge_from_file / merge_from_list name the file or option in their errors."""
+    """Drop-in yacs CfgNode; merge_from_file / merge_from_list name the file or option in their errors.
+
+    A plain yacs node assigned into it (CoOp's `cfg.TRAINER.COOP = CN()` with yacs' own CN) is converted to
+    this class: yacs refuses to merge a config file's node into a node of another class ("Type mismatch").
+    """
+
+    def __setitem__(self, key, value):
+        if isinstance(value, _YacsCfgNode) and not isinstance(value, CfgNode):
+            value = CfgNode(value, new_allowed=value.is_new_allowed())
+        super().__setitem__(key, value)
 
     def merge_from_file(self, cfg_filename):
         try:

@@ -1,0 +1,170 @@
+"""CLIP backbones: real weights from a local file (or clip's cache / download), or random ones for tests.
+
+`load_clip(cfg)` reads `cfg.MODEL.BACKBONE.NAME` / `cfg.MODEL.BACKBONE.PATH`; `load_clip_by_name(name, path, seed)`
+does the same without a config. Every model comes back as a `clip.model.CLIP` in fp32, eval mode, on the CPU.
+
+Real names (clip's own list, e.g. RN50, RN101, ViT-B/32, ViT-B/16, ViT-L/14) load, in this order, from
+  1. `path` (a checkpoint file, or a folder holding clip's file name such as ViT-B-16.pt),
+  2. clip's cache `~/.cache/clip/<file>`,
+  3. clip's own download (needs the internet).
+Random names (`random-tiny-ViT`, `random-tiny-RN`, `random-<real name>`) build the real `clip.model.CLIP` class
+with seeded random weights: their numbers test the pipeline, never accuracy.
+"""
+import os.path as osp
+import socket
+import urllib.error
+import warnings
+
+import clip.clip as openai_clip  # the module holding _MODELS and _download
+import torch
+from clip.model import CLIP, build_model
+
+RANDOM_PREFIX = "random-"
+DOWNLOAD_TIMEOUT_S = 30
+
+# clip.model.CLIP's constructor arguments for the architectures the random backbones reproduce
+# (embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size, context_length, vocab_size,
+#  transformer_width, transformer_heads, transformer_layers)
+ARCHITECTURES = {
+    "RN50": (1024, 224, (3, 4, 6, 3), 64, None, 77, 49408, 512, 8, 12),
+    "RN101": (512, 224, (3, 4, 23, 3), 64, None, 77, 49408, 512, 8, 12),
+    "ViT-B/32": (512, 224, 12, 768, 32, 77, 49408, 512, 8, 12),
+    "ViT-B/16": (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
+    "ViT-L/14": (768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
+    # tiny: widths 64, 2 layers per tower, 2 heads in both towers, 32 px images of 4 x 4 patches of 8 px
+    "tiny-ViT": (64, 32, 2, 64, 8, 77, 49408, 64, 2, 2),
+    # tiny ResNet: one bottleneck per stage, stem width 8 (attention pool width 256, 4 heads), 32 px images
+    "tiny-RN": (64, 32, (1, 1, 1, 1), 8, None, 77, 49408, 64, 2, 2),
+}
+TINY_VIT_VISION_HEADS = 2  # clip.model.CLIP derives width // 64 = 1 head; the tiny model asks for 2
+
+
+class BackboneNotFoundError(FileNotFoundError):
+    """Real CLIP weights are neither at the given path nor in clip's cache, and could not be downloaded."""
+
+
+def real_backbone_names():
+    return list(openai_clip._MODELS)
+
+
+def random_backbone_names():
+    return [RANDOM_PREFIX + name for name in ARCHITECTURES]
+
+
+def valid_backbone_names():
+    return real_backbone_names() + random_backbone_names()
+
+
+def check_backbone_name(name, key="MODEL.BACKBONE.NAME"):
+    """Raise a one-line ValueError listing the valid names when `name` is none of them."""
+    if name not in valid_backbone_names():
+        raise ValueError(f"{key}={name!r} is not a CLIP backbone; valid names: {', '.join(valid_backbone_names())}")
+
+
+def load_clip(cfg):
+    """The CLIP model named by cfg.MODEL.BACKBONE.NAME (real weights from cfg.MODEL.BACKBONE.PATH / clip's cache /
+    download, or a random backbone with seed 0: the backbone plays the part of fixed pretrained weights, so it
+    does not change with cfg.SEED)."""
+    return load_clip_by_name(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH, seed=0)
+
+
+def load_clip_by_name(name, path="", seed=0):
+    """`clip.model.CLIP` in fp32, eval mode, on the CPU. `seed` only matters for random backbones."""
+    check_backbone_name(name)
+    if name.startswith(RANDOM_PREFIX):
+        return build_random_clip(name, seed)
+    return load_clip_file(find_clip_file(name, path))
+
+
+def clip_file_name(name):
+    """clip's file name for a real backbone, e.g. "ViT-B-16.pt"."""
+    return osp.basename(openai_clip._MODELS[name])
+
+
+def clip_cache_dir():
+    return osp.expanduser("~/.cache/clip")
+
+
+def find_clip_file(name, path=""):
+    """Path of the checkpoint file of the real backbone `name` (see the module docstring for the order)."""
+    url = openai_clip._MODELS[name]
+    if path:
+        candidate = osp.join(path, clip_file_name(name)) if osp.isdir(path) else path
+        if not osp.isfile(candidate):
+            raise BackboneNotFoundError(f"MODEL.BACKBONE.PATH: no CLIP checkpoint for {name} at {candidate}; "
+                                        f"download it from {url}")
+        return candidate
+    cached = osp.join(clip_cache_dir(), clip_file_name(name))
+    if osp.isfile(cached):
+        return cached
+    return download_clip_file(name, cached)
+
+
+def download_clip_file(name, target):
+    """clip's download into clip's cache folder; any network failure becomes one BackboneNotFoundError line."""
+    url = openai_clip._MODELS[name]
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # an offline machine must fail, not hang
+    try:
+        print(f"Downloading CLIP {name} from {url} to {osp.dirname(target)}")
+        return openai_clip._download(url, osp.dirname(target))
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        raise BackboneNotFoundError(
+            f"CLIP {name} weights not found at {target} and the download failed ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); fetch {url} and put it there, or set "
+            f"MODEL.BACKBONE.PATH") from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+
+
+def load_clip_file(path):
+    """A CLIP checkpoint (clip's JIT archive or a plain state dict) -> fp32 CLIP, eval mode, CPU."""
+    try:
+        with warnings.catch_warnings():  # torch's deprecation notice of torch.jit.load: clip ships JIT archives
+            warnings.simplefilter("ignore", FutureWarning)
+            state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    except Exception:  # not a JIT archive: a plain state dict (possibly wrapped as {"state_dict": ...})
+        state_dict = torch.load(path, map_location="cpu")
+        if isinstance(state_dict, dict) and "state_dict" in state_dict:
+            state_dict = state_dict["state_dict"]
+    state_dict = dict(state_dict)
+    try:
+        model = build_model(state_dict)  # drops the non-weight keys from state_dict
+        # build_model loads into fp16 weights; reload in fp32 so that fp32 checkpoints are not rounded
+        model.float().load_state_dict({key: value.float() if value.is_floating_point() else value
+                                       for key, value in state_dict.items()})
+    except (KeyError, RuntimeError, AttributeError, TypeError) as error:
+        message = " ".join(str(error).split())
+        raise ValueError(f"{path} does not hold a CLIP state dict ({type(error).__name__}: {message})") from None
+    return model.eval()
+
+
+def build_random_clip(name, seed=0):
+    """A randomly initialised `clip.model.CLIP` with the architecture `name` ("random-tiny-ViT", "random-ViT-B/16"
+    or just "ViT-B/16"), fp32, eval mode, CPU. Deterministic in `seed`; the global RNG state is left untouched."""
+    arch = name[len(RANDOM_PREFIX):] if name.startswith(RANDOM_PREFIX) else name
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"no random CLIP architecture {name!r}; valid names: {', '.join(random_backbone_names())}")
+    print(f"Backbone {RANDOM_PREFIX + arch}: RANDOM weights (seed {seed}); results test the pipeline, not accuracy")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIP(*ARCHITECTURES[arch])
+        if arch == "tiny-ViT":
+            set_vision_heads(model, TINY_VIT_VISION_HEADS)
+        perturb_default_parameters(model)
+    return model.float().eval()
+
+
+def set_vision_heads(model, heads):
+    for block in model.visual.transformer.resblocks:
+        block.attn.num_heads = heads
+        block.attn.head_dim = block.attn.embed_dim // heads
+
+
+@torch.no_grad()
+def perturb_default_parameters(model, std=0.02):
+    """CLIP's initialisation leaves LayerNorm weights at 1 and most biases at 0: add small noise to every such
+    constant tensor so that a test comparing two computations cannot pass because a term vanished."""
+    for param in model.parameters():
+        if param.numel() > 1 and bool((param == param.flatten()[0]).all()):
+            param.add_(torch.randn_like(param) * std)

@@ -1,0 +1,271 @@
+"""The one place prompt mechanics live: CLIP's text and image towers with prompts spliced in, and the
+`PromptedCLIP` base class every method model derives from.
+
+The encoders run the blocks' own weights (ln_1, attn.in_proj / out_proj, ln_2, mlp) through
+`F.scaled_dot_product_attention`, batch-first; clip/model.py is used as is, never forked.
+
+Prompts are a list indexed by layer (`prompts[l]` goes in before block l; missing / None = nothing added):
+- `prompts[0]` (shallow) -- text: replaces the token embeddings at positions 1..n (after SOS) before the
+  positional embedding is added; vision: appended after the positional embedding, before ln_pre.
+- `prompts[l]`, l >= 1: remove `remove[l]` tokens from the END of the prompt region, then append `prompts[l]`
+  at the end of the region. `remove` None / `remove[l]` None = remove the whole region when `prompts[l]` is
+  given (deep replacement), nothing otherwise. Tokens not removed are carried on (contextualised).
+- Prompt region: text = positions [1, 1 + k); vision = the last k tokens.
+- Each prompt is [n, d] (shared by every sequence / image) or [N, n, d] (one per sequence / image).
+"""
+import clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+
+# ------------------------------------------------------------------------------------------------------------
+# shared block mechanics
+
+def run_block(block, x, causal=False):
+    """One `clip.model.ResidualAttentionBlock` on batch-first x [N, L, d], attention through SDPA."""
+    attn = block.attn
+    n_seq, length, width = x.shape
+    heads = attn.num_heads
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (t.reshape(n_seq, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    x = x + attn.out_proj(out.transpose(1, 2).reshape(n_seq, length, width))
+    return x + block.mlp(block.ln_2(x))
+
+
+def layer_ops(prompts, remove, layer):
+    """(tokens to append [n, d] / [N, n, d] or None, tokens to remove: int or None = "all if appending")."""
+    added = prompts[layer] if prompts is not None and layer < len(prompts) else None
+    removed = remove[layer] if remove is not None and layer < len(remove) else None
+    return added, removed
+
+
+def splice_region(x, start, k, added, removed):
+    """Remove `removed` tokens from the end of the prompt region x[:, start:start + k], append `added` there.
+    Returns (new x, new region size)."""
+    if removed is None:
+        removed = k if added is not None else 0
+    if not 0 <= removed <= k:
+        raise ValueError(f"cannot remove {removed} prompt tokens: the prompt region holds {k}")
+    if added is None:
+        added = x.new_zeros(x.shape[0], 0, x.shape[-1])
+    added = expand_prompt(added, x.shape[0], x.shape[-1]).to(x.dtype)
+    x = torch.cat([x[:, : start + k - removed], added, x[:, start + k:]], dim=1)
+    return x, k - removed + added.shape[1]
+
+
+def expand_prompt(prompt, n_seq, width):
+    """[n, d] -> [N, n, d]; [N, n, d] is checked."""
+    if prompt.dim() == 2:
+        prompt = prompt.unsqueeze(0).expand(n_seq, -1, -1)
+    if prompt.dim() != 3 or prompt.shape[0] != n_seq or prompt.shape[2] != width:
+        raise ValueError(f"prompt of shape {tuple(prompt.shape)}: expected [n, {width}] or [{n_seq}, n, {width}]")
+    return prompt
+
+
+def prompt_count(prompt):
+    return 0 if prompt is None else prompt.shape[-2]
+
+
+def check_depth(prompts, remove, n_layers, tower):
+    for name, schedule in (("prompts", prompts), ("remove", remove)):
+        if schedule is not None and len(schedule) > n_layers:
+            raise ValueError(f"{tower} {name}: {len(schedule)} layers given, the tower has {n_layers}")
+
+
+def run_tower(blocks, x, prompts, remove, region_start, k, causal, use_checkpoint):
+    """Blocks with the per-layer remove / append ops (layer 0's prompts are already in x).
+    `region_start(x, k)` gives where the k-token prompt region begins. Returns (output, final region size)."""
+    for layer, block in enumerate(blocks):
+        if layer >= 1:
+            added, removed = layer_ops(prompts, remove, layer)
+            if added is not None or removed:
+                x, k = splice_region(x, region_start(x, k), k, added, removed)
+        if use_checkpoint and torch.is_grad_enabled():
+            x = activation_checkpoint(run_block, block, x, causal, use_reentrant=False)
+        else:
+            x = run_block(block, x, causal)
+    return x, k
+
+
+def pick(value, default):
+    return default if value is None else value
+
+
+# ------------------------------------------------------------------------------------------------------------
+# encoders
+
+class PromptedTextEncoder(nn.Module):
+    """CLIP's text tower with prompts. token_ids [N, 77] -> features [N, embed_dim] (not normalised).
+
+    truncate: run on max EOT index + 1 tokens (exact under the causal mask); chunk_size: k sequences per
+    pass (0 = all); checkpoint: activation checkpointing per block. Each can be overridden per call.
+    """
+
+    def __init__(self, clip_model, truncate=True, chunk_size=0, checkpoint=False):
+        super().__init__()
+        self.token_embedding = clip_model.token_embedding
+        self.positional_embedding = clip_model.positional_embedding
+        self.transformer = clip_model.transformer
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.truncate, self.chunk_size, self.checkpoint = truncate, chunk_size, checkpoint
+
+    def forward(self, token_ids, prompts=None, remove=None, truncate=None, chunk_size=None, checkpoint=None):
+        truncate, chunk_size = pick(truncate, self.truncate), pick(chunk_size, self.chunk_size)
+        use_checkpoint = pick(checkpoint, self.checkpoint)
+        check_depth(prompts, remove, len(self.transformer.resblocks), "text")
+        n_seq = token_ids.shape[0]
+        if not chunk_size or chunk_size >= n_seq:
+            return self.encode(token_ids, prompts, remove, truncate, use_checkpoint)
+        chunks = []
+        for begin in range(0, n_seq, chunk_size):
+            rows = slice(begin, begin + chunk_size)
+            chunk_prompts = None if prompts is None else [
+                p[rows] if p is not None and p.dim() == 3 else p for p in prompts]
+            chunks.append(self.encode(token_ids[rows], chunk_prompts, remove, truncate, use_checkpoint))
+        return torch.cat(chunks)
+
+    def encode(self, token_ids, prompts, remove, truncate, use_checkpoint):
+        eot = token_ids.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
+        if truncate:
+            token_ids = token_ids[:, : int(eot.max()) + 1]
+        x = self.token_embedding(token_ids)
+        shallow = prompts[0] if prompts else None
+        n_shallow = prompt_count(shallow)
+        if n_shallow:
+            if n_shallow >= int(eot.min()):
+                raise ValueError(f"{n_shallow} shallow text prompts do not fit before the EOT token at position "
+                                 f"{int(eot.min())}: the prompt sentence needs >= {n_shallow} placeholder words")
+            shallow = expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)
+            x = torch.cat([x[:, :1], shallow, x[:, 1 + n_shallow:]], dim=1)
+        x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
+        x, k = run_tower(self.transformer.resblocks, x, prompts, remove, lambda x, k: 1, n_shallow,
+                         causal=True, use_checkpoint=use_checkpoint)
+        # LayerNorm is per token: normalising only the EOT rows equals CLIP's ln_final on all, then picking
+        eot_features = x[torch.arange(x.shape[0], device=x.device), eot + (k - n_shallow)]
+        return self.ln_final(eot_features) @ self.text_projection.to(eot_features.dtype)
+
+
+class PromptedImageEncoder(nn.Module):
+    """CLIP's image tower with prompts. images [B, 3, H, W] -> features [B, embed_dim] (not normalised).
+    ResNet backbones run clip's own `visual` and accept no prompts."""
+
+    def __init__(self, clip_model, checkpoint=False):
+        super().__init__()
+        self.visual = clip_model.visual
+        self.is_vit = hasattr(self.visual, "class_embedding")
+        self.checkpoint = checkpoint
+
+    def forward(self, images, prompts=None, remove=None, checkpoint=None):
+        visual = self.visual
+        if not self.is_vit:
+            if any(p is not None for p in (prompts or [])):
+                raise ValueError("visual prompts need a ViT backbone; this CLIP has a ResNet image tower")
+            return visual(images.to(visual.conv1.weight.dtype))
+        check_depth(prompts, remove, len(visual.transformer.resblocks), "vision")
+        x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # [B, grid**2, d]
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        shallow = prompts[0] if prompts else None
+        if shallow is not None:
+            x = torch.cat([x, expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)], dim=1)
+        x = visual.ln_pre(x)
+        x, _ = run_tower(visual.transformer.resblocks, x, prompts, remove, lambda x, k: x.shape[1] - k,
+                         prompt_count(shallow), causal=False, use_checkpoint=pick(checkpoint, self.checkpoint))
+        return visual.ln_post(x[:, 0]) @ visual.proj.to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# method models
+
+class PromptedCLIP(nn.Module):
+    """Base of every method model. Subclasses set `self.prompt_learner` (an nn.Module holding EVERY trainable
+    tensor) and override `text_prompts()` / `visual_prompts()`, each returning (prompts, remove) for its tower
+    (see the module docstring). The CLIP weights are shared with `clip_model`, not copied, and frozen here.
+
+    token_ids [C, 77]: the tokenised `prompt_texts`, one per class; a non-persistent buffer, so a checkpoint
+    trained on one class set loads for another.
+    """
+
+    text_depends_on_image = False  # True where the text prompts are computed from the image (CoCoOp)
+
+    def __init__(self, clip_model, prompt_texts):
+        super().__init__()
+        self.text_encoder = PromptedTextEncoder(clip_model)
+        self.image_encoder = PromptedImageEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+        self.text_encoder.requires_grad_(False)
+        self.image_encoder.requires_grad_(False)
+        self.logit_scale.requires_grad_(False)
+        self.register_buffer("token_ids", clip.tokenize(list(prompt_texts), truncate=True), persistent=False)
+        self.prompt_learner = nn.Module()  # nothing learnable unless a subclass says otherwise
+
+    @property
+    def class_token_ids(self):
+        """Alias of `token_ids` (the tokenised class prompt sentences, [C, 77])."""
+        return self.token_ids
+
+    def text_prompts(self):
+        """(prompts, remove) for the text tower; default: no prompts."""
+        return None, None
+
+    def visual_prompts(self):
+        """(prompts, remove) for the image tower; default: no prompts."""
+        return None, None
+
+    def set_text_options(self, truncate=None, chunk_size=None, checkpoint=None):
+        """Defaults of the text tower's levers (None = keep)."""
+        encoder = self.text_encoder
+        encoder.truncate = pick(truncate, encoder.truncate)
+        encoder.chunk_size = pick(chunk_size, encoder.chunk_size)
+        encoder.checkpoint = pick(checkpoint, encoder.checkpoint)
+
+    def class_features(self):
+        """[C, E] L2-normalised class text features (a function of the parameters only)."""
+        prompts, remove = self.text_prompts()
+        return F.normalize(self.text_encoder(self.token_ids, prompts, remove), dim=-1)
+
+    def image_features(self, images):
+        """[B, E] L2-normalised image features."""
+        prompts, remove = self.visual_prompts()
+        return F.normalize(self.image_encoder(images, prompts, remove), dim=-1)
+
+    def forward(self, images, class_features=None):
+        """[B, C] logits = logit_scale.exp() * cosine(image, class); pass `class_features` to reuse them."""
+        if class_features is None:
+            class_features = self.class_features()
+        image_features = self.image_features(images)
+        return self.logit_scale.exp() * image_features @ class_features.to(image_features.dtype).t()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# initialisation helpers shared by the methods
+
+def normal_prompts(*shape, std=0.02):
+    """A Parameter of the given shape drawn from N(0, std) (the prompts' usual initialisation)."""
+    return nn.Parameter(nn.init.normal_(torch.empty(*shape), std=std))
+
+
+def init_text_context(clip_model, n_ctx, ctx_init=""):
+    """[n_ctx, d_t] fp32 initial shallow text context: the token embeddings of the first n_ctx tokens of
+    `ctx_init` (e.g. "a photo of a"), or N(0, 0.02) when `ctx_init` is empty."""
+    width = clip_model.token_embedding.weight.shape[1]
+    if not ctx_init:
+        return nn.init.normal_(torch.empty(n_ctx, width), std=0.02)
+    ctx_init = ctx_init.replace("_", " ")
+    ids = clip.tokenize(ctx_init)[0]
+    n_words = int((ids != 0).sum()) - 2  # without SOS / EOT
+    if n_words < n_ctx:
+        raise ValueError(f"CTX_INIT={ctx_init!r} has {n_words} tokens; {n_ctx} context tokens need at least that many")
+    with torch.no_grad():
+        embedding = clip_model.token_embedding(ids[1: 1 + n_ctx].to(clip_model.token_embedding.weight.device))
+    return embedding.detach().float().cpu().clone()
+
+
+
+def context_prefix(n_ctx, ctx_init=""):
+    """The sentence prefix whose first n_ctx tokens the shallow context replaces: `ctx_init` or "X X ... X"."""
+    return ctx_init.replace("_", " ") if ctx_init else " ".join(["X"] * n_ctx)

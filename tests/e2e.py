@@ -1,0 +1,70 @@
+"""End-to-end helper for tests: train / evaluate a trainer in-process on a generated dataset.
+
+    from tests.e2e import run_train
+    output_dir, log = run_train(tmp_path, "CoOp", "configs/trainers/CoOp/vit_b16_ep50.yaml")
+    assert "* accuracy:" in log
+
+`run_train(tmp_path, trainer, config_file, dataset="Caltech101", opts=(), eval_only=False, model_dir=None,
+subsample="all", output_dir=None, dataset_kwargs=None, load_epoch=None, return_trainer=False)
+-> (output_dir, log_text)`, or (output_dir, log_text, trainer) with `return_trainer=True`
+
+- Makes a small fake dataset of registry name `dataset` with `mmpt.fixtures.make_dataset(dataset, root,
+  **dataset_kwargs)` under `tmp_path/data` (once per tmp_path and dataset; later calls reuse it).
+- Runs `train.main(train.get_parser().parse_args([...]))` in this process with the real config file, then
+  FAST_OPTS (the tiny random backbone, 32 px input, NUM_WORKERS 0, batch 4, 2 epochs, print every batch,
+  VERBOSE False), DATASET.NAME / SUBSAMPLE_CLASSES, then `opts` (a flat KEY VALUE sequence as on train.py's
+  command line; later keys win). Seed 1. PREC is not forced (the trainer's default; on CPU "amp" = fp32).
+- `eval_only=True` adds --eval-only; `model_dir` / `load_epoch` add --model-dir / --load-epoch (evaluate a
+  trained model); `subsample` sets DATASET.SUBSAMPLE_CLASSES ("all" | "base" | "new").
+- Returns the output directory (a `pathlib.Path`, default `tmp_path/output/<trainer>[_eval]`) and the text of
+  its `log.txt` (the engine's stdout tee).
+"""
+from pathlib import Path
+
+FAST_OPTS = (
+    "MODEL.BACKBONE.NAME", "random-tiny-ViT",
+    "INPUT.SIZE", "(32, 32)",
+    "DATALOADER.NUM_WORKERS", "0",
+    "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
+    "DATALOADER.TEST.BATCH_SIZE", "16",
+    "OPTIM.MAX_EPOCH", "2",
+    "TRAIN.PRINT_FREQ", "1",
+    "VERBOSE", "False",  # skips collect_env_info (slow)
+)
+
+
+def make_fixture_dataset(root, dataset, **dataset_kwargs):
+    """Generate the fake dataset once per root (a marker file records it); returns root."""
+    from mmpt.fixtures import make_dataset
+
+    root = Path(root)
+    marker = root / f".made-{dataset}"
+    if not marker.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        make_dataset(dataset, str(root), **dataset_kwargs)
+        marker.touch()
+    return root
+
+
+def run_train(tmp_path, trainer, config_file, dataset="Caltech101", opts=(), eval_only=False, model_dir=None,
+              subsample="all", output_dir=None, dataset_kwargs=None, load_epoch=None, return_trainer=False):
+    import train  # the repository's train.py (tests run from the repo root)
+
+    tmp_path = Path(tmp_path)
+    root = make_fixture_dataset(tmp_path / "data", dataset, **(dataset_kwargs or {}))
+    if output_dir is None:
+        output_dir = tmp_path / "output" / (trainer + ("_eval" if eval_only else ""))
+    output_dir = Path(output_dir)
+    args = ["--root", str(root), "--seed", "1", "--trainer", trainer, "--config-file", str(config_file),
+            "--output-dir", str(output_dir)]
+    if eval_only:
+        args.append("--eval-only")
+    if model_dir is not None:
+        args += ["--model-dir", str(model_dir)]
+    if load_epoch is not None:
+        args += ["--load-epoch", str(load_epoch)]
+    args += list(FAST_OPTS) + ["DATASET.NAME", dataset, "DATASET.SUBSAMPLE_CLASSES", subsample]
+    args += [str(item) for item in opts]
+    trainer = train.main(train.get_parser().parse_args(args))
+    log_text = (output_dir / "log.txt").read_text()
+    return (output_dir, log_text, trainer) if return_trainer else (output_dir, log_text)

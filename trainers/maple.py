@@ -1,0 +1,70 @@
+"""MaPLe: Multi-modal Prompt Learning (Khattak et al., CVPR 2023).
+
+Text prompts for the first J text layers (the shallow ctx replaces the placeholder words after SOS, from
+CTX_INIT as in MaPLe's release: "a photo of a" with n = 2 learns "a photo" and keeps "of a"). The visual
+prompts are not learned on their own: the visual prompt of layer l is F_l(text prompt of layer l), with an
+independent Linear(d_t, d_v) F_l per layer, the shallow one (`proj`) included.
+Trainable: n d_t + (J - 1) n d_t + J (d_t d_v + d_v) = 3,555,072 at ViT-B/16, n = 2, J = 9.
+"""
+from torch import nn
+
+from dassl.engine import TRAINER_REGISTRY
+from mmpt.config import add_prompt_trainer_options
+from mmpt.prompt_trainer import PromptTrainer
+from mmpt.prompted_clip import PromptedCLIP
+
+from trainers.baseline_utils import (check_depth, layer_counts, maple_context, new_cfg_node, prompt_texts,
+                                     random_prompts, vision_width)
+
+
+def extend_cfg(cfg):
+    """Add cfg.TRAINER.MAPLE (defaults = configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml)."""
+    node = new_cfg_node(cfg)
+    node.N_CTX = 2
+    node.CTX_INIT = "a photo of a"
+    node.PROMPT_DEPTH = 9  # J: layers 0..J-1 of both towers receive fresh prompts
+    add_prompt_trainer_options(node)
+    cfg.TRAINER.MAPLE = node
+
+
+class MaPLePromptLearner(nn.Module):
+    """MaPLe's parameter names: ctx [n, d_t], compound_prompts_text [J - 1, n, d_t], proj (shallow F_0) and
+    compound_prompt_projections (F_1..F_{J-1})."""
+
+    def __init__(self, text_context, depth, d_vision):
+        super().__init__()
+        n_ctx, d_text = text_context.shape
+        self.ctx = nn.Parameter(text_context.clone())
+        self.compound_prompts_text = random_prompts(depth - 1, n_ctx, d_text)
+        self.proj = nn.Linear(d_text, d_vision)
+        self.compound_prompt_projections = nn.ModuleList(nn.Linear(d_text, d_vision) for _ in range(depth - 1))
+
+    def text_prompts(self):
+        deep = [] if self.compound_prompts_text is None else list(self.compound_prompts_text.unbind(0))
+        return [self.ctx, *deep]
+
+    def visual_prompts(self):
+        projections = [self.proj, *self.compound_prompt_projections]
+        return [project(prompt) for project, prompt in zip(projections, self.text_prompts())]
+
+
+class MaPLeCLIP(PromptedCLIP):
+    def __init__(self, clip_model, classnames, node):
+        check_depth("TRAINER.MAPLE.PROMPT_DEPTH", node.PROMPT_DEPTH, min(layer_counts(clip_model)))
+        context, prefix = maple_context(clip_model, node.N_CTX, node.CTX_INIT, "TRAINER.MAPLE.N_CTX")
+        super().__init__(clip_model, prompt_texts(classnames, prefix))
+        self.prompt_learner = MaPLePromptLearner(context, node.PROMPT_DEPTH, vision_width(clip_model))
+
+    def text_prompts(self):
+        return self.prompt_learner.text_prompts(), None
+
+    def visual_prompts(self):
+        return self.prompt_learner.visual_prompts(), None
+
+
+@TRAINER_REGISTRY.register()
+class MaPLe(PromptTrainer):
+    cfg_node = "MAPLE"
+
+    def build_prompted_clip(self, cfg, classnames, clip_model):
+        return MaPLeCLIP(clip_model, classnames, cfg.TRAINER.MAPLE)

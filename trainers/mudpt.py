@@ -1,0 +1,161 @@
+"""MuDPT: Multi-modal Deep-symphysis Prompt Tuning (Miao et al., ICME 2023).
+
+Both towers own learnable prompts for the first J layers: text T_l [n, d_t] and visual V_l [n, d_v],
+l = 0..J-1 (l = 0: shallow prompts; T_0 replaces the n placeholder words after SOS, V_0 is appended after the
+patch tokens; deeper levels replace the prompt tokens before block l). An Injection Model shared by all depths
+(trainers/mudpt_injection.py) maps the prompts to cross-modal prompts T'_l = F_tv(.) [n, d_v] and
+V'_l = F_vt(.) [n, d_t], fused by element-wise addition:
+    text layer l receives T_l + V'_l,   vision layer l receives V_l + T'_l       (for every fused depth l).
+Deep levels l >= 1 are fused in both directions; the shallow level follows TRAINER.MUDPT.FUSE_SHALLOW
+("none": paper's figure; "t2v": official code, V_0 + T'_0 with text T_0 alone; "both").
+INJECTION "none" switches the coupling off (independent multi-modal prompts; an ablation).
+The CLIP backbone is frozen; only `prompt_learner` (prompts + injection model) learns.
+"""
+from torch import nn
+
+from dassl.engine import TRAINER_REGISTRY
+from mmpt.config import add_prompt_trainer_options
+from mmpt.prompt_trainer import PromptTrainer
+from mmpt.prompted_clip import PromptedCLIP
+
+from trainers.baseline_utils import (check_depth, layer_counts, maple_context, new_cfg_node, prompt_texts,
+                                     text_width, vision_width)
+from trainers.mudpt_injection import INJECTION_FORMS, InjectionModel
+
+FUSE_SHALLOW_CHOICES = ("none", "t2v", "both")
+
+
+def extend_cfg(cfg):
+    """Add cfg.TRAINER.MUDPT (defaults = the paper's settings, configs/trainers/MuDPT/*_joint.yaml)."""
+    node = new_cfg_node(cfg)  # cfg's own CfgNode class, so config files merge into it
+    node.N_CTX_TEXT = 4  # n text prompt tokens per layer
+    node.N_CTX_VISION = 4  # n visual prompt tokens per layer (must equal N_CTX_TEXT when any level is fused)
+    node.PROMPT_DEPTH = 12  # J: layers 0..J-1 receive prompts in both towers
+    # sentence "a photo of a <class>.", T_0 = the embeddings of its first n words (MaPLe's rule); "" or fewer
+    # words than n: "X ... X <class>." with T_0 ~ N(0, 0.02)
+    node.CTX_INIT = "a photo of a"
+    node.INJECTION = "joint"  # "joint" | "separate" | "linear" | "none" (no coupling)
+    node.FUSE_SHALLOW = "none"  # "none" | "t2v" | "both": fusion at the shallow level l = 0
+    node.INJECTION_WIDTH = 512  # width of the joint block
+    node.INJECTION_HEADS = 8  # heads of the joint block
+    add_prompt_trainer_options(node)
+    cfg.TRAINER.MUDPT = node
+
+
+class FusionPlan:
+    """Which depths are fused in which direction, from cfg.TRAINER.MUDPT; validated with one-line errors."""
+
+    def __init__(self, depth, injection, fuse_shallow, n_text, n_vision):
+        if not (isinstance(depth, int) and depth >= 1):
+            raise ValueError(f"TRAINER.MUDPT.PROMPT_DEPTH={depth!r}: expected an int >= 1")
+        if not (isinstance(n_text, int) and n_text >= 1):
+            raise ValueError(f"TRAINER.MUDPT.N_CTX_TEXT={n_text!r}: expected an int >= 1")
+        if not (isinstance(n_vision, int) and n_vision >= 0):
+            raise ValueError(f"TRAINER.MUDPT.N_CTX_VISION={n_vision!r}: expected an int >= 0 (0 = no visual prompts)")
+        if injection not in INJECTION_FORMS + ("none",):
+            raise ValueError(f"TRAINER.MUDPT.INJECTION={injection!r}: expected one of {INJECTION_FORMS + ('none',)}")
+        if fuse_shallow not in FUSE_SHALLOW_CHOICES:
+            raise ValueError(f"TRAINER.MUDPT.FUSE_SHALLOW={fuse_shallow!r}: expected one of {FUSE_SHALLOW_CHOICES}")
+        if injection == "none" and fuse_shallow != "none":
+            raise ValueError(f"TRAINER.MUDPT.FUSE_SHALLOW={fuse_shallow!r} needs an injection model, "
+                             f"but TRAINER.MUDPT.INJECTION='none'")
+        deep = injection != "none"
+        # text_fused[l] / vision_fused[l]: layer l of that tower receives the cross-modal prompt of depth l
+        self.text_fused = [fuse_shallow == "both"] + [deep] * (depth - 1)
+        self.vision_fused = [fuse_shallow in ("t2v", "both")] + [deep] * (depth - 1)
+        self.active = any(self.text_fused) or any(self.vision_fused)
+        if self.active and n_text != n_vision:
+            raise ValueError(f"TRAINER.MUDPT.N_CTX_TEXT={n_text} != N_CTX_VISION={n_vision}: fusion by element-wise "
+                             f"addition needs equal prompt lengths (or INJECTION 'none' / no fused level)")
+        self.depth, self.injection = depth, injection
+        # the linear form gives the shallow t->v its own Linear (official code); other forms share their module
+        self.own_shallow_t2v = injection == "linear" and self.vision_fused[0]
+
+    @classmethod
+    def from_cfg(cls, node):
+        return cls(node.PROMPT_DEPTH, node.INJECTION, node.FUSE_SHALLOW, node.N_CTX_TEXT, node.N_CTX_VISION)
+
+    def describe(self):
+        def depths(flags):
+            return ",".join(str(l) for l, on in enumerate(flags) if on) or "none"
+        return (f"injection {self.injection}; text layers fused: {depths(self.text_fused)}; "
+                f"vision layers fused: {depths(self.vision_fused)}")
+
+
+class MuDPTPromptLearner(nn.Module):
+    """Every trainable tensor of MuDPT.
+
+    text_ctx [J, n, d_t]: T_0..T_{J-1} (T_0 from CTX_INIT when given); visual_ctx [J, n_v, d_v]: V_0..V_{J-1}
+    (None when n_v = 0); injection: the InjectionModel (None when no level is fused).
+    """
+
+    def __init__(self, shallow_text_ctx, plan, n_vision, d_text, d_vision, injection_width, injection_heads):
+        super().__init__()
+        n_text = shallow_text_ctx.shape[0]
+        text_ctx = nn.init.normal_(shallow_text_ctx.new_empty(plan.depth, n_text, d_text), std=0.02)
+        text_ctx[0] = shallow_text_ctx
+        self.text_ctx = nn.Parameter(text_ctx)
+        self.visual_ctx = (nn.Parameter(nn.init.normal_(shallow_text_ctx.new_empty(plan.depth, n_vision, d_vision),
+                                                        std=0.02)) if n_vision else None)
+        self.injection = (InjectionModel(plan.injection, d_text, d_vision, injection_width, injection_heads,
+                                         own_shallow_t2v=plan.own_shallow_t2v) if plan.active else None)
+        self.plan = plan
+
+    def fused_prompts(self):
+        """(text prompts per layer, visual prompts per layer) after the injection and element-wise fusion."""
+        text = list(self.text_ctx.unbind(0))
+        if self.visual_ctx is None:
+            return text, []
+        vision = list(self.visual_ctx.unbind(0))
+        if self.injection is None:
+            return text, vision
+        text_to_vision, vision_to_text = self.injection(self.text_ctx, self.visual_ctx)
+        text = [t + v2t if on else t for t, v2t, on in zip(text, vision_to_text, self.plan.text_fused)]
+        vision = [v + t2v if on else v for v, t2v, on in zip(vision, text_to_vision, self.plan.vision_fused)]
+        return text, vision
+
+    def parameter_breakdown(self):
+        """(name, count) per group of trainable tensors."""
+        def count(module_or_param):
+            if module_or_param is None:
+                return 0
+            if isinstance(module_or_param, nn.Parameter):
+                return module_or_param.numel()
+            return sum(p.numel() for p in module_or_param.parameters())
+        return [("text prompts", count(self.text_ctx)), ("visual prompts", count(self.visual_ctx)),
+                (f"injection ({self.plan.injection})", count(self.injection))]
+
+
+class MuDPTCLIP(PromptedCLIP):
+    """CLIP with MuDPT's prompts in both towers, coupled by the injection model."""
+
+    def __init__(self, clip_model, classnames, node):
+        plan = FusionPlan.from_cfg(node)
+        d_text, d_vision = text_width(clip_model), vision_width(clip_model)  # vision_width: ViT only
+        check_depth("TRAINER.MUDPT.PROMPT_DEPTH", plan.depth, min(layer_counts(clip_model)))
+        # MaPLe's template (the official code derives from it): "a photo of a <class>." with the first n words
+        # learnable (n = 2 learns "a photo", keeps "of a"); without CTX_INIT "X ... X <class>."
+        shallow, prefix = maple_context(clip_model, node.N_CTX_TEXT, node.CTX_INIT, "TRAINER.MUDPT.N_CTX_TEXT")
+        super().__init__(clip_model, prompt_texts(classnames, prefix))
+        self.prompt_learner = MuDPTPromptLearner(shallow, plan, node.N_CTX_VISION, d_text, d_vision,
+                                                 node.INJECTION_WIDTH, node.INJECTION_HEADS)
+
+    def text_prompts(self):
+        return self.prompt_learner.fused_prompts()[0], None
+
+    def visual_prompts(self):
+        return self.prompt_learner.fused_prompts()[1], None
+
+
+@TRAINER_REGISTRY.register()
+class MuDPT(PromptTrainer):
+    cfg_node = "MUDPT"
+
+    def build_prompted_clip(self, cfg, classnames, clip_model):
+        model = MuDPTCLIP(clip_model, classnames, cfg.TRAINER.MUDPT)
+        learner = model.prompt_learner
+        print(f"MuDPT: depth {learner.plan.depth}, {learner.plan.describe()}")
+        breakdown = learner.parameter_breakdown()
+        print("MuDPT trainable parameters: " + ", ".join(f"{name} {count:,}" for name, count in breakdown)
+              + f"; total {sum(count for _, count in breakdown):,}")
+        return model
