@@ -5,12 +5,6 @@ import clip
 from mmpt.prompted_clip import context_prefix, init_text_context, normal_prompts
 
 
-def new_cfg_node(cfg):
-    """An empty config node of cfg's own CfgNode class: yacs refuses to merge a file's node (built with the
-    engine's class) into a node of another class, so a trainer node must not be a plain yacs CfgNode."""
-    return type(cfg)()
-
-
 def prompt_texts(classnames, prefix):
     """"<prefix> <class name>." per class; underscores become spaces (CoOp). The prefix's first n tokens are
     the placeholders the shallow text context replaces."""

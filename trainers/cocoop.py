@@ -12,16 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
+from yacs.config import CfgNode as CN
 from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP
 
-from trainers.baseline_utils import coop_context, new_cfg_node, prompt_texts, text_width
+from trainers.baseline_utils import coop_context, prompt_texts, text_width
 
 
 def extend_cfg(cfg):
     """Add cfg.TRAINER.COCOOP (CoCoOp's defaults)."""
-    node = new_cfg_node(cfg)
+    node = CN()
     node.N_CTX = 16  # ignored when CTX_INIT is given (the configs use 4 = "a photo of a")
     node.CTX_INIT = ""
     add_prompt_trainer_options(node)

@@ -12,18 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
+from yacs.config import CfgNode as CN
 from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP
 
-from trainers.baseline_utils import coop_context, new_cfg_node, prompt_texts
+from trainers.baseline_utils import coop_context, prompt_texts
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
 
 def extend_cfg(cfg):
     """Add cfg.TRAINER.COOP (CoOp's defaults)."""
-    node = new_cfg_node(cfg)
+    node = CN()
     node.N_CTX = 16  # number of context tokens (ignored when CTX_INIT is given)
     node.CSC = False  # class-specific context
     node.CTX_INIT = ""  # e.g. "a photo of a"; "" = N(0, 0.02)

@@ -7,17 +7,18 @@ prompts for the first J_v vision layers (appended after the patches, replaced at
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
+from yacs.config import CfgNode as CN
 from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP
 
-from trainers.baseline_utils import (check_depth, check_positive, layer_counts, maple_context, new_cfg_node,
+from trainers.baseline_utils import (check_depth, check_positive, layer_counts, maple_context, 
                                      prompt_texts, random_prompts, vision_width)
 
 
 def extend_cfg(cfg):
     """Add cfg.TRAINER.IVLP (defaults = configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml)."""
-    node = new_cfg_node(cfg)
+    node = CN()
     node.N_CTX_TEXT = 2
     node.N_CTX_VISION = 2
     node.CTX_INIT = "a photo of a"  # initialises the shallow text prompts ("" = N(0, 0.02))

@@ -9,17 +9,18 @@ Trainable: n d_t + (J - 1) n d_t + J (d_t d_v + d_v) = 3,555,072 at ViT-B/16, n 
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
+from yacs.config import CfgNode as CN
 from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP
 
-from trainers.baseline_utils import (check_depth, layer_counts, maple_context, new_cfg_node, prompt_texts,
+from trainers.baseline_utils import (check_depth, layer_counts, maple_context, prompt_texts,
                                      random_prompts, vision_width)
 
 
 def extend_cfg(cfg):
     """Add cfg.TRAINER.MAPLE (defaults = configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml)."""
-    node = new_cfg_node(cfg)
+    node = CN()
     node.N_CTX = 2
     node.CTX_INIT = "a photo of a"
     node.PROMPT_DEPTH = 9  # J: layers 0..J-1 of both towers receive fresh prompts

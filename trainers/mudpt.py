@@ -14,11 +14,12 @@ The CLIP backbone is frozen; only `prompt_learner` (prompts + injection model) l
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
+from yacs.config import CfgNode as CN
 from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP
 
-from trainers.baseline_utils import (check_depth, layer_counts, maple_context, new_cfg_node, prompt_texts,
+from trainers.baseline_utils import (check_depth, layer_counts, maple_context, prompt_texts,
                                      text_width, vision_width)
 from trainers.mudpt_injection import INJECTION_FORMS, InjectionModel
 
@@ -27,7 +28,7 @@ FUSE_SHALLOW_CHOICES = ("none", "t2v", "both")
 
 def extend_cfg(cfg):
     """Add cfg.TRAINER.MUDPT (defaults = the paper's settings, configs/trainers/MuDPT/*_joint.yaml)."""
-    node = new_cfg_node(cfg)  # cfg's own CfgNode class, so config files merge into it
+    node = CN()
     node.N_CTX_TEXT = 4  # n text prompt tokens per layer
     node.N_CTX_VISION = 4  # n visual prompt tokens per layer (must equal N_CTX_TEXT when any level is fused)
     node.PROMPT_DEPTH = 12  # J: layers 0..J-1 receive prompts in both towers

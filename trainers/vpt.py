@@ -7,18 +7,19 @@ first J layers (N_CTX_VISION = n, PROMPT_DEPTH_VISION = J). The text tower reads
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
+from yacs.config import CfgNode as CN
 from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP
 from mmpt.templates import DEFAULT_TEMPLATE, class_prompts
 
-from trainers.baseline_utils import (check_depth, check_positive, layer_counts, new_cfg_node, random_prompts,
+from trainers.baseline_utils import (check_depth, check_positive, layer_counts, random_prompts,
                                      vision_width)
 
 
 def extend_cfg(cfg):
     """Add cfg.TRAINER.VPT."""
-    node = new_cfg_node(cfg)
+    node = CN()
     node.N_CTX_VISION = 4  # visual prompt tokens per layer
     node.PROMPT_DEPTH_VISION = 12  # J: layers 0..J-1 receive fresh visual prompts
     add_prompt_trainer_options(node)

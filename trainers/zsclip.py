@@ -5,17 +5,17 @@ and the logits are CLIP's own (logit_scale.exp() * cosine similarity).
 """
 
 from dassl.engine import TRAINER_REGISTRY
+from yacs.config import CfgNode as CN
 from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP
 from mmpt.templates import class_prompts, template_for
 
-from trainers.baseline_utils import new_cfg_node
 
 
 def extend_cfg(cfg):
     """Add cfg.TRAINER.ZSCLIP (TEMPLATE "" = the dataset's template from mmpt.templates)."""
-    node = new_cfg_node(cfg)
+    node = CN()
     node.TEMPLATE = ""  # e.g. "a photo of a {}."; must contain one "{}"
     add_prompt_trainer_options(node)
     cfg.TRAINER.ZSCLIP = node
