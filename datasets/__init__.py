@@ -3,6 +3,18 @@ import importlib
 
 DATASET_MODULES = [
     # one line per dataset module, e.g. "caltech101"
+    "caltech101",
+    "imagenet",
+    "imagenet_variants",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
 ]
 
 for _name in DATASET_MODULES:
