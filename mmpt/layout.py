@@ -1,0 +1,232 @@
+"""The experiment layout: one source of truth for output folders, default configs and train.py commands.
+
+`scripts/common.sh` and `python -m mmpt.sweep` both build their runs here, so a script run and a sweep job
+of the same (stage, trainer, config, dataset, shots, seed) are the same command writing the same folder:
+
+    base2new/train_base/<dataset>/shots_<K>/<Trainer>/<cfg>/seed<S>     train on the base half (+ test on base)
+    base2new/test_new/<dataset>/shots_<K>/<Trainer>/<cfg>/seed<S>       that model evaluated on the new half
+    base2new/test_base/...                                              ZeroshotCLIP only (nothing to train)
+    fewshot/<dataset>/shots_<K>/<Trainer>/<cfg>/seed<S>                 train K shots, test on the full test set
+    imagenet/<Trainer>/<cfg>_<K>shots/seed<S>                           cross-dataset / DG source (MaPLe's layout)
+    evaluation/<Trainer>/<cfg>_<K>shots/<dataset>/seed<S>               that model on a target (ZeroshotCLIP: <cfg>)
+
+Shell use (what common.sh does; prints bash assignments RUN_DIR, RUN_DONE, RUN_CMD=(...)):
+
+    python -m mmpt.layout plan --stage base2new_train --trainer MuDPT --cfg CFG --dataset caltech101 \
+        --seed 1 --shots 16 --data DATA [--output output] [--python python] [--load-epoch E] -- KEY VALUE ...
+"""
+import argparse
+import os
+import os.path as osp
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+# CoOp's config-file names of the datasets (configs/datasets/<name>.yaml)
+DATASETS_11 = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+               "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
+XD_TARGETS = DATASETS_11[1:]
+DG_TARGETS = ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+SHOTS = [1, 2, 4, 8, 16]
+SEEDS = [1, 2, 3]
+SOURCE_DATASET = "imagenet"
+
+# scripts/<folder>/ -> trainer (registry name)
+TRAINER_FOLDERS = {"mudpt": "MuDPT", "mpl": "MPL", "coop": "CoOp", "cocoop": "CoCoOp", "maple": "MaPLe",
+                   "ivlp": "IVLP", "vpt": "VPT", "zsclip": "ZeroshotCLIP"}
+ZERO_SHOT = "ZeroshotCLIP"
+
+# Default config per trainer and protocol ("b2n" = base-to-new, "fewshot", "xd" = cross-dataset and DG).
+# The per-trainer scripts name the same files (tests/test_scripts.py checks that they agree).
+DEFAULT_CONFIGS = {
+    "MuDPT": {"b2n": "vit_b16_c4_ep10_batch4_joint", "fewshot": "vit_b16_c4_ep10_batch4_joint",
+              "xd": "vit_b16_c4_ep10_batch4_joint"},  # the paper trains every protocol with its one setting
+    "MPL": {"b2n": "vit_b4_c1_add2_rm1", "fewshot": "vit_b4_c1_add2_rm1",
+            "xd": "vit_b4_c1_add2_rm1_cross_datasets"},
+    "CoOp": {"b2n": "vit_b16_ep50_ctxv1", "fewshot": "vit_b16", "xd": "vit_b16_ep50"},
+    "CoCoOp": {"b2n": "vit_b16_c4_ep10_batch1_ctxv1", "fewshot": "vit_b16_c4_ep10_batch1_ctxv1",
+               "xd": "vit_b16_c4_ep10_batch1_ctxv1"},
+    "MaPLe": {"b2n": "vit_b16_c2_ep5_batch4_2ctx", "fewshot": "vit_b16_c2_ep5_batch4_2ctx",
+              "xd": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
+    "IVLP": {"b2n": "vit_b16_c2_ep5_batch4_2+2ctx", "fewshot": "vit_b16_c2_ep5_batch4_2+2ctx",
+             "xd": "vit_b16_c2_ep5_batch4_2+2ctx"},
+    "VPT": {"b2n": "vit_b16_c2_ep5_batch4_4", "fewshot": "vit_b16_c2_ep5_batch4_4", "xd": "vit_b16_c2_ep5_batch4_4"},
+    "ZeroshotCLIP": {"b2n": "vit_b16", "fewshot": "vit_b16", "xd": "vit_b16"},
+}
+
+
+def coop_fewshot_config(dataset, shots):
+    """CoOp's schedule: 50 epochs for 1-2 shots (and always on ImageNet), 100 for 4-8, 200 for 16."""
+    if dataset == SOURCE_DATASET or shots <= 2:
+        return "vit_b16_ep50"
+    return "vit_b16_ep100" if shots <= 8 else "vit_b16"
+
+
+STAGES = {
+    # stage: (protocol key of DEFAULT_CONFIGS, trains?, subsample, end signal kind)
+    "base2new_train": ("b2n", True, "base"),
+    "base2new_test_new": ("b2n", False, "new"),
+    "base2new_test_base": ("b2n", False, "base"),
+    "fewshot": ("fewshot", True, "all"),
+    "xd_train": ("xd", True, "all"),
+    "xd_test": ("xd", False, "all"),
+}
+TRAIN_STAGE_OF = {"base2new_test_new": "base2new_train", "xd_test": "xd_train"}
+
+
+def default_config(trainer, stage, dataset, shots):
+    protocol = STAGES[stage][0]
+    if trainer == "CoOp" and protocol == "fewshot":
+        return coop_fewshot_config(dataset, shots)
+    try:
+        return DEFAULT_CONFIGS[trainer][protocol]
+    except KeyError:
+        raise KeyError(f"mmpt.layout: unknown trainer '{trainer}' (known: {', '.join(DEFAULT_CONFIGS)})") from None
+
+
+def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
+    """The run folder of one run, relative to the output root (also the job's id)."""
+    tail = osp.join(dataset, f"shots_{shots}", trainer, cfg, f"seed{seed}")
+    if stage == "base2new_train":
+        return osp.join("base2new", "train_base", tail)
+    if stage in ("base2new_test_new", "base2new_test_base"):
+        return osp.join("base2new", "test_" + STAGES[stage][2], tail)
+    if stage == "fewshot":
+        return osp.join("fewshot", tail)
+    tag = cfg if trainer == ZERO_SHOT else f"{cfg}_{shots}shots"
+    if stage == "xd_train":
+        return osp.join(SOURCE_DATASET, trainer, tag, f"seed{seed}")
+    if stage == "xd_test":
+        return osp.join("evaluation", trainer, tag, dataset, f"seed{seed}")
+    raise KeyError(f"mmpt.layout: unknown stage '{stage}' (known: {', '.join(STAGES)})")
+
+
+def is_training_stage(stage, trainer):
+    return STAGES[stage][1] and trainer != ZERO_SHOT
+
+
+def is_done(output_dir, trains):
+    """True when a log of the run folder holds `* accuracy:` after `Finish training` (or `=> result`)."""
+    if not osp.isdir(output_dir):
+        return False
+    if REPO_ROOT not in sys.path:  # parse_test_res.py lives at the repository root (not installed)
+        sys.path.insert(0, REPO_ROOT)
+    import parse_test_res as ptr  # the repository's parser: one parser for scripts, sweep and results
+
+    metric = {"name": "accuracy", "regex": ptr.metric_regex("accuracy")}
+    end_signal = ptr.END_SIGNAL_TRAIN if trains else ptr.END_SIGNAL_TEST
+    return "accuracy" in ptr.parse_run(output_dir, [metric], end_signal)
+
+
+def config_max_epoch(config_file, opts=()):
+    """OPTIM.MAX_EPOCH after the config file and the KEY VALUE opts (the epoch a test run loads)."""
+    opts = list(opts)
+    for i in range(len(opts) - 2, -1, -1):
+        if opts[i] == "OPTIM.MAX_EPOCH":
+            return int(opts[i + 1])
+    import yaml
+
+    if not osp.isfile(config_file):
+        raise FileNotFoundError(f"mmpt.layout: config file not found: {config_file}")
+    with open(config_file, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    try:
+        return int(data["OPTIM"]["MAX_EPOCH"])
+    except (KeyError, TypeError):
+        return 10  # the engine's default OPTIM.MAX_EPOCH
+
+
+@dataclass
+class Job:
+    """One train.py run. `id` is its folder relative to the output root."""
+
+    id: str
+    stage: str
+    trainer: str
+    cfg: str
+    dataset: str
+    seed: int
+    shots: int
+    output_dir: str
+    argv: list
+    trains: bool
+    depends_on: list = field(default_factory=list)
+
+    def to_dict(self):
+        return asdict(self)
+
+    def shell(self):
+        return shlex.join(self.argv)
+
+
+def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", output_root="output",
+              opts=(), python="python", load_epoch=None, repo_root=REPO_ROOT):
+    """The Job (command line and folders) of one run; cfg=None takes the default config."""
+    if stage not in STAGES:
+        raise KeyError(f"mmpt.layout: unknown stage '{stage}' (known: {', '.join(STAGES)})")
+    cfg = cfg or default_config(trainer, stage, dataset, shots)
+    seed, shots = int(seed), int(shots)
+    trains = is_training_stage(stage, trainer)
+    rel = run_dir(stage, trainer, cfg, dataset, seed, shots)
+    output_dir = osp.join(output_root, rel)
+    config_file = osp.join(repo_root, "configs", "trainers", trainer, f"{cfg}.yaml")
+    dataset_file = osp.join(repo_root, "configs", "datasets", f"{dataset}.yaml")
+    for path in (config_file, dataset_file):
+        if not osp.isfile(path):
+            folder = osp.dirname(path)
+            known = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if osp.isdir(folder) else []
+            raise FileNotFoundError(f"mmpt.layout: no config file {path} (known: {', '.join(known)})")
+    argv = [python, osp.join(repo_root, "train.py"), "--root", data_root, "--seed", str(seed),
+            "--trainer", trainer, "--dataset-config-file", dataset_file, "--config-file", config_file,
+            "--output-dir", output_dir]
+    depends_on = []
+    if not trains:
+        argv.append("--eval-only")
+        if trainer != ZERO_SHOT:
+            train_stage = TRAIN_STAGE_OF[stage]
+            model_rel = run_dir(train_stage, trainer, cfg, dataset if stage != "xd_test" else SOURCE_DATASET,
+                                seed, shots)
+            epoch = load_epoch if load_epoch is not None else config_max_epoch(config_file, opts)
+            argv += ["--model-dir", osp.join(output_root, model_rel), "--load-epoch", str(epoch)]
+            depends_on.append(model_rel)
+    subsample = STAGES[stage][2]
+    if stage.startswith("base2new") or trains:
+        argv += ["DATASET.NUM_SHOTS", str(shots)]
+    if subsample != "all":
+        argv += ["DATASET.SUBSAMPLE_CLASSES", subsample]
+    argv += [str(o) for o in opts]
+    return Job(id=rel, stage=stage, trainer=trainer, cfg=cfg, dataset=dataset, seed=seed, shots=shots,
+               output_dir=output_dir, argv=argv, trains=trains, depends_on=depends_on)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mmpt.layout", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["plan"])
+    parser.add_argument("--stage", required=True, choices=list(STAGES))
+    parser.add_argument("--trainer", required=True)
+    parser.add_argument("--cfg", default="")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--seed", required=True, type=int)
+    parser.add_argument("--shots", default=16, type=int)
+    parser.add_argument("--data", default="")
+    parser.add_argument("--output", default="output")
+    parser.add_argument("--python", default="python")
+    parser.add_argument("--load-epoch", default=None, type=int)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opts = argv[argv.index("--") + 1:] if "--" in argv else []  # KEY VALUE pairs for train.py
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    try:
+        job = build_job(args.stage, args.trainer, args.dataset, args.seed, args.shots, cfg=args.cfg or None,
+                        data_root=args.data, output_root=args.output, opts=opts, python=args.python,
+                        load_epoch=args.load_epoch)
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        sys.exit(str(e).strip("'\""))
+    print(f"RUN_DIR={shlex.quote(job.output_dir)}")
+    print(f"RUN_DONE={int(is_done(job.output_dir, job.trains))}")
+    print(f"RUN_CMD=({job.shell()})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Published numbers (ViT-B/16, 16 shots, from the MuDPT paper) as data: /work/shared/docs/PROTOCOLS.md.
+
+Keys are our dataset config names (mmpt.layout.DATASETS_11 ...) and trainer names; "CLIP" is zero-shot CLIP
+(our ZeroshotCLIP). Accuracies in percent.
+"""
+from mmpt.layout import DATASETS_11, DG_TARGETS, XD_TARGETS, ZERO_SHOT
+
+SOURCE = "MuDPT paper (Miao et al., ICME 2023), ViT-B/16, 16 shots"
+
+# trainer name in our results -> the row name the paper uses
+PAPER_NAMES = {ZERO_SHOT: "CLIP", "CoOp": "CoOp", "CoCoOp": "CoCoOp", "MuDPT": "MuDPT"}
+
+
+def _row(datasets, values, average):
+    assert len(datasets) == len(values), (datasets, values)
+    return {**dict(zip(datasets, values)), "average": average}
+
+
+# few-shot recognition, 16 shots, per dataset + the 11-dataset average
+FEWSHOT_16 = {
+    "CLIP": _row(DATASETS_11, [66.7, 92.7, 89.1, 65.3, 70.8, 86.3, 24.8, 62.6, 44.3, 41.8, 66.7], 64.65),
+    "CoOp": _row(DATASETS_11, [63.57, 92.43, 89.47, 71.2, 93.1, 77.17, 29.07, 69.77, 64.2, 80.1, 74.9], 73.18),
+    "CoCoOp": _row(DATASETS_11, [72.4, 95.4, 95.8, 71.6, 79.4, 89.2, 33, 76.8, 63, 73.8, 75.4], 75.07),
+    "MuDPT": _row(DATASETS_11, [72.7, 96.72, 94.19, 80.43, 96.47, 87.38, 43.13, 76.18, 72.37, 92.17, 83.53], 81.38),
+}
+
+# cross-dataset: source ImageNet accuracy, the 10 targets, target average
+CROSS_DATASET = {
+    "CoOp": {"imagenet": 71.51, **_row(XD_TARGETS, [93.7, 89.14, 64.51, 68.71, 85.3, 18.47, 64.15, 41.92, 46.39,
+                                                    66.55], 63.88)},
+    "CoCoOp": {"imagenet": 71.02, **_row(XD_TARGETS, [94.43, 90.14, 65.32, 71.88, 86.06, 22.94, 67.36, 45.73,
+                                                      45.37, 68.21], 65.74)},
+    "MuDPT": {"imagenet": 72.13, **_row(XD_TARGETS, [94.07, 90.74, 65.58, 71.8, 86.13, 24.12, 67.38, 45.3, 47.14,
+                                                     69], 66.13)},
+}
+
+# domain generalisation: source ImageNet, then -V2, -Sketch, -A, -R (the paper gives no average)
+DOMAIN_GENERALISATION = {
+    "CLIP": {"imagenet": 66.7, **dict(zip(DG_TARGETS, [60.83, 46.15, 47.77, 73.96]))},
+    "CoOp": {"imagenet": 71.51, **dict(zip(DG_TARGETS, [64.20, 47.99, 49.71, 75.21]))},
+    "CoCoOp": {"imagenet": 71.02, **dict(zip(DG_TARGETS, [64.07, 48.75, 50.63, 76.18]))},
+    "MuDPT": {"imagenet": 72.13, **dict(zip(DG_TARGETS, [64.92, 49.31, 49.61, 77.02]))},
+}
+
+# base-to-new, average over the 11 datasets; HM = harmonic mean of the average base and average new
+BASE2NEW_AVERAGE = {
+    "CLIP": {"base": 69.34, "new": 74.22, "hm": 71.70},
+    "CoOp": {"base": 82.69, "new": 63.22, "hm": 71.66},
+    "CoCoOp": {"base": 80.47, "new": 71.69, "hm": 75.83},
+    "MuDPT": {"base": 82.71, "new": 74.5, "hm": 78.39},
+}
+
+
+def paper_name(trainer):
+    """The published row of one of our trainers, or None."""
+    return PAPER_NAMES.get(trainer)

@@ -1,0 +1,7 @@
+#!/bin/bash
+# CoCoOp few-shot recognition: train on SHOTS per class, test on the full test set.
+# usage: DATA=/path/to/datasets bash scripts/cocoop/few_shot.sh DATASET SHOTS SEED [KEY VALUE ...]
+# (env CFG, OUTPUT, OPTS, PYTHON, DRY_RUN: see scripts/common.sh)
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+TRAINER=CoCoOp
+run_few_shot "$@"

@@ -1,0 +1,105 @@
+# shellcheck shell=bash
+# Shared logic of every scripts/<trainer>/*.sh (sourced; each of those only names its trainer, then calls
+# one run_* function below; the default config per trainer and protocol is mmpt/layout.py's DEFAULT_CONFIGS). The output layout and the train.py command line come from
+# mmpt/layout.py, the same code the sweep runner (python -m mmpt.sweep) uses.
+#
+# Environment:
+#   DATA        dataset root (required; the folder that holds caltech-101/, oxford_pets/, imagenet/, ...)
+#   CFG         config name under configs/trainers/<Trainer>/ (default: mmpt/layout.py DEFAULT_CONFIGS, the sweep's)
+#   OUTPUT      output root (default: output, relative to the current folder)
+#   OPTS        extra KEY VALUE config options, shell-quoted, e.g. OPTS="OPTIM.MAX_EPOCH 1 INPUT.SIZE '(32, 32)'"
+#               (KEY VALUE pairs after the script's positional arguments are appended too)
+#   SHOTS       shots for base-to-new and cross-dataset training (default 16)
+#   LOAD_EPOCH  epoch an evaluation loads (default: OPTIM.MAX_EPOCH of the config after OPTS)
+#   PYTHON      python interpreter (default: python)
+#   DRY_RUN=1   print the command instead of running it
+set -euo pipefail
+
+SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(dirname "$SCRIPTS_DIR")
+PYTHON=${PYTHON:-python}
+OUTPUT=${OUTPUT:-output}
+export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+_die() {
+    echo "$(basename "$(dirname "$0")")/$(basename "$0"): error: $*" >&2
+    exit 2
+}
+
+_require_args() {  # _require_args N "USAGE" "$@"
+    local n=$1 usage=$2
+    shift 2
+    if (($# < n)); then
+        _die "usage: [DATA=/path/to/datasets] bash $0 $usage [KEY VALUE ...]"
+    fi
+}
+
+_require_data() {
+    if [[ -z "${DATA:-}" ]]; then
+        _die "DATA is not set: run as DATA=/path/to/datasets bash $0 ... (the folder holding imagenet/, caltech-101/, ...)"
+    fi
+    if [[ ! -d "$DATA" ]]; then
+        _die "DATA=$DATA is not a folder"
+    fi
+}
+
+# _run_stage STAGE DATASET SEED SHOTS [KEY VALUE ...]: run one train.py command unless its results exist
+_run_stage() {
+    local stage=$1 dataset=$2 seed=$3 shots=$4
+    shift 4
+    _require_data
+    local -a opts=()
+    eval "opts=(${OPTS:-})"
+    opts+=("$@")
+    local plan
+    plan=$("$PYTHON" -m mmpt.layout plan --stage "$stage" --trainer "$TRAINER" --cfg "${CFG:-}" \
+        --dataset "$dataset" --seed "$seed" --shots "$shots" --data "$DATA" --output "$OUTPUT" \
+        --python "$PYTHON" ${LOAD_EPOCH:+--load-epoch "$LOAD_EPOCH"} -- "${opts[@]}") || exit 2
+    local RUN_DIR RUN_DONE
+    local -a RUN_CMD
+    eval "$plan"
+    if [[ "$RUN_DONE" == 1 ]]; then
+        echo "Skipping $RUN_DIR: its results already exist (log.txt holds '* accuracy:'); delete the folder to rerun"
+        return 0
+    fi
+    echo "Running $stage -> $RUN_DIR"
+    echo "+ ${RUN_CMD[*]@Q}"
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then
+        return 0
+    fi
+    "${RUN_CMD[@]}"
+}
+
+# base2new_train.sh DATASET SEED: 16 shots of the base half; the log ends with the base-class test accuracy
+run_base2new_train() {
+    _require_args 2 "DATASET SEED" "$@"
+    _run_stage base2new_train "$1" "$2" "${SHOTS:-16}" "${@:3}"
+}
+
+# base2new_test.sh DATASET SEED: the base-trained model on the new half (ZeroshotCLIP: on both halves)
+run_base2new_test() {
+    _require_args 2 "DATASET SEED" "$@"
+    if [[ "$TRAINER" == ZeroshotCLIP ]]; then
+        _run_stage base2new_test_base "$1" "$2" "${SHOTS:-16}" "${@:3}"
+    fi
+    _run_stage base2new_test_new "$1" "$2" "${SHOTS:-16}" "${@:3}"
+}
+
+# few_shot.sh DATASET SHOTS SEED: train on SHOTS per class, test on the full test set
+run_few_shot() {
+    _require_args 3 "DATASET SHOTS SEED" "$@"
+    _run_stage fewshot "$1" "$3" "$2" "${@:4}"
+}
+
+# xd_train.sh SEED: the cross-dataset / domain-generalisation source model (ImageNet, 16 shots, all classes)
+run_xd_train() {
+    _require_args 1 "SEED" "$@"
+    _run_stage xd_train imagenet "$1" "${SHOTS:-16}" "${@:2}"
+}
+
+# xd_test.sh DATASET SEED: the ImageNet model on a target (the 10 others, or imagenetv2 / imagenet_sketch /
+# imagenet_a / imagenet_r); ZeroshotCLIP evaluates directly (on the 11 datasets too: the few-shot CLIP row)
+run_xd_test() {
+    _require_args 2 "DATASET SEED" "$@"
+    _run_stage xd_test "$1" "$2" "${SHOTS:-16}" "${@:3}"
+}
