@@ -14,6 +14,7 @@ TRAINER_MODULES = [
     "ivlp",
     "maple",
     "mudpt",
+    "mpl",
 ]
 
 _modules = [importlib.import_module(f"{__name__}.{name}") for name in TRAINER_MODULES]
