@@ -241,6 +241,15 @@ def test_maple_visual_prompts_are_projected_text_prompts(small_clip):
     assert clip.tokenize("a photo of a dog.")[0].tolist() == model.class_token_ids[0].tolist()
 
 
+def test_maple_state_dict_keys_are_the_releases(small_clip):
+    # released MaPLe checkpoints load by name: ctx, proj, compound_prompts_text.<i>, compound_prompt_projections.<i>
+    model = maple.MaPLeCLIP(small_clip, CLASSNAMES, make_node(maple, "MAPLE", PROMPT_DEPTH=3))
+    keys = set(model.prompt_learner.state_dict())
+    expected = {"ctx", "proj.weight", "proj.bias"} | {f"compound_prompts_text.{i}" for i in range(2)} | {
+        f"compound_prompt_projections.{i}.{p}" for i in range(2) for p in ("weight", "bias")}
+    assert keys == expected
+
+
 def test_depth_beyond_the_backbone_is_a_clear_error(small_clip):
     with pytest.raises(ValueError, match=r"TRAINER.MAPLE.PROMPT_DEPTH=9: expected an int in 1..3"):
         maple.MaPLeCLIP(small_clip, CLASSNAMES, make_node(maple, "MAPLE"))

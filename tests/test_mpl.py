@@ -220,7 +220,8 @@ def maple_with_mpl_parameters(clip_model, mpl_model, n_ctx, depth):
     source, target = mpl_model.prompt_learner, maple.prompt_learner
     with torch.no_grad():
         target.ctx.copy_(source.ctx)
-        target.compound_prompts_text.copy_(torch.stack(list(source.compound_prompts_text)))
+        for dst, src in zip(target.compound_prompts_text, source.compound_prompts_text):
+            dst.copy_(src)
         target.proj.load_state_dict(source.proj.state_dict())
         for maple_projection, slots in zip(target.compound_prompt_projections, source.compound_prompt_projections):
             maple_projection.load_state_dict(slots[0].state_dict())

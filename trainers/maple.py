@@ -12,10 +12,9 @@ from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP
+from mmpt.prompted_clip import PromptedCLIP, normal_prompts
 
-from trainers.baseline_utils import (check_depth, layer_counts, maple_context, prompt_texts,
-                                     random_prompts, vision_width)
+from trainers.baseline_utils import check_depth, layer_counts, maple_context, prompt_texts, vision_width
 
 
 def extend_cfg(cfg):
@@ -36,13 +35,12 @@ class MaPLePromptLearner(nn.Module):
         super().__init__()
         n_ctx, d_text = text_context.shape
         self.ctx = nn.Parameter(text_context.clone())
-        self.compound_prompts_text = random_prompts(depth - 1, n_ctx, d_text)
+        self.compound_prompts_text = nn.ParameterList(normal_prompts(n_ctx, d_text) for _ in range(depth - 1))
         self.proj = nn.Linear(d_text, d_vision)
         self.compound_prompt_projections = nn.ModuleList(nn.Linear(d_text, d_vision) for _ in range(depth - 1))
 
     def text_prompts(self):
-        deep = [] if self.compound_prompts_text is None else list(self.compound_prompts_text.unbind(0))
-        return [self.ctx, *deep]
+        return [self.ctx, *self.compound_prompts_text]
 
     def visual_prompts(self):
         projections = [self.proj, *self.compound_prompt_projections]
