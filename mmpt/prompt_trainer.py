@@ -6,7 +6,6 @@ outside `prompt_learner`, builds the optimizer / scheduler on it, registers it a
 hold only the learnable prompts, CoOp-compatible), trains with the PREC policy and evaluates with the class text
 features computed once per evaluation.
 """
-import os.path as osp
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +13,6 @@ import torch.nn.functional as F
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import load_checkpoint
 from mmpt.clip_backbone import check_backbone_name, load_clip
 from mmpt.precision import Precision, check_precision
 
@@ -118,28 +116,17 @@ class PromptTrainer(TrainerX):
             return self.model(input, class_features=self.eval_class_features).float()
 
     # ---------------------------------------------------------------- checkpoints
-    def load_model(self, directory, epoch=None):
-        """Load prompt_learner from directory/prompt_learner/model.pth.tar-<epoch> (model-best.pth.tar when epoch
-        is None). Works across class sets; upstream checkpoints' class buffers (token_prefix / token_suffix)
-        are dropped."""
-        if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given")
-            return
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-        for name in self.get_model_names():
-            model_path = osp.join(directory, name, model_file)
-            if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}" (check --model-dir / --load-epoch)')
-            checkpoint = load_checkpoint(model_path)
-            state_dict = {key: value for key, value in checkpoint["state_dict"].items()
-                          if key.split(".")[-1] not in UPSTREAM_CLASS_BUFFERS}
-            print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
-            try:
-                self._models[name].load_state_dict(state_dict)
-            except RuntimeError as error:
-                first = str(error).strip().splitlines()
-                raise RuntimeError(f"{model_path} does not fit {type(self).__name__}'s {name} (other config?): "
-                                   f"{' '.join(line.strip() for line in first)}") from None
+    def load_state_dict_into(self, name, state_dict, model_path):
+        """Checkpoints hold prompt_learner only and load across class sets (base -> new); upstream checkpoints'
+        class buffers (token_prefix / token_suffix) are dropped."""
+        state_dict = {key: value for key, value in state_dict.items()
+                      if key.split(".")[-1] not in UPSTREAM_CLASS_BUFFERS}
+        try:
+            self._models[name].load_state_dict(state_dict)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()
+            raise RuntimeError(f"{model_path} does not fit {type(self).__name__}'s {name} (other config?): "
+                               f"{' '.join(line.strip() for line in first)}") from None
 
 
 def freeze_all_but_prompt_learner(model):

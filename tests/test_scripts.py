@@ -1,6 +1,5 @@
 """scripts/<trainer>/*.sh: syntax, defaults, errors, and every protocol end to end on generated data (tiny CLIP)."""
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -132,7 +132,11 @@ class TrainerBase:
                 raise FileNotFoundError(f'Model not found at "{model_path}" (check --model-dir / --load-epoch)')
             checkpoint = load_checkpoint(model_path)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
-            self._models[name].load_state_dict(checkpoint["state_dict"])
+            self.load_state_dict_into(name, checkpoint["state_dict"], model_path)
+
+    def load_state_dict_into(self, name, state_dict, model_path):
+        """Load one model's weights (read from model_path); trainers override this to adapt old checkpoints."""
+        self._models[name].load_state_dict(state_dict)
 
     # ---------------------------------------------------------------- modes, LR, updates
     def set_model_mode(self, mode="train", names=None):
