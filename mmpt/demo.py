@@ -31,7 +31,7 @@ def tiny_opts(epochs):
             "TRAINER.MUDPT.INJECTION_WIDTH", "64", "TRAINER.MUDPT.INJECTION_HEADS", "2"]
 
 
-def make_demo_data(data_root, num_classes=6, images_per_class=8):
+def make_demo_data(data_root, num_classes=10, images_per_class=20):
     from mmpt.fixtures import make_dataset
 
     marker = osp.join(data_root, ".mmpt-demo-data")
@@ -42,7 +42,7 @@ def make_demo_data(data_root, num_classes=6, images_per_class=8):
     return data_root
 
 
-def run_demo(output=None, epochs=2, echo=print):
+def run_demo(output=None, epochs=5, echo=print):
     """Generate the data, run the grid, print the tables; returns (exit code, the results dict)."""
     start = time.time()
     output = osp.abspath(output or tempfile.mkdtemp(prefix="mmpt-demo-"))
@@ -67,7 +67,7 @@ def run_demo(output=None, epochs=2, echo=print):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mmpt.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default=None, help="folder for the data and outputs (default: a new temp folder)")
-    p.add_argument("--epochs", type=int, default=2, help="training epochs per run (default 2)")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs per run (default 5)")
     args = p.parse_args(argv)
     code, _ = run_demo(args.output, args.epochs)
     return code
