@@ -72,7 +72,7 @@ class PromptTrainer(TrainerX):
 
     # ---------------------------------------------------------------- training
     def parse_batch_train(self, batch):
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+        return batch["img"].to(self.device, non_blocking=True), batch["label"].to(self.device, non_blocking=True)
 
     def forward_backward(self, batch):
         if self.optim is None:
@@ -89,7 +89,10 @@ class PromptTrainer(TrainerX):
     def backward_and_update(self, loss):
         """model_backward_and_update with the GradScaler (a no-op scaler unless PREC is fp16)."""
         self.optim.zero_grad()
-        self.detect_anomaly(loss)
+        if not self.scaler.is_enabled():
+            # under fp16 an overflowing step is the GradScaler's to skip (it lowers the scale); elsewhere a
+            # non-finite loss is a bug and stops the run
+            self.detect_anomaly(loss)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optim)
         self.scaler.update()

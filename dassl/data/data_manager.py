@@ -28,6 +28,10 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         drop_last=is_train and len(data_source) >= batch_size,
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
+        # evaluation loaders keep their workers between evaluations; training loaders re-fork theirs each epoch
+        # because a worker's seed is drawn from the main RNG when the epoch starts: that is what makes a resumed
+        # run's augmentations equal an uninterrupted run's (persistent workers would carry their own RNG state)
+        persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0 and not is_train,
     )
 
 

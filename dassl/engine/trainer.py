@@ -356,7 +356,7 @@ class SimpleTrainer(TrainerBase):
         return self.model(input)
 
     def parse_batch_test(self, batch):
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+        return batch["img"].to(self.device, non_blocking=True), batch["label"].to(self.device, non_blocking=True)
 
     def get_current_lr(self, names=None):
         name = self.get_model_names(names)[0]
@@ -398,4 +398,4 @@ class TrainerX(SimpleTrainer):
             end = time.time()
 
     def parse_batch_train(self, batch):
-        return batch["img"].to(self.device), batch["label"].to(self.device), batch["domain"].to(self.device)
+        return batch["img"].to(self.device, non_blocking=True), batch["label"].to(self.device, non_blocking=True), batch["domain"].to(self.device)

@@ -1,0 +1,169 @@
+"""Build the method models the way the trainers do, with a random backbone, and switch the levers on / off.
+
+A method model is what `PromptTrainer.build_model` trains: `<Trainer>.build_prompted_clip(cfg, classnames,
+clip_model)` (the trainer's own build code), with everything outside `prompt_learner` frozen. No dataset is
+needed: the benchmarks feed random images, and the class names are real ImageNet names so that the text
+lengths (which set the cost of the truncated text tower) are realistic.
+"""
+import contextlib
+import copy
+import glob
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+from benchmarks.harness import REPO_ROOT
+from benchmarks.reference import ReferenceImageEncoder, ReferenceTextEncoder
+
+# The config each trainer is benchmarked with unless --config says otherwise (the method's main setting).
+DEFAULT_CONFIGS = {
+    "MuDPT": "vit_b16_c4_ep10_batch4_joint.yaml",  # the paper's setting: joint injection, n = 4, J = 12
+    "MaPLe": "vit_b16_c2_ep5_batch4_2ctx.yaml",
+    "MPL": "vit_b4_c1_add2_rm1.yaml",
+    "CoOp": "vit_b16_ep50.yaml",
+    "CoCoOp": "vit_b16_c4_ep10_batch1_ctxv1.yaml",
+    "IVLP": "vit_b16_c2_ep5_batch4_2+2ctx.yaml",
+    "VPT": "vit_b16_c2_ep5_batch4_4.yaml",
+}
+
+
+def config_path(trainer_name, config=None):
+    """configs/trainers/<Trainer>/<config>; default: the trainer's main config, else its first vit_b16 one."""
+    folder = os.path.join(REPO_ROOT, "configs", "trainers", trainer_name)
+    if config:
+        path = config if os.path.isfile(config) else os.path.join(folder, config)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config {config!r} for trainer {trainer_name}: no such file ({path})")
+        return path
+    preferred = os.path.join(folder, DEFAULT_CONFIGS.get(trainer_name, ""))
+    if os.path.isfile(preferred):
+        return preferred
+    candidates = sorted(glob.glob(os.path.join(folder, "vit_b16*.yaml"))) or sorted(glob.glob(os.path.join(folder, "*.yaml")))
+    if not candidates:
+        raise FileNotFoundError(f"trainer {trainer_name}: no config file under {folder}")
+    return candidates[0]
+
+
+def trainer_class(trainer_name):
+    import trainers  # noqa: F401  (registers every trainer)
+    from dassl.engine import TRAINER_REGISTRY
+
+    return TRAINER_REGISTRY.get(trainer_name)
+
+
+def load_cfg(trainer_name, config_file, backbone, opts=()):
+    """dassl defaults + every trainer's node + the config file + `opts` (KEY VALUE ...); backbone = `backbone`."""
+    import trainers
+    from dassl.config import get_cfg_default
+
+    cfg = get_cfg_default()
+    trainers.extend_cfg(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.TRAINER.NAME = trainer_name
+    cfg.MODEL.BACKBONE.NAME = backbone
+    return cfg
+
+
+def build_clip(backbone, seed=0):
+    """A CLIP model of architecture `backbone` (e.g. "random-ViT-B/16") in fp32, eval mode, on CPU."""
+    from mmpt.clip_backbone import load_clip_by_name
+
+    return load_clip_by_name(backbone, seed=seed)
+
+
+def build_method(trainer_name, cfg, classnames, clip_model):
+    """The trainer's own `build_prompted_clip`, with the backbone frozen as PromptTrainer freezes it."""
+    cls = trainer_class(trainer_name)
+    trainer = cls.__new__(cls)  # build_prompted_clip needs the config, not a dataset
+    trainer.cfg = cfg
+    with contextlib.redirect_stdout(open(os.devnull, "w")):
+        model = cls.build_prompted_clip(trainer, cfg, classnames, clip_model)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("prompt_learner."))
+    return model
+
+
+def trainable_parameters(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@dataclass(frozen=True)
+class Levers:
+    """One configuration of the levers. `reference()` is what CoOp / MaPLe compute."""
+
+    truncate: bool = True  # lever 1: text tower on the shortest sufficient length (False: 77 tokens)
+    sdpa: bool = True  # lever 3: F.scaled_dot_product_attention (False: CLIP's own nn.MultiheadAttention blocks)
+    chunk_size: int = 0  # lever 5: text tower on this many classes at a time (0: all at once)
+    checkpoint: bool = False  # lever 5: activation checkpointing in the text tower
+    precision: str = "default"  # lever 4: "default" (our PREC amp), "fp32", "bf16", or "fp16" (reference on CUDA)
+
+    @staticmethod
+    def reference():
+        return Levers(truncate=False, sdpa=False, precision="reference")
+
+    def but(self, **changes):
+        return replace(self, **changes)
+
+
+class LeverSwitch:
+    """Holds a method model's own encoders and the reference ones, and installs a lever configuration.
+
+    On CUDA the full reference ("all off") runs as CoOp / MaPLe do with PREC fp16: on a copy of CLIP whose
+    weights are converted to fp16 (clip.model.convert_weights), no autocast, no GradScaler.
+    """
+
+    def __init__(self, model, clip_model):
+        self.model = model
+        self.clip_model = clip_model
+        self.ours = (model.text_encoder, model.image_encoder)
+        self.reference = (ReferenceTextEncoder(clip_model), ReferenceImageEncoder(clip_model))
+        self._reference_fp16 = None
+
+    def reference_fp16(self):
+        if self._reference_fp16 is None:
+            from clip.model import convert_weights
+
+            half = copy.deepcopy(self.clip_model)
+            convert_weights(half)
+            self._reference_fp16 = (ReferenceTextEncoder(half), ReferenceImageEncoder(half))
+        return self._reference_fp16
+
+    def install(self, levers, device):
+        if levers.sdpa:
+            text, image = self.ours
+        elif resolved_precision(levers, device) == "fp16" and levers.precision == "reference":
+            text, image = self.reference_fp16()
+        else:
+            text, image = self.reference
+        # assigning a registered submodule through nn.Module.__setattr__ keeps the trainable parameters unchanged
+        self.model.text_encoder, self.model.image_encoder = text, image
+        text.truncate = levers.truncate
+        if levers.sdpa:
+            text.chunk_size, text.checkpoint = levers.chunk_size, levers.checkpoint
+        elif levers.chunk_size or levers.checkpoint:
+            raise ValueError("the reference (nn.MultiheadAttention) text encoder runs unchunked, without checkpointing")
+        return self.model
+
+
+def resolved_precision(levers, device):
+    """"fp32" | "bf16" | "fp16": our default is bf16 autocast on CUDA, fp32 on CPU; the reference runs CUDA in fp16."""
+    cuda = torch.device(device).type == "cuda"
+    if levers.precision == "default":
+        return "bf16" if cuda else "fp32"
+    if levers.precision == "reference":
+        return "fp16" if cuda else "fp32"
+    return levers.precision
+
+
+def precision_context(levers, device):
+    """Autocast for the precision lever (weights, prompts and optimizer state stay fp32).
+
+    The CUDA reference runs on fp16 weights instead (see LeverSwitch), so it needs no autocast.
+    """
+    precision = resolved_precision(levers, device)
+    if precision == "fp32" or levers.precision == "reference":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(torch.device(device).type, dtype=dtype)

@@ -1,0 +1,91 @@
+"""Trainable parameters per trainer and config file (configs/trainers/*/*.yaml) at ViT-B/16.
+
+    python benchmarks/param_counts.py                       # every trainer and config, 100 classes
+    python benchmarks/param_counts.py --trainers MuDPT MPL --classes 1000
+
+Each model is built by the trainer's own `build_prompted_clip` on a random ViT-B/16 (parameter counts depend
+on the architecture only) and counted as PromptTrainer trains it: every parameter of `prompt_learner`.
+Config files are counted at ViT-B/16 whatever backbone they name (the count only depends on the text width and,
+for visual prompts, the vision width). The "expected" column gives the published / official figures where
+they exist; "ok" says whether the count matches.
+"""
+import argparse
+import glob
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import harness  # noqa: E402
+from benchmarks.models import build_clip, build_method, load_cfg, trainable_parameters, trainer_class  # noqa: E402
+
+# Official / published trainable-parameter counts at ViT-B/16 (docs: METHODS.md, MPL.md; MaPLe's paper).
+EXPECTED = {
+    ("MuDPT", "linear"): 1_204_736,  # official code's MuDPT trainer, n = 2, J = 9
+    ("MuDPT", "separate"): 11_056_128,  # official last variant, n = 2, J = 9
+    ("MPL", "vit_b4_c1_add2_rm1"): 6_702_336,
+    ("MaPLe", "vit_b16_c2_ep5_batch4_2ctx"): 3_555_072,
+    # cross-dataset config: J = 3 -> (2 x 512 + Linear(512, 768)) x 3 = 1,185,024
+}
+# counts that follow from the architecture alone (CoOp: n x 512; CoCoOp's n = 4 + Meta-Net 512-32-512, as in
+# MaPLe's parameter table)
+def _n_ctx(node):
+    """CoOp / CoCoOp: CTX_INIT's words set the context length when given, else N_CTX."""
+    return len(node.CTX_INIT.replace("_", " ").split()) if node.CTX_INIT else node.N_CTX
+
+
+ANALYTIC = {"CoOp": lambda node: _n_ctx(node) * 512, "CoCoOp": lambda node: _n_ctx(node) * 512 + 35_360 - 4 * 512}
+
+
+def expected_count(trainer_name, config_name, cfg):
+    if (trainer_name, config_name) in EXPECTED:
+        return EXPECTED[(trainer_name, config_name)]
+    if trainer_name in ANALYTIC and not getattr(cfg.TRAINER[trainer_name.upper()], "CSC", False):
+        return ANALYTIC[trainer_name](cfg.TRAINER[trainer_name.upper()])
+    if trainer_name == "MuDPT":
+        node = cfg.TRAINER.MUDPT
+        if node.N_CTX_TEXT == 2 and node.PROMPT_DEPTH == 9:
+            return EXPECTED.get(("MuDPT", node.INJECTION))
+    return None
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trainers", nargs="+", default=None, help="default: every folder under configs/trainers")
+    parser.add_argument("--classes", type=int, default=100, help="number of classes (matters for class-specific contexts)")
+    parser.add_argument("--backbone", default="random-ViT-B/16")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    config_root = os.path.join(harness.REPO_ROOT, "configs", "trainers")
+    trainer_names = args.trainers or sorted(os.listdir(config_root))
+    clip_model = build_clip(args.backbone)
+    classnames = harness.imagenet_classnames(args.classes)
+    rows, mismatches = [], 0
+    for trainer_name in trainer_names:
+        try:
+            cls = trainer_class(trainer_name)
+        except KeyError as error:
+            rows.append([trainer_name, "-", "-", "-", f"not registered ({error})"])
+            continue
+        if not hasattr(cls, "build_prompted_clip"):
+            rows.append([trainer_name, "(all)", "0", "", "no trainable parameters (not a prompt trainer)"])
+            continue
+        for path in sorted(glob.glob(os.path.join(config_root, trainer_name, "*.yaml"))):
+            config_name = os.path.splitext(os.path.basename(path))[0]
+            cfg = load_cfg(trainer_name, path, args.backbone)
+            count = trainable_parameters(build_method(trainer_name, cfg, classnames, clip_model))
+            expected = expected_count(trainer_name, config_name, cfg)
+            verdict = "" if expected is None else ("ok" if expected == count else "MISMATCH")
+            mismatches += verdict == "MISMATCH"
+            rows.append([trainer_name, config_name, f"{count:,}", "" if expected is None else f"{expected:,}", verdict])
+    print(f"Trainable parameters at {args.backbone.replace('random-', '')}, {args.classes} classes")
+    print(harness.format_table(["trainer", "config", "trainable", "expected", "check"], rows))
+    if mismatches:
+        print(f"=> {mismatches} count(s) differ from the published figure")
+
+
+if __name__ == "__main__":
+    main()
