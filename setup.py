@@ -13,8 +13,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["dassl", "dassl.*", "mmpt", "mmpt.*"]),
-    include_package_data=True,
-    package_data={"mmpt": ["data/*"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
