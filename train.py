@@ -7,6 +7,7 @@ In-process: `train.main(train.get_parser().parse_args([...]))` returns the train
 final accuracy when a test ran).
 """
 import argparse
+import os
 import sys
 
 import torch
@@ -121,8 +122,9 @@ def get_parser():
 
 
 def _user_errors():
-    """Exception types that mean bad input: printed as one line, without a traceback."""
-    errors = [ConfigKeyError, UnknownNameError, FileNotFoundError]
+    """Exception types that mean bad input: printed as one line, without a traceback (set MMPT_TRACEBACK=1 to
+    see it). ValueError is what every config-value check raises (a backbone name, PREC, a prompt depth, ...)."""
+    errors = [ConfigKeyError, UnknownNameError, FileNotFoundError, ValueError]
     try:
         from mmpt.clip_backbone import BackboneNotFoundError
         errors.append(BackboneNotFoundError)
@@ -135,4 +137,6 @@ if __name__ == "__main__":
     try:
         main(get_parser().parse_args())
     except _user_errors() as e:
+        if os.environ.get("MMPT_TRACEBACK"):
+            raise
         sys.exit(f"train.py: error: {e}")

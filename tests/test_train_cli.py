@@ -137,6 +137,18 @@ def test_setup_cfg_merge_order_and_seed_zero(tmp_path):
     assert no_seed.SEED == 7  # no --seed: the config file's value stands
 
 
+def test_cli_bad_backbone_name_is_one_line(tmp_path, toy_data_root):
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "train.py", "--root", str(toy_data_root), "--trainer", "CoOp",
+                           "--dataset-config-file", "configs/datasets/caltech101.yaml",
+                           "--output-dir", str(tmp_path / "out"), "MODEL.BACKBONE.NAME", "ViT-B/17"],
+                          cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: MODEL.BACKBONE.NAME='ViT-B/17' is not a CLIP backbone"), last
+
+
 def test_cli_unknown_key_is_one_line(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("OPTIM:\n  NAMEE: sgd\n")
