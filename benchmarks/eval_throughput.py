@@ -28,18 +28,9 @@ from benchmarks.models import Levers, LeverSwitch, build_clip, build_method, con
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trainers", nargs="+", default=["MuDPT"])
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--classes", nargs="+", type=int, default=[100])
+    harness.add_common_args(parser)
     parser.add_argument("--batch", nargs="+", type=int, default=[4], help="test batch size(s)")
     parser.add_argument("--eval-images", type=int, default=1000, help="size of the evaluation the images/s refer to")
-    parser.add_argument("--backbone", default="random-ViT-B/16")
-    parser.add_argument("--opts", nargs="+", default=[], help="config overrides KEY VALUE ... (as train.py's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); 1 keeps "
-                        "the CPU-time column free of thread spin-waiting on a machine shared with other work")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
     return parser.parse_args(argv)
 
 

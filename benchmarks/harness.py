@@ -28,6 +28,22 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
+def add_common_args(parser):
+    """The options every benchmark script takes (trainers, classes, backbone, device, repeats, ...)."""
+    parser.add_argument("--trainers", nargs="+", default=["MuDPT"])
+    parser.add_argument("--config", default=None, help="config file (name under configs/trainers/<T>/ or a path); "
+                        "default: each trainer's main config (benchmarks/models.py DEFAULT_CONFIGS)")
+    parser.add_argument("--classes", nargs="+", type=int, default=[100])
+    parser.add_argument("--backbone", default="random-ViT-B/16")
+    parser.add_argument("--opts", nargs="+", default=[], help="config overrides KEY VALUE ... (as train.py's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); 1 keeps "
+                        "the CPU-time column free of thread spin-waiting on a machine shared with other work")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    return parser
+
+
 def synchronize(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

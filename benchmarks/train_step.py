@@ -86,18 +86,8 @@ class StepBench:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trainers", nargs="+", default=["MuDPT"])
-    parser.add_argument("--config", default=None, help="config file (name under configs/trainers/<T>/ or a path); "
-                        "default: each trainer's main config (benchmarks/models.py DEFAULT_CONFIGS)")
-    parser.add_argument("--classes", nargs="+", type=int, default=[100])
+    harness.add_common_args(parser)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--backbone", default="random-ViT-B/16")
-    parser.add_argument("--opts", nargs="+", default=[], help="config overrides KEY VALUE ... (as train.py's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); 1 keeps "
-                        "the CPU-time column free of thread spin-waiting on a machine shared with other work")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--chunk-size", type=int, default=25, help="classes per text-tower chunk (memory lever)")
     parser.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on CPU")
     parser.add_argument("--only", nargs="+", default=None, help="run only these configurations (names as printed)")
