@@ -1,4 +1,5 @@
-"""End-to-end helper for tests: train / evaluate a trainer in-process on a generated dataset.
+"""Shared test helpers: `trainer_node` and `small_clip_model` (model-level tests), and `run_train` (train /
+evaluate a trainer in-process on a generated dataset).
 
     from tests.e2e import run_train
     output_dir, log = run_train(tmp_path, "CoOp", "configs/trainers/CoOp/vit_b16_ep50.yaml")
@@ -20,6 +21,37 @@ subsample="all", output_dir=None, dataset_kwargs=None, load_epoch=None, return_t
   its `log.txt` (the engine's stdout tee).
 """
 from pathlib import Path
+
+import torch
+from clip.model import CLIP
+from yacs.config import CfgNode as CN
+
+from mmpt.clip_backbone import perturb_default_parameters
+
+
+def trainer_node(module, name, **overrides):
+    """cfg.TRAINER.<name> as `module.extend_cfg` defines it, with `overrides` set."""
+    cfg = CN()
+    cfg.TRAINER = CN()
+    module.extend_cfg(cfg)
+    node = cfg.TRAINER[name]
+    for key, value in overrides.items():
+        setattr(node, key, value)
+    return node
+
+
+def small_clip_model(perturb=True, layers=3, **shape):
+    """A random CLIP with distinct widths (text 64, vision 96, joint 48) so that formulas can't mix them up, and
+    `layers` layers per tower. perturb: LayerNorm weights / biases away from 1 / 0 (no term vanishes by chance)."""
+    torch.manual_seed(0)
+    args = dict(embed_dim=48, image_resolution=32, vision_layers=layers, vision_width=96, vision_patch_size=8,
+                context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=2,
+                transformer_layers=layers)
+    args.update(shape)
+    model = CLIP(**args)
+    if perturb:
+        perturb_default_parameters(model)
+    return model.float().eval().requires_grad_(False)
 
 FAST_OPTS = (
     "MODEL.BACKBONE.NAME", "random-tiny-ViT",

@@ -7,36 +7,13 @@ import clip
 import pytest
 import torch
 import torch.nn.functional as F
-from clip.model import CLIP
-from yacs.config import CfgNode as CN
 
-from mmpt.clip_backbone import build_random_clip, perturb_default_parameters
-from tests.e2e import run_train
+from mmpt.clip_backbone import build_random_clip
+from tests.e2e import run_train, small_clip_model, trainer_node
 from trainers import cocoop, coop, ivlp, maple, vpt, zsclip
 
 # names of 1, 2 and 4 tokens, so front / middle class positions group classes of different lengths
 CLASSNAMES = ["dog", "golden_retriever", "sea lion of the north", "cat"]
-
-
-def make_node(module, name, **overrides):
-    cfg = CN()
-    cfg.TRAINER = CN()
-    module.extend_cfg(cfg)
-    node = cfg.TRAINER[name]
-    for key, value in overrides.items():
-        setattr(node, key, value)
-    return node
-
-
-def small_clip_model(**shape):
-    """A random CLIP with distinct widths (text 64, vision 96, joint 48) so that formulas can't mix them up."""
-    torch.manual_seed(0)
-    args = dict(embed_dim=48, image_resolution=32, vision_layers=3, vision_width=96, vision_patch_size=8,
-                context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=2, transformer_layers=3)
-    args.update(shape)
-    model = CLIP(**args)
-    perturb_default_parameters(model)  # LayerNorm weights / biases away from 1 / 0: no term vanishes by chance
-    return model.float().eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +59,15 @@ def maple_count(d_t, d_v, n, depth):
 def build_all(clip_model, classnames, depth):
     """(label, model) for every prompt trainer at `depth` layers (text 64 / vision 96 / joint 48 for the small CLIP)."""
     return [
-        ("CoOp n=16", coop.CoOpCLIP(clip_model, classnames, make_node(coop, "COOP"))),
-        ("CoOp CSC n=8", coop.CoOpCLIP(clip_model, classnames, make_node(coop, "COOP", N_CTX=8, CSC=True))),
-        ("CoOp ctxv1", coop.CoOpCLIP(clip_model, classnames, make_node(coop, "COOP", CTX_INIT="a photo of a"))),
+        ("CoOp n=16", coop.CoOpCLIP(clip_model, classnames, trainer_node(coop, "COOP"))),
+        ("CoOp CSC n=8", coop.CoOpCLIP(clip_model, classnames, trainer_node(coop, "COOP", N_CTX=8, CSC=True))),
+        ("CoOp ctxv1", coop.CoOpCLIP(clip_model, classnames, trainer_node(coop, "COOP", CTX_INIT="a photo of a"))),
         ("CoCoOp ctxv1", cocoop.CoCoOpCLIP(clip_model, classnames,
-                                           make_node(cocoop, "COCOOP", CTX_INIT="a photo of a"))),
-        ("VPT", vpt.VPTCLIP(clip_model, classnames, make_node(vpt, "VPT", PROMPT_DEPTH_VISION=depth))),
-        ("IVLP", ivlp.IVLPCLIP(clip_model, classnames, make_node(ivlp, "IVLP", PROMPT_DEPTH_TEXT=depth,
+                                           trainer_node(cocoop, "COCOOP", CTX_INIT="a photo of a"))),
+        ("VPT", vpt.VPTCLIP(clip_model, classnames, trainer_node(vpt, "VPT", PROMPT_DEPTH_VISION=depth))),
+        ("IVLP", ivlp.IVLPCLIP(clip_model, classnames, trainer_node(ivlp, "IVLP", PROMPT_DEPTH_TEXT=depth,
                                                                   PROMPT_DEPTH_VISION=depth))),
-        ("MaPLe", maple.MaPLeCLIP(clip_model, classnames, make_node(maple, "MAPLE", PROMPT_DEPTH=depth))),
+        ("MaPLe", maple.MaPLeCLIP(clip_model, classnames, trainer_node(maple, "MAPLE", PROMPT_DEPTH=depth))),
     ]
 
 
@@ -113,9 +90,9 @@ def test_parameter_counts_at_vit_b16():
     """ViT-B/16 shapes (d_t 512, d_v 768, joint 512, 12 layers; random weights, about a second to build)."""
     clip_model = build_random_clip("random-ViT-B/16").requires_grad_(False)
     models = dict(build_all(clip_model, CLASSNAMES, 12))
-    models["VPT"] = vpt.VPTCLIP(clip_model, CLASSNAMES, make_node(vpt, "VPT"))  # the config's 4 x 12
-    models["IVLP"] = ivlp.IVLPCLIP(clip_model, CLASSNAMES, make_node(ivlp, "IVLP"))  # 2 + 2, depth 9
-    models["MaPLe"] = maple.MaPLeCLIP(clip_model, CLASSNAMES, make_node(maple, "MAPLE"))  # n 2, depth 9
+    models["VPT"] = vpt.VPTCLIP(clip_model, CLASSNAMES, trainer_node(vpt, "VPT"))  # the config's 4 x 12
+    models["IVLP"] = ivlp.IVLPCLIP(clip_model, CLASSNAMES, trainer_node(ivlp, "IVLP"))  # 2 + 2, depth 9
+    models["MaPLe"] = maple.MaPLeCLIP(clip_model, CLASSNAMES, trainer_node(maple, "MAPLE"))  # n 2, depth 9
     got = {label: trainable(model) for label, model in models.items()}
     assert got == {  # the figures the papers / their repositories print
         "CoOp n=16": 8_192, "CoOp CSC n=8": 4 * 4_096, "CoOp ctxv1": 2_048, "CoCoOp ctxv1": 35_360,
@@ -156,7 +133,7 @@ def coop_reference_features(clip_model, ctx, classnames, position):
 @pytest.mark.parametrize("position", ["end", "middle", "front"])
 @pytest.mark.parametrize("csc", [False, True])
 def test_coop_class_features_match_coop_code(small_clip, position, csc):
-    model = perturb_prompts(coop.CoOpCLIP(small_clip, CLASSNAMES, make_node(
+    model = perturb_prompts(coop.CoOpCLIP(small_clip, CLASSNAMES, trainer_node(
         coop, "COOP", N_CTX=4, CSC=csc, CLASS_TOKEN_POSITION=position)))
     with torch.no_grad():
         got = model.class_features()
@@ -168,7 +145,7 @@ def test_coop_class_features_match_coop_code(small_clip, position, csc):
 def test_coop_ctx_init_starts_from_the_words(small_clip):
     """CTX_INIT: the context is the words' embeddings, so before training the class features equal CLIP's
     encode_text("a photo of a <name>.")."""
-    model = coop.CoOpCLIP(small_clip, CLASSNAMES, make_node(coop, "COOP", CTX_INIT="a_photo of a"))
+    model = coop.CoOpCLIP(small_clip, CLASSNAMES, trainer_node(coop, "COOP", CTX_INIT="a_photo of a"))
     words = clip.tokenize("a photo of a")[0, 1:5]
     torch.testing.assert_close(model.prompt_learner.ctx.detach(), small_clip.token_embedding.weight[words])
     sentences = clip.tokenize([f"a photo of a {name.replace('_', ' ')}." for name in CLASSNAMES])
@@ -179,17 +156,17 @@ def test_coop_ctx_init_starts_from_the_words(small_clip):
 
 def test_coop_random_init(small_clip):
     torch.manual_seed(3)
-    model = coop.CoOpCLIP(small_clip, CLASSNAMES, make_node(coop, "COOP", N_CTX=16, CSC=True))
+    model = coop.CoOpCLIP(small_clip, CLASSNAMES, trainer_node(coop, "COOP", N_CTX=16, CSC=True))
     ctx = model.prompt_learner.ctx.detach()
     assert ctx.shape == (len(CLASSNAMES), 16, 64)
     assert 0.015 < ctx.std().item() < 0.025 and abs(ctx.mean().item()) < 0.005  # N(0, 0.02)
     with pytest.raises(ValueError, match="TRAINER.COOP.CLASS_TOKEN_POSITION='back'"):
-        coop.CoOpCLIP(small_clip, CLASSNAMES, make_node(coop, "COOP", CLASS_TOKEN_POSITION="back"))
+        coop.CoOpCLIP(small_clip, CLASSNAMES, trainer_node(coop, "COOP", CLASS_TOKEN_POSITION="back"))
 
 
 # ---- CoCoOp: text features are per image, = CoOp's text path with ctx + meta_net(f_i) ----
 def test_cocoop_text_features_depend_on_the_image(small_clip):
-    model = perturb_prompts(cocoop.CoCoOpCLIP(small_clip, CLASSNAMES, make_node(
+    model = perturb_prompts(cocoop.CoCoOpCLIP(small_clip, CLASSNAMES, trainer_node(
         cocoop, "COCOOP", CTX_INIT="a photo of a")), scale=0.5)
     torch.manual_seed(2)
     images = torch.randn(2, 3, 32, 32)
@@ -229,7 +206,7 @@ def test_zeroshot_logits_equal_clip(small_clip):
 
 # ---- MaPLe: visual prompt of layer l = F_l(text prompt of layer l) ----
 def test_maple_visual_prompts_are_projected_text_prompts(small_clip):
-    model = perturb_prompts(maple.MaPLeCLIP(small_clip, CLASSNAMES, make_node(maple, "MAPLE", PROMPT_DEPTH=3)))
+    model = perturb_prompts(maple.MaPLeCLIP(small_clip, CLASSNAMES, trainer_node(maple, "MAPLE", PROMPT_DEPTH=3)))
     text, _ = model.text_prompts()
     vision, _ = model.visual_prompts()
     learner = model.prompt_learner
@@ -243,7 +220,7 @@ def test_maple_visual_prompts_are_projected_text_prompts(small_clip):
 
 def test_maple_state_dict_keys_are_the_releases(small_clip):
     # released MaPLe checkpoints load by name: ctx, proj, compound_prompts_text.<i>, compound_prompt_projections.<i>
-    model = maple.MaPLeCLIP(small_clip, CLASSNAMES, make_node(maple, "MAPLE", PROMPT_DEPTH=3))
+    model = maple.MaPLeCLIP(small_clip, CLASSNAMES, trainer_node(maple, "MAPLE", PROMPT_DEPTH=3))
     keys = set(model.prompt_learner.state_dict())
     expected = {"ctx", "proj.weight", "proj.bias"} | {f"compound_prompts_text.{i}" for i in range(2)} | {
         f"compound_prompt_projections.{i}.{p}" for i in range(2) for p in ("weight", "bias")}
@@ -252,7 +229,7 @@ def test_maple_state_dict_keys_are_the_releases(small_clip):
 
 def test_depth_beyond_the_backbone_is_a_clear_error(small_clip):
     with pytest.raises(ValueError, match=r"TRAINER.MAPLE.PROMPT_DEPTH=9: expected an int in 1..3"):
-        maple.MaPLeCLIP(small_clip, CLASSNAMES, make_node(maple, "MAPLE"))
+        maple.MaPLeCLIP(small_clip, CLASSNAMES, trainer_node(maple, "MAPLE"))
 
 
 # ---- end to end: train 2 epochs on a generated dataset, evaluate; a training step moves prompts only ----

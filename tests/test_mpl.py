@@ -7,28 +7,20 @@ import torch.nn.functional as F
 from clip.model import CLIP
 from yacs.config import CfgNode as CN
 
+from tests.e2e import small_clip_model, trainer_node
 from trainers import mpl
 
 CLASSNAMES = ["dog", "golden_retriever", "a very long class name of a thing", "cat"]
 
 
 def mpl_node(**overrides):
-    cfg = CN()
-    cfg.TRAINER = CN()
-    mpl.extend_cfg(cfg)
-    node = cfg.TRAINER.MPL
-    for key, value in overrides.items():
-        setattr(node, key, value)
-    return node
+    return trainer_node(mpl, "MPL", **overrides)
 
 
 @pytest.fixture(scope="module")
 def small_clip():
     """A 5-layer random CLIP (vision width 96 != text width 64) so that depth 4 leaves a carry-only layer."""
-    torch.manual_seed(0)
-    model = CLIP(embed_dim=48, image_resolution=32, vision_layers=5, vision_width=96, vision_patch_size=8,
-                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=2, transformer_layers=5)
-    return model.float().eval().requires_grad_(False)
+    return small_clip_model(perturb=False, layers=5)
 
 
 def build_model(clip_model, **overrides):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from clip.model import CLIP
 from yacs.config import CfgNode as CN
 
+from tests.e2e import small_clip_model, trainer_node
 from trainers import mudpt
 
 CLASSNAMES = ["dog", "golden_retriever", "a very long class name of a thing", "cat"]
@@ -16,23 +17,14 @@ CONFIG_DIR = Path("configs/trainers/MuDPT")
 
 
 def mudpt_node(**overrides):
-    cfg = CN()
-    cfg.TRAINER = CN()
-    mudpt.extend_cfg(cfg)
-    node = cfg.TRAINER.MUDPT
-    node.INJECTION_WIDTH, node.INJECTION_HEADS = 32, 2  # small joint block for the tiny backbone
-    for key, value in overrides.items():
-        setattr(node, key, value)
-    return node
+    # a small joint block for the tiny backbone
+    return trainer_node(mudpt, "MUDPT", **{"INJECTION_WIDTH": 32, "INJECTION_HEADS": 2, **overrides})
 
 
 @pytest.fixture(scope="module")
 def small_clip():
     """A 4-layer random CLIP with vision width 96 != text width 64, so a swapped projection cannot pass."""
-    torch.manual_seed(0)
-    model = CLIP(embed_dim=48, image_resolution=32, vision_layers=4, vision_width=96, vision_patch_size=8,
-                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=2, transformer_layers=4)
-    return model.float().eval().requires_grad_(False)
+    return small_clip_model(perturb=False, layers=4)
 
 
 def build_model(clip_model, classnames=CLASSNAMES, **overrides):
