@@ -69,6 +69,9 @@ class PromptTrainer(TrainerX):
             self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(LEARNER_NAME, model.prompt_learner, self.optim, self.sched)
         self.eval_class_features = None
+        # a text side with nothing to learn (VPT) gives the same class features at every step: computed once
+        self.text_is_constant = model.text_is_constant
+        self.constant_class_features = None
 
     # ---------------------------------------------------------------- training
     def parse_batch_train(self, batch):
@@ -79,12 +82,22 @@ class PromptTrainer(TrainerX):
             raise RuntimeError(f"{type(self).__name__} has no trainable parameters: run it with --eval-only")
         images, labels = self.parse_batch_train(batch)
         with self.precision.autocast():
-            logits = self.model(images)
+            logits = self.model(images, class_features=self.training_class_features())
         loss = F.cross_entropy(logits.float(), labels)
         self.backward_and_update(loss)
         if self.batch_idx + 1 == self.num_batches:
             self.update_lr()
         return {"loss": loss.item(), "acc": compute_accuracy(logits.float(), labels)[0].item()}
+
+    def training_class_features(self):
+        """None (the model computes them in its forward pass, once per step), or the class features of a model
+        whose text has nothing to learn, computed on the first step only."""
+        if not self.text_is_constant:
+            return None
+        if self.constant_class_features is None:
+            with torch.no_grad(), self.precision.autocast():
+                self.constant_class_features = self.model.class_features()
+        return self.constant_class_features
 
     def backward_and_update(self, loss):
         """model_backward_and_update with the GradScaler (a no-op scaler unless PREC is fp16)."""

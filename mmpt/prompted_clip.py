@@ -69,7 +69,7 @@ def prompt_count(prompt):
     return 0 if prompt is None else prompt.shape[-2]
 
 
-def check_depth(prompts, remove, n_layers, tower):
+def check_schedule_length(prompts, remove, n_layers, tower):
     for name, schedule in (("prompts", prompts), ("remove", remove)):
         if schedule is not None and len(schedule) > n_layers:
             raise ValueError(f"{tower} {name}: {len(schedule)} layers given, the tower has {n_layers}")
@@ -116,7 +116,7 @@ class PromptedTextEncoder(nn.Module):
     def forward(self, token_ids, prompts=None, remove=None, truncate=None, chunk_size=None, checkpoint=None):
         truncate, chunk_size = pick(truncate, self.truncate), pick(chunk_size, self.chunk_size)
         use_checkpoint = pick(checkpoint, self.checkpoint)
-        check_depth(prompts, remove, len(self.transformer.resblocks), "text")
+        check_schedule_length(prompts, remove, len(self.transformer.resblocks), "text")
         n_seq = token_ids.shape[0]
         if not chunk_size or chunk_size >= n_seq:
             return self.encode(token_ids, prompts, remove, truncate, use_checkpoint)
@@ -165,8 +165,11 @@ class PromptedImageEncoder(nn.Module):
             if any(p is not None for p in (prompts or [])):
                 raise ValueError("visual prompts need a ViT backbone; this CLIP has a ResNet image tower")
             return visual(images.to(visual.conv1.weight.dtype))
-        check_depth(prompts, remove, len(visual.transformer.resblocks), "vision")
+        check_schedule_length(prompts, remove, len(visual.transformer.resblocks), "vision")
+        # the residual stream stays fp32 under autocast, as the text tower's does (autocast still runs the blocks'
+        # matmuls in bf16 / fp16); an fp16 CLIP (weights kept in half) stays fp16
         x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # [B, grid**2, d]
+        x = x.to(visual.conv1.weight.dtype)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         shallow = prompts[0] if prompts else None
@@ -223,22 +226,41 @@ class PromptedCLIP(nn.Module):
         encoder.chunk_size = pick(chunk_size, encoder.chunk_size)
         encoder.checkpoint = pick(checkpoint, encoder.checkpoint)
 
-    def class_features(self):
+    def prompts(self):
+        """(text (prompts, remove), visual (prompts, remove)) for one forward pass. Override where both towers'
+        prompts come out of one computation (MuDPT's injection model), so that it runs once per pass."""
+        return self.text_prompts(), self.visual_prompts()
+
+    @property
+    def text_is_constant(self):
+        """True when the class text features depend on no learnable tensor (no text prompts, e.g. VPT)."""
+        prompts, _ = self.text_prompts()
+        return not self.text_depends_on_image and not any(p is not None for p in (prompts or []))
+
+    def class_features(self, text_prompts=None):
         """[C, E] L2-normalised class text features (a function of the parameters only)."""
-        prompts, remove = self.text_prompts()
+        prompts, remove = text_prompts or self.text_prompts()
         return F.normalize(self.text_encoder(self.token_ids, prompts, remove), dim=-1)
 
-    def image_features(self, images):
+    def image_features(self, images, visual_prompts=None):
         """[B, E] L2-normalised image features."""
-        prompts, remove = self.visual_prompts()
+        prompts, remove = visual_prompts or self.visual_prompts()
         return F.normalize(self.image_encoder(images, prompts, remove), dim=-1)
 
     def forward(self, images, class_features=None):
         """[B, C] logits = logit_scale.exp() * cosine(image, class); pass `class_features` to reuse them."""
         if class_features is None:
-            class_features = self.class_features()
-        image_features = self.image_features(images)
-        return self.logit_scale.exp() * image_features @ class_features.to(image_features.dtype).t()
+            text_prompts, visual_prompts = self.prompts()
+            class_features = self.class_features(text_prompts)
+        else:
+            visual_prompts = self.visual_prompts()
+        return self.logits(self.image_features(images, visual_prompts), class_features)
+
+    def logits(self, image_features, class_features):
+        """logit_scale.exp() * image_features @ class_features.T, in fp32 even under autocast: bf16 would round
+        logits of ~30 to steps of 0.25, enough to flip close classes and coarsen the loss."""
+        with torch.autocast(image_features.device.type, enabled=False):
+            return self.logit_scale.exp().float() * image_features.float() @ class_features.float().t()
 
 
 # ------------------------------------------------------------------------------------------------------------

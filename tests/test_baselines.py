@@ -269,6 +269,11 @@ def test_trainer_end_to_end(tmp_path, trainer_name, config, opts, expected_count
     assert "* accuracy:" in log and "Finish training" in log
     assert int(re.search(r"Trainable parameters: ([\d,]+)", log).group(1).replace(",", "")) == expected_count
     assert (output_dir / "prompt_learner" / "model.pth.tar-2").is_file()
+    # only a text side with nothing to learn (VPT) reuses its class features across training steps
+    assert trainer.text_is_constant == (trainer_name == "VPT")
+    if trainer.text_is_constant:
+        with torch.no_grad():
+            torch.testing.assert_close(trainer.constant_class_features, trainer.model.class_features())
     assert_step_moves_only_prompts(trainer)
 
 

@@ -169,7 +169,7 @@ def test_trainer_evaluation_computes_class_features_once(tmp_path):
     model = trainer.model
     calls = []
     original_class_features = model.class_features
-    model.class_features = lambda: calls.append(1) or original_class_features()
+    model.class_features = lambda *args: calls.append(1) or original_class_features(*args)
     outputs = []
     original_process = trainer.evaluator.process
     trainer.evaluator.process = lambda output, label: outputs.append(output.clone()) or original_process(output, label)
@@ -221,6 +221,31 @@ def test_prompted_model_under_autocast_is_finite_and_close_to_fp32(clip_model, m
     for param in mudpt_model.prompt_learner.parameters():
         assert param.dtype == torch.float32 and param.grad is not None and torch.isfinite(param.grad).all()
         param.grad = None
+
+
+def test_logits_and_residual_streams_stay_fp32_under_autocast(clip_model, mudpt_model):
+    """Under bf16 autocast the blocks' matmuls run in bf16, but both towers' residual streams and the logits stay
+    fp32 (bf16 logits of ~30 are rounded to steps of 0.25)."""
+    images = torch.randn(2, 3, clip_model.visual.input_resolution, clip_model.visual.input_resolution)
+    stream_dtypes = []
+    blocks = [*clip_model.transformer.resblocks, *clip_model.visual.transformer.resblocks]
+    hooks = [b.ln_1.register_forward_pre_hook(lambda module, args: stream_dtypes.append(args[0].dtype))
+             for b in blocks]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = mudpt_model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert logits.dtype == torch.float32
+    assert stream_dtypes and set(stream_dtypes) == {torch.float32}
+    # the logits are computed from the features in fp32: recomputing them that way gives the same numbers
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        text, visual = mudpt_model.prompts()
+        class_features = mudpt_model.class_features(text)
+        image_features = mudpt_model.image_features(images, visual)
+    expected = mudpt_model.logit_scale.exp() * image_features.float() @ class_features.float().t()
+    torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-5)
 
 
 def test_grad_scaler_skips_overflowing_step_without_touching_prompts(clip_model, mudpt_model):

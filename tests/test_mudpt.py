@@ -143,6 +143,14 @@ def test_gradients_reach_every_prompt_and_injection_parameter(small_clip, inject
         assert (grad.flatten(1).abs().sum(1) > 0).all(), name
 
 
+def test_injection_runs_once_per_forward(small_clip):
+    model = build_model(small_clip, PROMPT_DEPTH=3, N_CTX_TEXT=2, N_CTX_VISION=2, INJECTION="joint")
+    calls = []
+    model.prompt_learner.injection.register_forward_hook(lambda *args: calls.append(1))
+    model(images(2))
+    assert len(calls) == 1
+
+
 # ---------------------------------------------------------------- ViT-B/16 parameter counts
 @pytest.fixture(scope="module")
 def vit_b16():

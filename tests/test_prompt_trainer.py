@@ -123,7 +123,7 @@ def test_cached_evaluation_equals_per_batch(three_classes, tmp_path, monkeypatch
     logits, calls = [], []
     original_process, original_features = trainer.evaluator.process, trainer.model.class_features
     monkeypatch.setattr(trainer.evaluator, "process", lambda out, gt: (logits.append(out), original_process(out, gt)))
-    monkeypatch.setattr(trainer.model, "class_features", lambda: (calls.append(1), original_features())[1])
+    monkeypatch.setattr(trainer.model, "class_features", lambda *args: (calls.append(1), original_features(*args))[1])
     results = {}
     for cache in (True, False):
         trainer.cfg.TRAINER.TOYPROMPT.CACHE_TEXT_FEATURES = cache

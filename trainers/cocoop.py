@@ -72,8 +72,9 @@ class CoCoOpCLIP(PromptedCLIP):
         """[B, C] logits; `class_features` is ignored (CoCoOp's text features are recomputed per image)."""
         image_features = self.image_features(images)
         text_features = self.per_image_class_features(image_features)
-        logits = torch.einsum("be,bce->bc", image_features, text_features)
-        return self.logit_scale.exp() * logits
+        with torch.autocast(images.device.type, enabled=False):  # fp32 logits, as PromptedCLIP.logits
+            logits = torch.einsum("be,bce->bc", image_features.float(), text_features.float())
+            return self.logit_scale.exp().float() * logits
 
 
 @TRAINER_REGISTRY.register()

@@ -56,9 +56,9 @@ class CoOpCLIP(PromptedCLIP):
     def text_prompts(self):
         return [self.prompt_learner.ctx], None
 
-    def class_features(self):
+    def class_features(self, text_prompts=None):
         if self.class_token_position == "end":
-            return super().class_features()
+            return super().class_features(text_prompts)
         return self.name_groups.features(self.text_encoder, self.prompt_learner.ctx, self.class_token_position)
 
 

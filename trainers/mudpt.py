@@ -141,11 +141,15 @@ class MuDPTCLIP(PromptedCLIP):
         self.prompt_learner = MuDPTPromptLearner(shallow, plan, node.N_CTX_VISION, d_text, d_vision,
                                                  node.INJECTION_WIDTH, node.INJECTION_HEADS)
 
+    def prompts(self):  # one injection pass gives both towers' prompts
+        text, vision = self.prompt_learner.fused_prompts()
+        return (text, None), (vision, None)
+
     def text_prompts(self):
-        return self.prompt_learner.fused_prompts()[0], None
+        return self.prompts()[0]
 
     def visual_prompts(self):
-        return self.prompt_learner.fused_prompts()[1], None
+        return self.prompts()[1]
 
 
 @TRAINER_REGISTRY.register()

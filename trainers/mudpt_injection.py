@@ -7,12 +7,9 @@ import torch
 from torch import nn
 from clip.model import LayerNorm, ResidualAttentionBlock
 
+from mmpt.prompted_clip import run_block  # CLIP's residual block, batch-first, through SDPA
+
 INJECTION_FORMS = ("joint", "separate", "linear")
-
-
-def _run_seq_first(block, x):
-    """Apply a CLIP ResidualAttentionBlock (sequence-first [L, N, D]) to batch-first `x` [N, L, D]."""
-    return block(x.transpose(0, 1)).transpose(0, 1)
 
 
 class _SeparateDirection(nn.Module):
@@ -27,7 +24,7 @@ class _SeparateDirection(nn.Module):
         self.proj = nn.Linear(d_source, d_target)
 
     def forward(self, prompts):  # [J, n, d_source] -> [J, n, d_target]
-        return self.proj(self.ln_out(_run_seq_first(self.block, self.ln_in(prompts))))
+        return self.proj(self.ln_out(run_block(self.block, self.ln_in(prompts))))
 
 
 class InjectionModel(nn.Module):
@@ -86,7 +83,7 @@ class InjectionModel(nn.Module):
         if self.form == "joint":
             n = text_prompts.shape[1]
             tokens = torch.cat([self.lift_text(text_prompts), self.lift_vision(visual_prompts)], dim=1)
-            tokens = _run_seq_first(self.block, tokens)  # self-attention over the 2n tokens of each depth
+            tokens = run_block(self.block, tokens)  # self-attention over the 2n tokens of each depth
             return self.text_to_vision(tokens[:, :n]), self.vision_to_text(tokens[:, n:])
         text_to_vision = self.text_to_vision(text_prompts)
         if self.form == "linear" and self.shallow_text_to_vision is not None:

@@ -42,9 +42,6 @@ class VPTCLIP(PromptedCLIP):
         self.prompt_learner = VPTPromptLearner(node.N_CTX_VISION, node.PROMPT_DEPTH_VISION,
                                                vision_width(clip_model))
 
-    def text_prompts(self):
-        return [], None
-
     def visual_prompts(self):
         return list(self.prompt_learner.visual_ctx.unbind(0)), None
 

@@ -34,9 +34,6 @@ class ZeroshotCLIPModel(PromptedCLIP):
         super().__init__(clip_model, class_prompts(template, classnames))
         self.template = template  # prompt_learner stays the base class's empty module: nothing to learn
 
-    def text_prompts(self):
-        return [], None
-
 
 @TRAINER_REGISTRY.register()
 class ZeroshotCLIP(PromptTrainer):
