@@ -11,13 +11,12 @@ import os
 import os.path as osp
 import pickle
 import random
-import tempfile
 from collections import defaultdict
 
 from PIL import Image
 
 from dassl.data.datasets import DatasetBase, Datum
-from dassl.utils import listdir_nohidden, mkdir_if_missing, read_json
+from dassl.utils import atomic_write, listdir_nohidden, read_json
 
 SPLIT_SEED = 1  # the fixed seed of every split this repository makes (saved, so it is used once per dataset)
 SUBSAMPLE_CHOICES = ("all", "base", "new")
@@ -89,20 +88,6 @@ def check_labels(items, source):
     if labels != list(range(len(labels))):
         absent = sorted(set(range(max(labels) + 1)) - set(labels)) if labels else []
         raise DatasetContentError(f"{source}: no images for label(s) {absent[:10]} (an empty class)")
-
-
-def atomic_write(path, write):
-    """Call write(file_object) on a temporary file next to `path`, then rename it onto `path`."""
-    mkdir_if_missing(osp.dirname(path))
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path), prefix=osp.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------- split files

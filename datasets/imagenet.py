@@ -10,8 +10,9 @@ import pickle
 from collections import OrderedDict
 
 from dassl.data.datasets import DATASET_REGISTRY
+from dassl.utils import atomic_write
 
-from ._split import (DatasetContentError, SplitDataset, atomic_write, check_image_files, read_class_folders,
+from ._split import (DatasetContentError, SplitDataset, check_image_files, read_class_folders,
                      read_lines, require_path)
 
 SHIPPED_CLASSNAMES = osp.join(osp.dirname(osp.abspath(__file__)), "classnames")

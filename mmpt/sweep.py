@@ -22,12 +22,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import OrderedDict
 from datetime import datetime
 
+from dassl.utils import atomic_write
 from mmpt import layout
 
 MANIFEST_NAME = "sweep_manifest.json"
@@ -87,18 +87,8 @@ def now():
 
 
 def write_json_atomic(path, data):
-    """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    """A reader never sees half a file (temp file + rename, dassl's atomic_write)."""
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode("utf-8")))
 
 
 class Manifest:

@@ -135,19 +135,20 @@ def test_warmup_values_follow_the_formula(warmup_type):
     else:
         expected_warmup = [1e-3, 0.1 * 1 / 2]
     # after warmup: cosine counted from the end of warmup (WARMUP_RECOUNT), as upstream Dassl
-    expected = expected_warmup + [_cosine(0.1, e - 2 + 1, 6) for e in range(2, 6)]
+    expected = expected_warmup + [_cosine(0.1, e - 2, 6) for e in range(2, 6)]
+    assert lrs[2] == pytest.approx(0.1)  # the first epoch after warmup runs at the base LR (CoOp's logs)
     assert lrs == pytest.approx(expected, rel=1e-12)
 
 
 def test_warmup_without_recount_and_single_step():
     optimizer = _optimizer()
     scheduler = build_lr_scheduler(optimizer, _sched_cfg(WARMUP_TYPE="constant", WARMUP_RECOUNT=False))
-    expected = [1e-4, 1e-4] + [_cosine(0.1, e + 1, 6) for e in range(2, 6)]
+    expected = [1e-4, 1e-4] + [_cosine(0.1, e if e > 2 else 0, 6) for e in range(2, 6)]
     assert _lr_trajectory(scheduler, optimizer, 6) == pytest.approx(expected, rel=1e-12)
     optimizer = _optimizer()
     scheduler = build_lr_scheduler(optimizer, _sched_cfg(LR_SCHEDULER="single_step", STEPSIZE=(2,), GAMMA=0.5,
                                                          WARMUP_EPOCH=1, WARMUP_TYPE="constant"))
-    expected = [1e-4] + [0.1 * 0.5 ** ((e - 1 + 1) // 2) for e in range(1, 6)]
+    expected = [1e-4] + [0.1 * 0.5 ** ((e - 1) // 2) for e in range(1, 6)]
     assert _lr_trajectory(scheduler, optimizer, 6) == pytest.approx(expected, rel=1e-12)
 
 

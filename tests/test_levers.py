@@ -320,3 +320,12 @@ def test_evaluation_loaders_keep_their_workers_training_loaders_reseed_each_epoc
     assert _loader(tmp_path, num_workers=2, is_train=False).persistent_workers
     assert not _loader(tmp_path, num_workers=2, is_train=True).persistent_workers
     assert not _loader(tmp_path, num_workers=0, is_train=False).persistent_workers
+
+
+def test_evaluation_loader_leaves_the_global_rng_alone(tmp_path):
+    # a resumed run replays the global RNG from its checkpoint: evaluation passes must not consume it
+    loader = _loader(tmp_path, num_workers=1, is_train=False)
+    state = torch.get_rng_state()
+    for _ in range(2):
+        list(loader)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -32,6 +32,9 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
         # because a worker's seed is drawn from the main RNG when the epoch starts: that is what makes a resumed
         # run's augmentations equal an uninterrupted run's (persistent workers would carry their own RNG state)
         persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0 and not is_train,
+        # an evaluation loader draws its worker seed from its own generator, never from the global RNG: with
+        # persistent workers it would draw once per run, so a resumed run's RNG (and data order) would drift
+        generator=None if is_train else torch.Generator(),
     )
 
 

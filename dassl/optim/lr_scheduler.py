@@ -9,7 +9,7 @@ Differences from upstream Dassl (which breaks on recent torch):
 
 LR of epoch e (0-based, = scheduler.last_epoch), warmup of W epochs, successor f(s) (closed form):
   e < W:  constant -> WARMUP_CONS_LR;  linear -> WARMUP_MIN_LR if e == 0 else base_lr * e / W
-  e >= W: f(e - W + 1) with WARMUP_RECOUNT (upstream's counting), else f(e + 1)
+  e >= W: f(e - W) with WARMUP_RECOUNT (upstream's counting: base LR right after warmup), else f(e) (f(0) at e = W)
 """
 import math
 
@@ -41,7 +41,11 @@ class _BaseWarmupScheduler(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def successor_step(self, epoch):
-        return epoch - self.warmup_epoch + 1 if self.recount else epoch + 1
+        # upstream's trajectory: the first epoch after warmup runs at the base LR (f(0)), then f(1), f(2), ...
+        # (recount); without recount the successor resumes at f(e) after one epoch at the base LR
+        if self.recount:
+            return epoch - self.warmup_epoch
+        return epoch if epoch > self.warmup_epoch else 0
 
     def warmup_lr(self, epoch):
         raise NotImplementedError

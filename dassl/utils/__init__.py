@@ -7,6 +7,6 @@ from .tools import (
 )
 from .torchtools import (
     save_checkpoint, load_checkpoint, resume_from_checkpoint, load_pretrained_weights,
-    count_num_param, atomic_torch_save, restore_checkpoint, open_all_layers, open_specified_layers,
+    count_num_param, atomic_torch_save, atomic_write, restore_checkpoint, open_all_layers, open_specified_layers,
 )
 from .meters import AverageMeter, MetricMeter

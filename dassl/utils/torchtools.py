@@ -17,7 +17,7 @@ from .tools import mkdir_if_missing
 POINTER_FILE = "checkpoint"
 
 
-def _atomic_write(fpath, write_fn):
+def atomic_write(fpath, write_fn):
     """Write through `write_fn(file_object)` into a temp file in the same folder, then os.replace it.
 
     A crash mid-way leaves the previous file (if any) untouched and removes the partial temp file.
@@ -39,7 +39,7 @@ def _atomic_write(fpath, write_fn):
 
 def atomic_torch_save(obj, fpath):
     """torch.save into `fpath` atomically (temp file + os.replace)."""
-    _atomic_write(fpath, lambda f: torch.save(obj, f))
+    atomic_write(fpath, lambda f: torch.save(obj, f))
 
 
 def _strip_module_prefix(state_dict):
@@ -69,7 +69,7 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
     if model_name == "model-best.pth.tar":
         return fpath
     pointer = osp.join(save_dir, POINTER_FILE)
-    _atomic_write(pointer, lambda f: f.write((osp.basename(fpath) + "\n").encode()))
+    atomic_write(pointer, lambda f: f.write((osp.basename(fpath) + "\n").encode()))
     if is_best:
         best_fpath = osp.join(save_dir, "model-best.pth.tar")
         atomic_torch_save(state, best_fpath)
