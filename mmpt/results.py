@@ -217,10 +217,11 @@ def fewshot_tables(cells):
             rows += [(f"{name} (paper)", "paper", row) for name, row in published.FEWSHOT_16.items()]
         for label, source, by_dataset in rows:
             if source == "paper":
-                row_values = [fmt(by_dataset[d]) for d in datasets if d in by_dataset]
-                average = by_dataset["average"] if len(datasets) == 11 else np.mean([by_dataset[d] for d in datasets])
+                known = [d for d in datasets if d in by_dataset]  # a dataset beyond the paper's 11 has no number
+                row_values = [fmt(by_dataset[d]) if d in by_dataset else "-" for d in datasets]
+                average = by_dataset["average"] if len(known) == 11 else np.mean([by_dataset[d] for d in known])
                 table.add_row(label, row_values + [fmt(average)])
-                for d in datasets:
+                for d in known:
                     table.record(source, label, d, shots, "accuracy", by_dataset[d])
                 continue
             mean, text = average_of(by_dataset, datasets)

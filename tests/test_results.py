@@ -129,3 +129,15 @@ def test_published_averages_match_their_rows():
 def test_missing_root_is_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="output folder not found"):
         results.main([str(tmp_path / "nope")])
+
+
+def test_a_dataset_beyond_the_papers_eleven_gets_no_paper_number(output_tree, tmp_path):
+    # a user's own dataset (its own config file) in the few-shot table: the paper rows show "-" there
+    cfg = layout.default_config("CoOp", "fewshot", "dtd", 16)
+    run_dir = output_tree / "fewshot" / "my_dataset" / "shots_16" / "CoOp" / cfg / "seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "log.txt").write_text(TRAIN_LOG.format(40.0))
+    results.write_report(str(output_tree), out_dir=str(tmp_path / "report"), echo=lambda *a: None)
+    lines = (tmp_path / "report" / "results.md").read_text().splitlines()
+    assert any(line.startswith("| CoOp |") and "40.00" in line for line in lines)
+    assert any(line.startswith("| CoOp (paper) |") and "| - |" in line for line in lines)

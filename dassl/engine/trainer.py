@@ -340,6 +340,8 @@ class SimpleTrainer(TrainerBase):
         if split == "val" and self.val_loader is not None:
             data_loader = self.val_loader
         else:
+            if split == "val":
+                print("Note: the dataset has no val split; evaluating on the test set instead (as upstream Dassl)")
             split = "test"
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
