@@ -7,7 +7,9 @@ In-process: `train.main(train.get_parser().parse_args([...]))` returns the train
 final accuracy when a test ran).
 """
 import argparse
+import contextlib
 import os
+import os.path as osp
 import sys
 
 import torch
@@ -70,9 +72,41 @@ def setup_cfg(args):
     return cfg
 
 
+class OutputDirInUseError(RuntimeError):
+    """Another live process is running into the same OUTPUT_DIR."""
+
+
+@contextlib.contextmanager
+def exclusive_output_dir(output_dir):
+    """Hold an advisory lock on OUTPUT_DIR for the whole run, so that a second run into the same folder (a sweep
+    resubmitting a still-queued job, a script started twice) stops at once instead of interleaving checkpoints
+    and logs. The OS drops the lock when the process dies, SIGKILL included, so a killed run never blocks its
+    resume. Filesystems without flock run unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    with open(osp.join(output_dir, ".lock"), "a") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputDirInUseError(f"{output_dir} is in use by another running train.py (lock file "
+                                      f"{osp.join(output_dir, '.lock')}); wait for it or use another --output-dir") from None
+        except OSError:
+            pass
+        yield
+
+
 def main(args):
     """Run training and/or evaluation; returns the trainer (trainer.test_result: the last test accuracy)."""
     cfg = setup_cfg(args)
+    with exclusive_output_dir(cfg.OUTPUT_DIR):
+        return run(cfg, args)
+
+
+def run(cfg, args):
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -124,7 +158,7 @@ def get_parser():
 def _user_errors():
     """Exception types that mean bad input: printed as one line, without a traceback (set MMPT_TRACEBACK=1 to
     see it). ValueError is what every config-value check raises (a backbone name, PREC, a prompt depth, ...)."""
-    errors = [ConfigKeyError, UnknownNameError, FileNotFoundError, ValueError]
+    errors = [ConfigKeyError, UnknownNameError, FileNotFoundError, ValueError, OutputDirInUseError]
     try:
         from mmpt.clip_backbone import BackboneNotFoundError
         errors.append(BackboneNotFoundError)

@@ -344,8 +344,8 @@ def get_parser():
     p.add_argument("--time", type=int, default=240, help="SLURM time limit per job, minutes")
     p.add_argument("--gpus-per-job", type=int, default=1)
     p.add_argument("--cpus-per-job", type=int, default=8)
-    p.add_argument("--no-wait", action="store_true", help="slurm: submit and exit (do not re-run the sweep "
-                   "while its jobs are queued: it would submit them again)")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit and exit (re-running the sweep while its "
+                   "jobs are queued submits them again; train.py's output-dir lock stops a copy that overlaps)")
     p.add_argument("--submitit-cluster", default=None, help=argparse.SUPPRESS)  # "local" in the tests
     p.add_argument("--progress", action="store_true", help="local: echo the jobs' epoch and accuracy lines")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and exit")

@@ -160,3 +160,17 @@ def test_cli_unknown_key_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == \
         f"train.py: error: Non-existent config key: OPTIM.NAMEE (in config file {bad_yaml})"
+
+
+def test_second_run_into_a_live_output_dir_stops_at_once(toy_data_root, tmp_path):
+    import fcntl
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lock", "a") as held:  # another live train.py holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(train.OutputDirInUseError, match="in use by another running train.py"):
+            run(toy_train_args(toy_data_root, out))
+        assert not (out / "log.txt").exists()  # nothing of the live run was touched
+    trainer = run(toy_train_args(toy_data_root, out))  # the lock is gone with its holder: the run goes ahead
+    assert trainer.test_result is not None
