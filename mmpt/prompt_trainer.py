@@ -59,6 +59,8 @@ class PromptTrainer(TrainerX):
                                checkpoint=node.TEXT_CHECKPOINT)
         n_trainable = freeze_all_but_prompt_learner(model)
         print(f"Trainable parameters: {n_trainable}")
+        if hasattr(model.prompt_learner, "parameter_breakdown"):  # [(group name, count)], e.g. MuDPT, MPL
+            print("  of which: " + ", ".join(f"{name} {count:,}" for name, count in model.prompt_learner.parameter_breakdown()))
         # CLIP stays in eval mode (BatchNorm of ResNet backbones); the engine toggles only prompt_learner
         self.model = model.eval().to(self.device)
         self.precision = Precision(node.PREC, self.device, key=f"{self.trainer_key}.PREC")

@@ -23,6 +23,8 @@ from mmpt.prompted_clip import PromptedCLIP, init_text_context, normal_prompts
 
 from yacs.config import CfgNode as CN
 
+from trainers.baseline_utils import check_depth, layer_counts, prompt_texts, text_width, vision_width
+
 
 def extend_cfg(cfg):
     """Add cfg.TRAINER.MPL (defaults = the release's base-to-new config)."""
@@ -155,11 +157,6 @@ def prompt_prefix(n_ctx, ctx_init):
     return " ".join(["X"] * n_ctx + ([ctx_init.replace("_", " ")] if ctx_init else []))
 
 
-def prompt_texts(classnames, n_ctx, ctx_init):
-    """"X ... X <CTX_INIT words> <class>." per class (underscores in class names become spaces)."""
-    return [f"{prompt_prefix(n_ctx, ctx_init)} {name.replace('_', ' ')}." for name in classnames]
-
-
 def initial_context(clip_model, n_ctx, ctx_init):
     """As the release: the embedding of "X" per token when CTX_INIT is given, else N(0, 0.02)."""
     return init_text_context(clip_model, n_ctx, prompt_prefix(n_ctx, ctx_init) if ctx_init else "")
@@ -170,17 +167,12 @@ class MPLCLIP(PromptedCLIP):
 
     def __init__(self, clip_model, classnames, node):
         schedule = MPLSchedule.from_cfg(node)
-        if not hasattr(clip_model.visual, "transformer"):
-            raise ValueError("TRAINER.MPL: visual prompts need a ViT backbone; this CLIP has a ResNet image tower")
-        n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
-        if schedule.depth > n_layers:
-            raise ValueError(f"TRAINER.MPL.PROMPT_DEPTH = {schedule.depth} exceeds the {n_layers} layers of the backbone")
-        super().__init__(clip_model, prompt_texts(classnames, schedule.n_ctx, node.CTX_INIT))
+        d_vision = vision_width(clip_model)  # ViT only: a one-line error for a ResNet tower
+        check_depth("TRAINER.MPL.PROMPT_DEPTH", schedule.depth, min(layer_counts(clip_model)))
+        super().__init__(clip_model, prompt_texts(classnames, prompt_prefix(schedule.n_ctx, node.CTX_INIT)))
         self.schedule = schedule
-        text_width = clip_model.ln_final.weight.shape[0]
-        vision_width = clip_model.visual.conv1.out_channels
         self.prompt_learner = MPLPromptLearner(
-            initial_context(clip_model, schedule.n_ctx, node.CTX_INIT), schedule, text_width, vision_width)
+            initial_context(clip_model, schedule.n_ctx, node.CTX_INIT), schedule, text_width(clip_model), d_vision)
 
     def text_prompts(self):
         remove = [None, *self.schedule.text_n_rm] if self.schedule.text_schedule else None
@@ -201,7 +193,4 @@ class MPL(PromptTrainer):
               + f" (carried through the remaining layers); add {schedule.n_add}, remove {schedule.n_rm}")
         if schedule.text_schedule:
             print("MPL text prompt tokens after each layer: " + " ".join(map(str, schedule.text_counts)))
-        breakdown = model.prompt_learner.parameter_breakdown()
-        print("MPL trainable parameters: " + ", ".join(f"{name} {count:,}" for name, count in breakdown)
-              + f"; total {sum(count for _, count in breakdown):,}")
         return model

@@ -158,9 +158,6 @@ class MuDPT(PromptTrainer):
 
     def build_prompted_clip(self, cfg, classnames, clip_model):
         model = MuDPTCLIP(clip_model, classnames, cfg.TRAINER.MUDPT)
-        learner = model.prompt_learner
-        print(f"MuDPT: depth {learner.plan.depth}, {learner.plan.describe()}")
-        breakdown = learner.parameter_breakdown()
-        print("MuDPT trainable parameters: " + ", ".join(f"{name} {count:,}" for name, count in breakdown)
-              + f"; total {sum(count for _, count in breakdown):,}")
+        plan = model.prompt_learner.plan
+        print(f"MuDPT: depth {plan.depth}, {plan.describe()}")
         return model
