@@ -107,14 +107,21 @@ def is_training_stage(stage, trainer):
     return STAGES[stage][1] and trainer != ZERO_SHOT
 
 
+def parser_module():
+    """parse_test_res.py, the repository's one log parser (scripts, sweep and results); it lives at the
+    repository root, which is not installed."""
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    import parse_test_res
+
+    return parse_test_res
+
+
 def is_done(output_dir, trains):
     """True when a log of the run folder holds `* accuracy:` after `Finish training` (or `=> result`)."""
     if not osp.isdir(output_dir):
         return False
-    if REPO_ROOT not in sys.path:  # parse_test_res.py lives at the repository root (not installed)
-        sys.path.insert(0, REPO_ROOT)
-    import parse_test_res as ptr  # the repository's parser: one parser for scripts, sweep and results
-
+    ptr = parser_module()
     metric = {"name": "accuracy", "regex": ptr.metric_regex("accuracy")}
     end_signal = ptr.END_SIGNAL_TRAIN if trains else ptr.END_SIGNAL_TEST
     return "accuracy" in ptr.parse_run(output_dir, [metric], end_signal)

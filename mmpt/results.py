@@ -33,14 +33,6 @@ HM_CONVENTIONS = {
 }
 
 
-def parser_module():
-    if layout.REPO_ROOT not in sys.path:
-        sys.path.insert(0, layout.REPO_ROOT)
-    import parse_test_res  # the one parser of this repository
-
-    return parse_test_res
-
-
 def harmonic_mean(a, b):
     return 2 * a * b / (a + b) if a + b > 0 else 0.0
 
@@ -64,7 +56,7 @@ def _subdirs(path):
 
 
 def _cell(directory, test_log):
-    found = parser_module().collect_results(directory, keyword="accuracy", test_log=test_log)
+    found = layout.parser_module().collect_results(directory, keyword="accuracy", test_log=test_log)
     return Cell(found["per_run"]) if found["n"] else None
 
 
