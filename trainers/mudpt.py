@@ -19,7 +19,7 @@ from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP
 
-from trainers.baseline_utils import (check_depth, layer_counts, maple_context, prompt_texts,
+from trainers.baseline_utils import (check_depth, check_positive, layer_counts, maple_context, prompt_texts,
                                      text_width, vision_width)
 from trainers.mudpt_injection import INJECTION_FORMS, InjectionModel
 
@@ -47,10 +47,8 @@ class FusionPlan:
     """Which depths are fused in which direction, from cfg.TRAINER.MUDPT; validated with one-line errors."""
 
     def __init__(self, depth, injection, fuse_shallow, n_text, n_vision):
-        if not (isinstance(depth, int) and depth >= 1):
-            raise ValueError(f"TRAINER.MUDPT.PROMPT_DEPTH={depth!r}: expected an int >= 1")
-        if not (isinstance(n_text, int) and n_text >= 1):
-            raise ValueError(f"TRAINER.MUDPT.N_CTX_TEXT={n_text!r}: expected an int >= 1")
+        check_positive("TRAINER.MUDPT.PROMPT_DEPTH", depth)
+        check_positive("TRAINER.MUDPT.N_CTX_TEXT", n_text)
         if not (isinstance(n_vision, int) and n_vision >= 0):
             raise ValueError(f"TRAINER.MUDPT.N_CTX_VISION={n_vision!r}: expected an int >= 0 (0 = no visual prompts)")
         if injection not in INJECTION_FORMS + ("none",):
