@@ -151,7 +151,7 @@ def build_random_clip(name, seed=0):
         model = CLIP(*ARCHITECTURES[arch])
         if arch == "tiny-ViT":
             set_vision_heads(model, TINY_VIT_VISION_HEADS)
-        perturb_default_parameters(model)
+        _perturb_constant_tensors(model)
     return model.float().eval()
 
 
@@ -162,9 +162,9 @@ def set_vision_heads(model, heads):
 
 
 @torch.no_grad()
-def perturb_default_parameters(model, std=0.02):
-    """CLIP's initialisation leaves LayerNorm weights at 1 and most biases at 0: add small noise to every such
-    constant tensor so that a test comparing two computations cannot pass because a term vanished."""
+def _perturb_constant_tensors(model, std=0.02):
+    """CLIP's initialisation leaves LayerNorm weights at 1 and most biases at 0: a random backbone gets small
+    noise on every such constant tensor, so that no computation on it can look right because a term vanished."""
     for param in model.parameters():
         if param.numel() > 1 and bool((param == param.flatten()[0]).all()):
             param.add_(torch.randn_like(param) * std)

@@ -1,11 +1,11 @@
 # shellcheck shell=bash
 # Shared logic of every scripts/<trainer>/*.sh (sourced; each of those only names its trainer, then calls
-# one run_* function below; the default config per trainer and protocol is mmpt/layout.py's DEFAULT_CONFIGS). The output layout and the train.py command line come from
-# mmpt/layout.py, the same code the sweep runner (python -m mmpt.sweep) uses.
+# one run_* function below; the default config per trainer and protocol is mmpt/experiments/layout.py's DEFAULT_CONFIGS). The output layout and the train.py command line come from
+# mmpt/experiments/layout.py, the same code the sweep runner (python -m mmpt.sweep) uses.
 #
 # Environment:
 #   DATA        dataset root (required; the folder that holds caltech-101/, oxford_pets/, imagenet/, ...)
-#   CFG         config name under configs/trainers/<Trainer>/ (default: mmpt/layout.py DEFAULT_CONFIGS, the sweep's)
+#   CFG         config name under configs/trainers/<Trainer>/ (default: mmpt/experiments/layout.py DEFAULT_CONFIGS, the sweep's)
 #   OUTPUT      output root (default: output, relative to the current folder)
 #   OPTS        extra KEY VALUE config options, shell-quoted, e.g. OPTS="OPTIM.MAX_EPOCH 1 INPUT.SIZE '(32, 32)'"
 #               (KEY VALUE pairs after the script's positional arguments are appended too)
@@ -52,7 +52,7 @@ _run_stage() {
     eval "opts=(${OPTS:-})"
     opts+=("$@")
     local plan
-    plan=$("$PYTHON" -m mmpt.layout plan --stage "$stage" --trainer "$TRAINER" --cfg "${CFG:-}" \
+    plan=$("$PYTHON" -m mmpt.experiments.layout plan --stage "$stage" --trainer "$TRAINER" --cfg "${CFG:-}" \
         --dataset "$dataset" --seed "$seed" --shots "$shots" --data "$DATA" --output "$OUTPUT" \
         --python "$PYTHON" ${LOAD_EPOCH:+--load-epoch "$LOAD_EPOCH"} -- "${opts[@]}") || exit 2
     local RUN_DIR RUN_DONE

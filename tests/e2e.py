@@ -9,7 +9,7 @@ evaluate a trainer in-process on a generated dataset).
 subsample="all", output_dir=None, dataset_kwargs=None, load_epoch=None, return_trainer=False)
 -> (output_dir, log_text)`, or (output_dir, log_text, trainer) with `return_trainer=True`
 
-- Makes a small fake dataset of registry name `dataset` with `mmpt.fixtures.make_dataset(dataset, root,
+- Makes a small fake dataset of registry name `dataset` with `mmpt.data.fixtures.make_dataset(dataset, root,
   **dataset_kwargs)` under `tmp_path/data` (once per tmp_path and dataset; later calls reuse it).
 - Runs `train.main(train.get_parser().parse_args([...]))` in this process with the real config file, then
   FAST_OPTS (the tiny random backbone, 32 px input, NUM_WORKERS 0, batch 4, 2 epochs, print every batch,
@@ -26,7 +26,6 @@ import torch
 from clip.model import CLIP
 from yacs.config import CfgNode as CN
 
-from mmpt.clip_backbone import perturb_default_parameters
 
 
 def trainer_node(module, name, **overrides):
@@ -40,6 +39,15 @@ def trainer_node(module, name, **overrides):
     return node
 
 
+@torch.no_grad()
+def perturb_constant_parameters(model, std=0.02):
+    """Noise on every constant tensor (CLIP's LayerNorm weights at 1, biases at 0): a comparison between two
+    computations cannot pass because a term vanished."""
+    for param in model.parameters():
+        if param.numel() > 1 and bool((param == param.flatten()[0]).all()):
+            param.add_(torch.randn_like(param) * std)
+
+
 def small_clip_model(perturb=True, layers=3, **shape):
     """A random CLIP with distinct widths (text 64, vision 96, joint 48) so that formulas can't mix them up, and
     `layers` layers per tower. perturb: LayerNorm weights / biases away from 1 / 0 (no term vanishes by chance)."""
@@ -50,7 +58,7 @@ def small_clip_model(perturb=True, layers=3, **shape):
     args.update(shape)
     model = CLIP(**args)
     if perturb:
-        perturb_default_parameters(model)
+        perturb_constant_parameters(model)
     return model.float().eval().requires_grad_(False)
 
 FAST_OPTS = (
@@ -67,7 +75,7 @@ FAST_OPTS = (
 
 def make_fixture_dataset(root, dataset, **dataset_kwargs):
     """Generate the fake dataset once per root (a marker file records it); returns root."""
-    from mmpt.fixtures import make_dataset
+    from mmpt.data.fixtures import make_dataset
 
     root = Path(root)
     marker = root / f".made-{dataset}"

@@ -15,9 +15,9 @@ import pytest
 import datasets  # noqa: F401  (registers the loaders)
 from dassl.config import get_cfg_default
 from dassl.data.datasets import build_dataset
-from mmpt import data_prep
-from mmpt.data_prep import DATASET_FOLDERS, SOURCES
-from mmpt.fixtures import make_dataset
+from mmpt.data import data_prep
+from mmpt.data.data_prep import DATASET_FOLDERS, SOURCES
+from mmpt.data.fixtures import make_dataset
 
 DOWNLOADABLE = sorted(name for name, source in SOURCES.items() if source.resources)
 

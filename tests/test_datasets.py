@@ -15,8 +15,8 @@ from dassl.config import get_cfg_default
 from dassl.data.datasets import DATASET_REGISTRY, build_dataset
 from dassl.utils import read_image
 from datasets._split import DatasetContentError, DatasetNotFoundError
-from mmpt.data_prep import CONFIG_NAMES, DATASET_FOLDERS
-from mmpt.fixtures import ImageWriter, make_dataset
+from mmpt.data.data_prep import CONFIG_NAMES, DATASET_FOLDERS
+from mmpt.data.fixtures import ImageWriter, make_dataset
 
 CLASSNAME_DIR = Path(__file__).resolve().parents[1] / "datasets" / "classnames"
 

@@ -1,7 +1,7 @@
 """mmpt.demo in pieces (a full demo run costs ~1 min of CPU: tests/test_sweep.py runs the same runner for real)."""
 import os
 
-from mmpt import demo, layout, sweep
+from mmpt.experiments import demo, layout, sweep
 
 
 def demo_jobs(tmp_path, epochs=1):

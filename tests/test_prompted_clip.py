@@ -7,9 +7,10 @@ import pytest
 import torch
 from clip.model import CLIP
 
-from mmpt.clip_backbone import build_random_clip, perturb_default_parameters
+from mmpt.clip_backbone import build_random_clip
 from mmpt.prompted_clip import (PromptedCLIP, PromptedImageEncoder, PromptedTextEncoder, context_prefix,
                                 init_text_context, normal_prompts)
+from tests.e2e import perturb_constant_parameters
 
 ATOL = 1e-5
 SENTENCES = ["X X a photo of a dog.", "X X a photo of a great white shark.", "X X cat.",
@@ -27,7 +28,7 @@ def deep_clip():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
         model = CLIP(48, 32, 5, 96, 8, 77, 49408, 64, 2, 5)
-        perturb_default_parameters(model)
+        perturb_constant_parameters(model)
     return model.float().eval().requires_grad_(False)
 
 

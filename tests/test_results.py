@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from mmpt import layout, published, results
+from mmpt.experiments import layout, published, results
 
 TRAIN_LOG = "epoch [1/1] batch [1/1] loss 1.0\nFinish training\nEvaluate on the *test* set\n=> result\n" \
             "* total: 100\n* correct: 50\n* accuracy: {:.2f}%\n* error: 1.0%\nElapsed: 0:00:01\n"

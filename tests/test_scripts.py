@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmpt import layout
+from mmpt.experiments import layout
 
 REPO = Path(layout.REPO_ROOT)
 SCRIPTS = REPO / "scripts"
@@ -39,7 +39,7 @@ def test_every_trainer_has_every_protocol_script_and_all_parse():
 
 
 def test_scripts_name_their_trainer_and_every_default_config_exists():
-    """Scripts only name the trainer: the default config per protocol comes from mmpt.layout (one source)."""
+    """Scripts only name the trainer: the default config per protocol comes from mmpt.experiments.layout (one source)."""
     for folder, trainer in layout.TRAINER_FOLDERS.items():
         for path in (SCRIPTS / folder).glob("*.sh"):
             text = path.read_text()
@@ -77,7 +77,7 @@ def test_clear_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from mmpt.fixtures import make_dataset
+    from mmpt.data.fixtures import make_dataset
 
     root = tmp_path_factory.mktemp("data")
     for name in ("Caltech101", "ImageNet", "ImageNetV2"):

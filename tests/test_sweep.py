@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmpt import layout, results, sweep
+from mmpt.experiments import layout, results, sweep
 
 TINY = ["MODEL.BACKBONE.NAME", "random-tiny-ViT", "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", "1",
         "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "2", "DATALOADER.TEST.BATCH_SIZE", "8",
@@ -109,7 +109,7 @@ def test_manifest_write_is_atomic(tmp_path):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from mmpt.fixtures import make_dataset
+    from mmpt.data.fixtures import make_dataset
 
     root = tmp_path_factory.mktemp("data")
     make_dataset("Caltech101", str(root), num_classes=4, images_per_class=4)

@@ -12,7 +12,7 @@ of the same (stage, trainer, config, dataset, shots, seed) are the same command 
 
 Shell use (what common.sh does; prints bash assignments RUN_DIR, RUN_DONE, RUN_CMD=(...)):
 
-    python -m mmpt.layout plan --stage base2new_train --trainer MuDPT --cfg CFG --dataset caltech101 \
+    python -m mmpt.experiments.layout plan --stage base2new_train --trainer MuDPT --cfg CFG --dataset caltech101 \
         --seed 1 --shots 16 --data DATA [--output output] [--python python] [--load-epoch E] -- KEY VALUE ...
 """
 import argparse
@@ -22,7 +22,7 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # CoOp's config-file names of the datasets (configs/datasets/<name>.yaml)
 DATASETS_11 = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
@@ -83,7 +83,7 @@ def default_config(trainer, stage, dataset, shots):
     try:
         return DEFAULT_CONFIGS[trainer][protocol]
     except KeyError:
-        raise KeyError(f"mmpt.layout: unknown trainer '{trainer}' (known: {', '.join(DEFAULT_CONFIGS)})") from None
+        raise KeyError(f"mmpt.experiments.layout: unknown trainer '{trainer}' (known: {', '.join(DEFAULT_CONFIGS)})") from None
 
 
 def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
@@ -100,7 +100,7 @@ def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
         return osp.join(SOURCE_DATASET, trainer, tag, f"seed{seed}")
     if stage == "xd_test":
         return osp.join("evaluation", trainer, tag, dataset, f"seed{seed}")
-    raise KeyError(f"mmpt.layout: unknown stage '{stage}' (known: {', '.join(STAGES)})")
+    raise KeyError(f"mmpt.experiments.layout: unknown stage '{stage}' (known: {', '.join(STAGES)})")
 
 
 def is_training_stage(stage, trainer):
@@ -136,7 +136,7 @@ def config_max_epoch(config_file, opts=()):
     import yaml
 
     if not osp.isfile(config_file):
-        raise FileNotFoundError(f"mmpt.layout: config file not found: {config_file}")
+        raise FileNotFoundError(f"mmpt.experiments.layout: config file not found: {config_file}")
     with open(config_file, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
     try:
@@ -172,7 +172,7 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
               opts=(), python="python", load_epoch=None, repo_root=REPO_ROOT):
     """The Job (command line and folders) of one run; cfg=None takes the default config."""
     if stage not in STAGES:
-        raise KeyError(f"mmpt.layout: unknown stage '{stage}' (known: {', '.join(STAGES)})")
+        raise KeyError(f"mmpt.experiments.layout: unknown stage '{stage}' (known: {', '.join(STAGES)})")
     cfg = cfg or default_config(trainer, stage, dataset, shots)
     seed, shots = int(seed), int(shots)
     trains = is_training_stage(stage, trainer)
@@ -184,7 +184,7 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
         if not osp.isfile(path):
             folder = osp.dirname(path)
             known = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if osp.isdir(folder) else []
-            raise FileNotFoundError(f"mmpt.layout: no config file {path} (known: {', '.join(known)})")
+            raise FileNotFoundError(f"mmpt.experiments.layout: no config file {path} (known: {', '.join(known)})")
     argv = [python, osp.join(repo_root, "train.py"), "--root", data_root, "--seed", str(seed),
             "--trainer", trainer, "--dataset-config-file", dataset_file, "--config-file", config_file,
             "--output-dir", output_dir]
@@ -209,7 +209,7 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mmpt.layout", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mmpt.experiments.layout", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["plan"])
     parser.add_argument("--stage", required=True, choices=list(STAGES))
     parser.add_argument("--trainer", required=True)

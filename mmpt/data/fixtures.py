@@ -1,6 +1,6 @@
 """Small fake datasets in each benchmark's REAL on-disk layout (for tests and the demo).
 
-    from mmpt.fixtures import make_dataset
+    from mmpt.data.fixtures import make_dataset
     dataset_dir = make_dataset("Caltech101", "/tmp/data")      # -> "/tmp/data/caltech-101"
 
 Every class gets its own colour (evenly spaced hues) plus pixel noise, so a model can learn something.
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmpt.data_prep import DATASET_FOLDERS
+from mmpt.data.data_prep import DATASET_FOLDERS
 
 # where the ImageNet wnid lists live (the repository's datasets/classnames/, shipped with the loaders)
-CLASSNAME_DIR = Path(__file__).resolve().parents[1] / "datasets" / "classnames"
+CLASSNAME_DIR = Path(__file__).resolve().parents[2] / "datasets" / "classnames"
 
 CLASSES = {
     "Caltech101": ["Faces", "Leopards", "Motorbikes", "accordion", "airplanes", "anchor", "ant", "barrel", "bass",

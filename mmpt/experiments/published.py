@@ -1,9 +1,9 @@
 """Published numbers (ViT-B/16, 16 shots, from the MuDPT paper) as data: /work/shared/docs/PROTOCOLS.md.
 
-Keys are our dataset config names (mmpt.layout.DATASETS_11 ...) and trainer names; "CLIP" is zero-shot CLIP
+Keys are our dataset config names (mmpt.experiments.layout.DATASETS_11 ...) and trainer names; "CLIP" is zero-shot CLIP
 (our ZeroshotCLIP). Accuracies in percent.
 """
-from mmpt.layout import DATASETS_11, DG_TARGETS, XD_TARGETS, ZERO_SHOT
+from mmpt.experiments.layout import DATASETS_11, DG_TARGETS, XD_TARGETS, ZERO_SHOT
 
 SOURCE = "MuDPT paper (Miao et al., ICME 2023), ViT-B/16, 16 shots"
 

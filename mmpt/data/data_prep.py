@@ -1,0 +1,452 @@
+"""`python -m mmpt.data_prep --root DATA [--datasets caltech101 ...] [--base-url URL]`: download, verify and lay
+out the benchmark datasets as the loaders in `datasets/` expect them (CoOp's DATASETS.md, automated).
+
+Per resource: download into `<dataset folder>/<file>.part` with a progress bar (an interrupted download resumes
+with an HTTP Range request), verify its size (and sha256 when the table has one), rename it into place,
+extract archives, move their contents into the dataset folder, and record `<dataset folder>/.data_prep/<file>.done`
+so a second run skips it. A file fetched by hand and put at `<dataset folder>/<file>` is used as is.
+
+`SOURCES` below is plain data: edit a URL there when a host moves. `--base-url URL` (or the environment variable
+MMPT_DATA_BASE_URL) fetches every file from `URL/<dataset folder>/<file>` instead (a mirror; the tests serve
+fixture archives this way from 127.0.0.1). What cannot be downloaded (ImageNet's licence-gated images,
+ImageNet-Sketch) is printed as a manual step.
+"""
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import os.path as osp
+import shutil
+import socket
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+
+BASE_URL_ENV = "MMPT_DATA_BASE_URL"
+CHUNK = 1 << 20
+
+# registry name -> folder under DATASET.ROOT (the loaders' `dataset_dir`)
+DATASET_FOLDERS = {
+    "ImageNet": "imagenet",
+    "Caltech101": "caltech-101",
+    "OxfordPets": "oxford_pets",
+    "StanfordCars": "stanford_cars",
+    "OxfordFlowers": "oxford_flowers",
+    "Food101": "food-101",
+    "FGVCAircraft": "fgvc_aircraft",
+    "SUN397": "sun397",
+    "DescribableTextures": "dtd",
+    "EuroSAT": "eurosat",
+    "UCF101": "ucf101",
+    "ImageNetV2": "imagenetv2",
+    "ImageNetSketch": "imagenet-sketch",
+    "ImageNetA": "imagenet-adversarial",
+    "ImageNetR": "imagenet-rendition",
+}
+# registry name -> configs/datasets/<name>.yaml (also accepted on the command line)
+CONFIG_NAMES = {
+    "ImageNet": "imagenet", "Caltech101": "caltech101", "OxfordPets": "oxford_pets", "StanfordCars": "stanford_cars",
+    "OxfordFlowers": "oxford_flowers", "Food101": "food101", "FGVCAircraft": "fgvc_aircraft", "SUN397": "sun397",
+    "DescribableTextures": "dtd", "EuroSAT": "eurosat", "UCF101": "ucf101", "ImageNetV2": "imagenetv2",
+    "ImageNetSketch": "imagenet_sketch", "ImageNetA": "imagenet_a", "ImageNetR": "imagenet_r",
+}
+
+
+class DataPrepError(RuntimeError):
+    """A one-line, user-facing failure (unreachable URL, bad checksum, unknown dataset name)."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One file to fetch. `url` is http(s)://... or gdrive:<Google Drive file id>.
+
+    `provides`: the paths (relative to the dataset folder) that exist once this resource is laid out.
+    `archive_prefix`: None = a plain file, saved as <dataset folder>/<filename>; otherwise an archive whose
+    folder `archive_prefix` ("" = its top level) is moved into the dataset folder. `rename`: (old, new) pairs
+    applied inside that folder first (for re-packaged mirrors). `size` (bytes) / `sha256`: checked when given.
+    """
+
+    url: str
+    filename: str
+    provides: tuple
+    archive_prefix: str = None
+    rename: tuple = ()
+    size: int = None
+    sha256: str = None
+
+
+@dataclass(frozen=True)
+class Source:
+    resources: tuple
+    manual: str = ""  # what must be fetched by hand (printed)
+
+
+def gdrive(file_id):
+    return f"gdrive:{file_id}"
+
+
+def _split_json(name, file_id):
+    return Resource(gdrive(file_id), f"split_zhou_{name}.json", (f"split_zhou_{name}.json",))
+
+
+# URLs and Google Drive ids as listed in CoOp's DATASETS.md (github.com/KaiyangZhou/CoOp). Some original hosts
+# have moved since (see notes/readme_datasets.md); sizes / sha256 are left empty where not known for certain.
+SOURCES = {
+    "ImageNet": Source((), manual=(
+        "ImageNet-1k images are licence-gated: get ILSVRC2012 train/val from https://image-net.org and lay them out "
+        "as imagenet/images/train/<wnid>/*.JPEG and imagenet/images/val/<wnid>/*.JPEG (val sorted into class "
+        "folders). Class names are shipped (datasets/classnames/imagenet.txt); an imagenet/classnames.txt "
+        "(CoOp's, `wnid name` per line) overrides them.")),
+    "Caltech101": Source((
+        Resource("http://www.vision.caltech.edu/Image_Datasets/Caltech101/101_ObjectCategories.tar.gz",
+                 "101_ObjectCategories.tar.gz", ("101_ObjectCategories",), archive_prefix=""),
+        _split_json("Caltech101", "1hyarUivQE36mY6jSomru6Fjd-JzwcCzN"),
+    )),
+    "OxfordPets": Source((
+        Resource("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz", "images.tar.gz", ("images",),
+                 archive_prefix=""),
+        Resource("https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz", "annotations.tar.gz",
+                 ("annotations",), archive_prefix=""),
+        _split_json("OxfordPets", "1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs"),
+    )),
+    "StanfordCars": Source((
+        Resource("http://ai.stanford.edu/~jkrause/car196/cars_train.tgz", "cars_train.tgz", ("cars_train",),
+                 archive_prefix=""),
+        Resource("http://ai.stanford.edu/~jkrause/car196/cars_test.tgz", "cars_test.tgz", ("cars_test",),
+                 archive_prefix=""),
+        Resource("https://ai.stanford.edu/~jkrause/cars/car_devkit.tgz", "car_devkit.tgz", ("devkit",),
+                 archive_prefix=""),
+        Resource("http://ai.stanford.edu/~jkrause/car196/cars_test_annos_withlabels.mat",
+                 "cars_test_annos_withlabels.mat", ("cars_test_annos_withlabels.mat",)),
+        _split_json("StanfordCars", "1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT"),
+    )),
+    "OxfordFlowers": Source((
+        Resource("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz", "102flowers.tgz", ("jpg",),
+                 archive_prefix=""),
+        Resource("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat", "imagelabels.mat",
+                 ("imagelabels.mat",)),
+        Resource(gdrive("1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0"), "cat_to_name.json", ("cat_to_name.json",)),
+        _split_json("OxfordFlowers", "1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT"),
+    )),
+    "Food101": Source((
+        Resource("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz", "food-101.tar.gz", ("images",),
+                 archive_prefix="food-101"),
+        _split_json("Food101", "1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl"),
+    )),
+    "FGVCAircraft": Source((
+        Resource("https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
+                 "fgvc-aircraft-2013b.tar.gz",
+                 ("images", "variants.txt", "images_variant_train.txt", "images_variant_val.txt",
+                  "images_variant_test.txt"), archive_prefix="fgvc-aircraft-2013b/data"),
+    )),
+    "SUN397": Source((
+        Resource("http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz", "SUN397.tar.gz", ("SUN397",),
+                 archive_prefix=""),
+        Resource("https://vision.princeton.edu/projects/2010/SUN/download/Partitions.zip", "Partitions.zip",
+                 ("ClassName.txt", "Training_01.txt", "Testing_01.txt"), archive_prefix=""),
+        _split_json("SUN397", "1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq"),
+    )),
+    "DescribableTextures": Source((
+        Resource("https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz", "dtd-r1.0.1.tar.gz",
+                 ("images",), archive_prefix="dtd"),
+        _split_json("DescribableTextures", "1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x"),
+    )),
+    "EuroSAT": Source((
+        Resource("http://madm.dfki.de/files/sentinel/EuroSAT.zip", "EuroSAT.zip", ("2750",), archive_prefix="",
+                 rename=(("EuroSAT_RGB", "2750"),)),
+        _split_json("EuroSAT", "1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o"),
+    )),
+    "UCF101": Source((
+        Resource(gdrive("10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O"), "UCF-101-midframes.zip", ("UCF-101-midframes",),
+                 archive_prefix=""),
+        Resource("https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip",
+                 "UCF101TrainTestSplits-RecognitionTask.zip", ("ucfTrainTestlist",), archive_prefix=""),
+        _split_json("UCF101", "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJJ1y"),
+    )),
+    "ImageNetV2": Source((
+        Resource("https://s3-us-west-2.amazonaws.com/imagenetv2public/imagenetv2-matched-frequency.tar.gz",
+                 "imagenetv2-matched-frequency.tar.gz", ("imagenetv2-matched-frequency-format-val",),
+                 archive_prefix=""),
+    )),
+    "ImageNetSketch": Source((), manual=(
+        "ImageNet-Sketch: download ImageNet-Sketch.zip as described at https://github.com/HaohanWang/ImageNet-Sketch "
+        "and extract it so that the images are in imagenet-sketch/images/<wnid>/*.JPEG (rename its sketch/ "
+        "folder to images/).")),
+    "ImageNetA": Source((
+        Resource("https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar", "imagenet-a.tar", ("imagenet-a",),
+                 archive_prefix=""),
+    )),
+    "ImageNetR": Source((
+        Resource("https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar", "imagenet-r.tar", ("imagenet-r",),
+                 archive_prefix=""),
+    )),
+}
+
+
+# --------------------------------------------------------------------------------------------- download
+def resource_url(resource, folder, base_url):
+    """The URL to fetch: the table's, or `<base_url>/<dataset folder>/<file>` for a mirror."""
+    if base_url:
+        return f"{base_url.rstrip('/')}/{folder}/{resource.filename}"
+    if resource.url.startswith("gdrive:"):
+        return f"https://drive.google.com/uc?id={resource.url[len('gdrive:'):]}"
+    return resource.url
+
+
+def _progress(total, initial, desc):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                file=sys.stdout, disable=None)
+
+
+def http_download(url, part_path, where):
+    """Append the rest of `url` to `part_path` (HTTP Range from its current size); returns the total size or None."""
+    offset = osp.getsize(part_path) if osp.exists(part_path) else 0
+    headers = {"User-Agent": "mmpt-data-prep"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # nothing left to fetch: the .part file is already complete
+            return offset
+        raise DataPrepError(f"cannot download {url}: HTTP {e.code} {e.reason}; {where}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise DataPrepError(f"cannot download {url} ({reason}); {where}") from None
+    with response:
+        if offset and response.status != 206:  # the server ignored the Range header: start again
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length is not None else None
+        content_range = response.headers.get("Content-Range", "")
+        if response.status == 206 and "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+            total = int(content_range.rsplit("/", 1)[1])
+        try:
+            with open(part_path, "ab" if offset else "wb") as f, _progress(total, offset, osp.basename(url)) as bar:
+                while True:
+                    chunk = response.read(CHUNK)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        except (OSError, socket.timeout, http.client.HTTPException) as e:
+            raise DataPrepError(f"download of {url} interrupted ({e}); run again to resume; {where}") from None
+    return total
+
+
+def gdrive_download(file_id, part_path, where):
+    import gdown
+
+    url = f"https://drive.google.com/uc?id={file_id}"
+    try:
+        result = gdown.download(id=file_id, output=part_path, quiet=False, resume=True)
+    except Exception as e:  # gdown raises several types (connection, quota, permission)
+        raise DataPrepError(f"cannot download {url} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                            f"{where}") from None
+    if result is None:
+        raise DataPrepError(f"cannot download {url}; {where}")
+    return None
+
+
+def sha256sum(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_json(path):
+    try:
+        with open(path, "rb") as f:
+            json.load(f)
+        return True
+    except ValueError:
+        return False
+
+
+def verify(path, resource, total):
+    """Size against the table (else the server's total), sha256 when the table has one.
+
+    A short file is kept (the next run resumes it); a wrong one is deleted.
+    """
+    size = osp.getsize(path)
+    if resource.size is None and total is not None and size < total:
+        raise DataPrepError(f"incomplete download {path}: {size} of {total} bytes; run again to resume")
+    problem = None
+    expected = resource.size if resource.size is not None else total
+    if expected is not None and size != expected:
+        problem = f"size {size} bytes, expected {expected}"
+    elif resource.sha256 and sha256sum(path) != resource.sha256.lower():
+        problem = f"sha256 differs from the expected {resource.sha256}"
+    elif resource.filename.endswith(".json") and not _is_json(path):
+        problem = "not valid JSON (an error page instead of the file?)"
+    if problem:
+        os.remove(path)
+        raise DataPrepError(f"{path.removesuffix('.part')}: {problem}; the download was deleted, run again to "
+                            "fetch it afresh")
+
+
+def fetch(resource, dataset_dir, folder, base_url):
+    """<dataset_dir>/<filename>, downloaded (resumably) and verified unless it is already there."""
+    target = osp.join(dataset_dir, resource.filename)
+    if osp.exists(target):
+        print(f"  using {target}")
+        return target
+    url = resource_url(resource, folder, base_url)
+    where = f"fetch it by hand and put it at {target}"
+    part = target + ".part"
+    print(f"  downloading {url}" + (f" (resuming at {osp.getsize(part)} bytes)" if osp.exists(part) else ""))
+    if resource.url.startswith("gdrive:") and not base_url:
+        total = gdrive_download(resource.url[len("gdrive:"):], part, where)
+    else:
+        total = http_download(url, part, where)
+    verify(part, resource, total)
+    os.replace(part, target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------- layout
+def extract(archive, staging):
+    """Extract a .tar(.gz|.bz2)/.tgz/.zip archive into `staging` (no paths outside it)."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                if osp.isabs(member) or ".." in member.split("/"):
+                    raise DataPrepError(f"{archive}: unsafe path in archive: {member}")
+            zf.extractall(staging)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            try:
+                tf.extractall(staging, filter="data")  # refuses absolute paths, links out of staging
+            except TypeError:  # Python without extraction filters (< 3.11.4 / 3.10.12)
+                tf.extractall(staging)
+    else:
+        raise DataPrepError(f"{archive}: not a zip or tar archive (a partial or HTML download?); delete it and run again")
+
+
+def lay_out(archive, resource, dataset_dir):
+    """Move the archive's `archive_prefix` folder's entries into the dataset folder."""
+    staging = osp.join(dataset_dir, ".data_prep", "extract-" + resource.filename)
+    shutil.rmtree(staging, ignore_errors=True)
+    print(f"  extracting {osp.basename(archive)}")
+    extract(archive, staging)
+    base = osp.join(staging, resource.archive_prefix)
+    entries = os.listdir(base) if osp.isdir(base) else []
+    wanted = {p.split("/")[0] for p in resource.provides} | {old for old, _ in resource.rename}
+    if not wanted & set(entries) and len(entries) == 1 and osp.isdir(osp.join(base, entries[0])):
+        base = osp.join(base, entries[0])  # a mirror that wraps everything in one more folder
+    for old, new in resource.rename:
+        if osp.exists(osp.join(base, old)) and not osp.exists(osp.join(base, new)):
+            os.rename(osp.join(base, old), osp.join(base, new))
+    for entry in os.listdir(base):
+        dest = osp.join(dataset_dir, entry)
+        if osp.exists(dest):
+            print(f"  keeping the existing {dest}")
+            continue
+        shutil.move(osp.join(base, entry), dest)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def prepare_resource(resource, dataset_dir, folder, base_url, keep_archives):
+    marker = osp.join(dataset_dir, ".data_prep", resource.filename + ".done")
+    if osp.exists(marker) and all(osp.exists(osp.join(dataset_dir, p)) for p in resource.provides):
+        print(f"  {resource.filename}: done before")
+        return
+    path = fetch(resource, dataset_dir, folder, base_url)
+    if resource.archive_prefix is not None:
+        lay_out(path, resource, dataset_dir)
+        if not keep_archives:
+            os.remove(path)
+    missing = [p for p in resource.provides if not osp.exists(osp.join(dataset_dir, p))]
+    if missing:
+        raise DataPrepError(f"{resource.filename} did not provide {osp.join(dataset_dir, missing[0])}; "
+                            "check the archive's layout against SOURCES in mmpt/data/data_prep.py")
+    os.makedirs(osp.dirname(marker), exist_ok=True)
+    open(marker, "w").close()
+
+
+def prepare(name, root, base_url=None, keep_archives=False):
+    """Download and lay out one dataset under root; returns the manual step still to do ("" when none)."""
+    folder = DATASET_FOLDERS[name]
+    dataset_dir = osp.join(root, folder)
+    source = SOURCES[name]
+    print(f"{name} -> {dataset_dir}")
+    if source.resources:
+        os.makedirs(dataset_dir, exist_ok=True)
+    for resource in source.resources:
+        prepare_resource(resource, dataset_dir, folder, base_url, keep_archives)
+    return source.manual
+
+
+def resolve_names(names):
+    """Registry names or config names (case-insensitive) -> registry names."""
+    lookup = {n.lower(): n for n in DATASET_FOLDERS}
+    lookup.update({c.lower(): n for n, c in CONFIG_NAMES.items()})
+    resolved = []
+    for name in names:
+        if name.lower() == "all":
+            return list(DATASET_FOLDERS)
+        if name.lower() not in lookup:
+            raise DataPrepError(f"unknown dataset {name!r}; choose from {sorted(CONFIG_NAMES.values())} "
+                                f"(or registry names, or 'all')")
+        resolved.append(lookup[name.lower()])
+    return resolved
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(prog="python -m mmpt.data_prep", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="the dataset root (DATASET.ROOT / $DATA)")
+    parser.add_argument("--datasets", nargs="+", default=["all"],
+                        help="config or registry names, e.g. caltech101 oxford_pets (default: all)")
+    parser.add_argument("--base-url", default=os.environ.get(BASE_URL_ENV),
+                        help=f"fetch every file from URL/<dataset folder>/<file> (env {BASE_URL_ENV})")
+    parser.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after extraction")
+    parser.add_argument("--list", action="store_true", help="print the table of sources and exit")
+    return parser
+
+
+def print_sources(names):
+    for name in names:
+        print(f"{name} ({DATASET_FOLDERS[name]}/)")
+        for r in SOURCES[name].resources:
+            extra = "".join(f", {k} {v}" for k, v in (("size", r.size), ("sha256", r.sha256)) if v)
+            print(f"  {r.filename:45s} {resource_url(r, DATASET_FOLDERS[name], None)}{extra}")
+        if SOURCES[name].manual:
+            print(f"  by hand: {SOURCES[name].manual}")
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    try:
+        names = resolve_names(args.datasets)
+        if args.list:
+            print_sources(names)
+            return 0
+        root = osp.abspath(osp.expanduser(args.root))
+        manual = {}
+        for name in names:
+            step = prepare(name, root, args.base_url, args.keep_archives)
+            if step:
+                manual[name] = step
+    except DataPrepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ready = [n for n in names if n not in manual]
+    print("\nReady: " + (", ".join(ready) if ready else "none") + f" (under {root})")
+    if manual:
+        print("To fetch by hand:")
+        for name, step in manual.items():
+            print(f"  - {name}: {step}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
