@@ -58,18 +58,26 @@ VARIANTS = [
 RESNET_VARIANTS = [("CoOp_rn", "CoOp", dict(N_CTX=4)), ("ZeroshotCLIP_rn", "ZeroshotCLIP", dict(TEMPLATE="{} texture."))]
 
 
+_BACKBONES = {}  # resnet -> (model, RNG state right after building it)
+
+
 def backbone(resnet=False):
     """A random 3-layer CLIP with distinct widths (text 64, vision 96, joint 48), seeded; built here so that
-    the record does not depend on a test helper."""
-    torch.manual_seed(0)
-    vision = dict(vision_layers=(1, 1, 1, 1), vision_width=8) if resnet else dict(vision_layers=3, vision_width=96)
-    model = CLIP(embed_dim=48, image_resolution=32, vision_patch_size=8, context_length=77, vocab_size=49408,
-                 transformer_width=64, transformer_heads=2, transformer_layers=3, **vision)
-    with torch.no_grad():  # no LayerNorm weight at 1 or bias at 0: no term may vanish by chance
-        for param in model.parameters():
-            if param.numel() > 1 and bool((param == param.flatten()[0]).all()):
-                param.add_(torch.randn_like(param) * 0.02)
-    return model.float().eval().requires_grad_(False)
+    the record does not depend on a test helper. Built once per process (models share its frozen weights);
+    the global RNG is left as a fresh build leaves it, so the methods' initialisation draws the same numbers."""
+    if resnet not in _BACKBONES:
+        torch.manual_seed(0)
+        vision = dict(vision_layers=(1, 1, 1, 1), vision_width=8) if resnet else dict(vision_layers=3, vision_width=96)
+        model = CLIP(embed_dim=48, image_resolution=32, vision_patch_size=8, context_length=77, vocab_size=49408,
+                     transformer_width=64, transformer_heads=2, transformer_layers=3, **vision)
+        with torch.no_grad():  # no LayerNorm weight at 1 or bias at 0: no term may vanish by chance
+            for param in model.parameters():
+                if param.numel() > 1 and bool((param == param.flatten()[0]).all()):
+                    param.add_(torch.randn_like(param) * 0.02)
+        _BACKBONES[resnet] = (model.float().eval().requires_grad_(False), torch.get_rng_state())
+    model, rng_state = _BACKBONES[resnet]
+    torch.set_rng_state(rng_state)
+    return model
 
 
 def images():
