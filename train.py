@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from dassl.config import ConfigKeyError, get_cfg_default
+from dassl.config import ConfigError, get_cfg_default
 from dassl.engine import build_trainer
-from dassl.utils import UnknownNameError, collect_env_info, set_random_seed, setup_logger
+from dassl.utils import collect_env_info, set_random_seed, setup_logger
 
 import datasets  # noqa: F401  (registers the datasets)
 import trainers  # registers the trainers; trainers.extend_cfg adds their config nodes
@@ -72,7 +72,7 @@ def setup_cfg(args):
     return cfg
 
 
-class OutputDirInUseError(RuntimeError):
+class OutputDirInUseError(ConfigError):
     """Another live process is running into the same OUTPUT_DIR."""
 
 
@@ -155,22 +155,12 @@ def get_parser():
     return parser
 
 
-def _user_errors():
-    """Exception types that mean bad input: printed as one line, without a traceback (set MMPT_TRACEBACK=1 to
-    see it). ValueError is what every config-value check raises (a backbone name, PREC, a prompt depth, ...)."""
-    errors = [ConfigKeyError, UnknownNameError, FileNotFoundError, ValueError, OutputDirInUseError]
-    try:
-        from mmpt.clip_backbone import BackboneNotFoundError
-        errors.append(BackboneNotFoundError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
 if __name__ == "__main__":
     try:
         main(get_parser().parse_args())
-    except _user_errors() as e:
+    except ConfigError as e:
+        # a user mistake: one line (MMPT_TRACEBACK=1 shows the traceback); any other exception is a bug and
+        # keeps its traceback
         if os.environ.get("MMPT_TRACEBACK"):
             raise
         sys.exit(f"train.py: error: {e}")

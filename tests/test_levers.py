@@ -241,9 +241,9 @@ def test_logits_and_residual_streams_stay_fp32_under_autocast(clip_model, mudpt_
     assert stream_dtypes and set(stream_dtypes) == {torch.float32}
     # the logits are computed from the features in fp32: recomputing them that way gives the same numbers
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        text, visual = mudpt_model.prompts()
-        class_features = mudpt_model.class_features(text)
-        image_features = mudpt_model.image_features(images, visual)
+        prompts = mudpt_model.compute_prompts()
+        class_features = mudpt_model.class_features(prompts)
+        image_features = mudpt_model.image_features(images, prompts)
     expected = mudpt_model.logit_scale.exp() * image_features.float() @ class_features.float().t()
     torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-5)
 

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from clip.model import CLIP
-from yacs.config import CfgNode as CN
 
 from tests.e2e import small_clip_model, trainer_node
 from trainers import mpl
@@ -77,7 +76,7 @@ def reference_text_features(clip_model, token_ids, prompts, n_rm=None):
 
 
 def class_token_ids(n_ctx, ctx_init):
-    return clip.tokenize(mpl.prompt_texts(CLASSNAMES, mpl.prompt_prefix(n_ctx, ctx_init)))
+    return clip.tokenize([f"{mpl.prompt_prefix(n_ctx, ctx_init)} {name.replace('_', ' ')}." for name in CLASSNAMES])
 
 
 # ---- schedule ----
@@ -98,7 +97,8 @@ def test_release_schedule_counts_and_validation():
 
 
 def test_template_and_context_init(small_clip):
-    assert mpl.prompt_texts(["golden_retriever"], mpl.prompt_prefix(1, "a photo of a")) == ["X a photo of a golden retriever."]
+    one_class = mpl.MPLCLIP(small_clip, ["golden_retriever"], mpl_node(PROMPT_DEPTH=4))
+    assert one_class.sentences.texts == ["X a photo of a golden retriever."] and one_class.sentences.placeholders == 1
     model = mpl.MPLCLIP(small_clip, CLASSNAMES, mpl_node(PROMPT_DEPTH=4))
     x_embedding = small_clip.token_embedding.weight[clip.tokenize("X")[0, 1]]
     assert torch.equal(model.prompt_learner.ctx[0], x_embedding)
@@ -118,7 +118,7 @@ def test_visual_schedule_against_reference(small_clip, n_ctx, n_add, n_rm):
     try:
         with torch.no_grad():
             features = model.image_features(images)
-            prompts, remove = model.visual_prompts()
+            prompts, remove = model.compute_prompts().vision, model.compute_prompts().vision_remove
             assert remove == [None, *schedule.n_rm]
             mlp_inputs_model, mlp_inputs[:] = list(mlp_inputs), []
             expected, block_inputs = reference_image_features(small_clip, images, prompts, schedule.n_rm)
@@ -141,7 +141,7 @@ def test_carried_tokens_are_previous_outputs_not_parameters(small_clip):
     model = build_model(small_clip, N_CTX=1, PROMPT_DEPTH=4, N_ADD_OP=2, N_RM_OP=1)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        prompts, _ = model.visual_prompts()
+        prompts = model.compute_prompts().vision
         features = model.image_features(images)
         carried, _ = reference_image_features(small_clip, images, prompts, model.schedule.n_rm)
         # the "re-inserted" variant: every layer's prompt region is rebuilt from raw parameters
@@ -156,7 +156,7 @@ def test_carried_tokens_are_previous_outputs_not_parameters(small_clip):
 def test_text_features_against_reference(small_clip):
     model = build_model(small_clip, N_CTX=1, PROMPT_DEPTH=4)
     with torch.no_grad():
-        prompts, remove = model.text_prompts()
+        prompts, remove = model.compute_prompts().text, model.compute_prompts().text_remove
         assert remove is None  # text schedule off: the deep text prompts replace (MaPLe)
         expected = reference_text_features(small_clip, class_token_ids(1, "a photo of a"), prompts)
         torch.testing.assert_close(model.class_features(), F.normalize(expected, dim=-1), atol=1e-5, rtol=1e-5)
@@ -168,7 +168,7 @@ def test_text_schedule_truncation_is_exact(small_clip):
     assert model.schedule.text_counts == [2, 5, 5, 9]
     token_ids = class_token_ids(2, "a photo of a")
     with torch.no_grad():
-        prompts, remove = model.text_prompts()
+        prompts, remove = model.compute_prompts().text, model.compute_prompts().text_remove
         assert remove == [None, 1, 2, 2]
         truncated = model.text_encoder(token_ids, prompts, remove, truncate=True)
         untruncated = model.text_encoder(token_ids, prompts, remove, truncate=False)
@@ -178,7 +178,7 @@ def test_text_schedule_truncation_is_exact(small_clip):
     torch.testing.assert_close(untruncated, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(features, F.normalize(expected, dim=-1), atol=1e-5, rtol=1e-5)
     # the vision slots of layer l read the first n tokens of T_l
-    visual, _ = model.visual_prompts()
+    visual = model.compute_prompts().vision
     slot = model.prompt_learner.compound_prompt_projections[0][1]
     torch.testing.assert_close(visual[1][2:4], slot(prompts[1][:2]))
 
@@ -199,14 +199,11 @@ def maple_logits_independent(clip_model, learner, token_ids, images):
 def maple_with_mpl_parameters(clip_model, mpl_model, n_ctx, depth):
     """trainers/maple.py's MaPLe on the same sentences (CTX_INIT "X .. X a photo of a" learns the X's, as MPL)
     holding MPL's parameters: ctx, T_l, proj, and F_{1,l} as MaPLe's F_l."""
-    from trainers.maple import MaPLeCLIP, extend_cfg as maple_extend_cfg
+    from trainers import maple as maple_module
 
-    cfg = CN()
-    cfg.TRAINER = CN()
-    maple_extend_cfg(cfg)
-    node = cfg.TRAINER.MAPLE
-    node.N_CTX, node.PROMPT_DEPTH, node.CTX_INIT = n_ctx, depth, mpl.prompt_prefix(n_ctx, "a photo of a")
-    maple = MaPLeCLIP(clip_model, CLASSNAMES, node).eval()
+    node = trainer_node(maple_module, "MAPLE", N_CTX=n_ctx, PROMPT_DEPTH=depth,
+                        CTX_INIT=mpl.prompt_prefix(n_ctx, "a photo of a"))
+    maple = maple_module.MaPLeCLIP(clip_model, CLASSNAMES, node).eval()
     assert torch.equal(maple.token_ids, mpl_model.token_ids)
     assert torch.equal(maple.prompt_learner.ctx, mpl.initial_context(clip_model, n_ctx, "a photo of a"))  # same init
     source, target = mpl_model.prompt_learner, maple.prompt_learner
@@ -278,8 +275,8 @@ def test_config_files():
 
 def test_release_parameter_count_vit_b16(vit_b16, capsys):
     cfg = release_cfg("configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml")
-    model = mpl.MPL.build_prompted_clip(None, cfg, ["cat", "dog"], vit_b16)
-    printed = capsys.readouterr().out
+    model = mpl.MPL.build_method_model(vit_b16, ["cat", "dog"], cfg.TRAINER.MPL)
+    printed = model.describe()
     assert sum(p.numel() for p in model.prompt_learner.parameters()) == 6_702_336
     d_t, d_v = 512, 768
     assert dict(model.prompt_learner.parameter_breakdown()) == {
