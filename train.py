@@ -19,7 +19,6 @@ from dassl.engine import build_trainer
 from dassl.utils import collect_env_info, set_random_seed, setup_logger
 
 import datasets  # noqa: F401  (registers the datasets)
-import trainers  # registers the trainers; trainers.extend_cfg adds their config nodes
 
 
 def print_args(args, cfg):
@@ -60,6 +59,8 @@ def reset_cfg(cfg, args):
 
 def setup_cfg(args):
     """defaults -> trainers' nodes -> dataset config -> method config -> arguments -> KEY VALUE opts; frozen."""
+    import trainers  # declares every method (and MMPT_TRAINER_MODULES'); imported here, where a bad module name
+                     # is a ConfigError that main's caller prints as one line
     cfg = get_cfg_default()
     trainers.extend_cfg(cfg)
     if args.dataset_config_file:
