@@ -31,7 +31,9 @@ EXPECTED = {
 # MaPLe's parameter table)
 def _n_ctx(node):
     """CoOp / CoCoOp: CTX_INIT's words set the context length when given, else N_CTX."""
-    return len(node.CTX_INIT.replace("_", " ").split()) if node.CTX_INIT else node.N_CTX
+    from mmpt.sentences import readable, word_count
+
+    return word_count(readable(node.CTX_INIT)) if node.CTX_INIT else node.N_CTX
 
 
 ANALYTIC = {"CoOp": lambda node: _n_ctx(node) * 512, "CoCoOp": lambda node: _n_ctx(node) * 512 + 35_360 - 4 * 512}

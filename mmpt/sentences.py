@@ -95,7 +95,7 @@ class ClassNameInContext(ClassSentences):
             raise ConfigError(f"class position {position!r}: expected 'middle' or 'front'")
         self.n_ctx, self.position = n_ctx, position
         name_ids = [clip.tokenize(readable(name))[0] for name in classnames]
-        name_lengths = [int((ids != 0).sum()) - 2 for ids in name_ids]
+        name_lengths = [word_count(readable(name)) for name in classnames]
         # (class indices, name length L); buffers names_L [C_g, L, d_t] (the names' frozen word embeddings) and
         # ids_L (the sentence "X .. X." with n + L placeholders)
         self.groups = []

@@ -162,7 +162,7 @@ def test_coop_random_init(small_clip):
     ctx = model.prompt_learner.ctx.detach()
     assert ctx.shape == (len(CLASSNAMES), 16, 64)
     assert 0.015 < ctx.std().item() < 0.025 and abs(ctx.mean().item()) < 0.005  # N(0, 0.02)
-    with pytest.raises(ValueError, match="TRAINER.COOP.CLASS_TOKEN_POSITION='back'"):
+    with pytest.raises(ConfigError, match="TRAINER.COOP.CLASS_TOKEN_POSITION='back'"):
         coop.CoOpCLIP(small_clip, CLASSNAMES, trainer_node(coop, "COOP", CLASS_TOKEN_POSITION="back"))
 
 
@@ -230,7 +230,7 @@ def test_maple_state_dict_keys_are_the_releases(small_clip):
 
 
 def test_depth_beyond_the_backbone_is_a_clear_error(small_clip):
-    with pytest.raises(ValueError, match=r"TRAINER.MAPLE.PROMPT_DEPTH=9: expected an int in 1..3"):
+    with pytest.raises(ConfigError, match=r"TRAINER.MAPLE.PROMPT_DEPTH=9: expected an int in 1..3"):
         maple.MaPLeCLIP(small_clip, CLASSNAMES, trainer_node(maple, "MAPLE"))
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from clip.model import CLIP
+from dassl.utils import ConfigError
 
 from tests.e2e import small_clip_model, trainer_node
 from trainers import mpl
@@ -86,13 +87,13 @@ def test_release_schedule_counts_and_validation():
     assert mpl.MPLSchedule(1, 9).visual_counts == schedule.visual_counts  # None = the release's 2 / 1
     assert mpl.MPLSchedule(2, 4, [1, 2, 0], [2, 1, 0]).visual_counts == [2, 2, 5, 5]
     assert mpl.MPLSchedule(1, 3).text_counts == [1, 1, 1]  # text schedule off: MaPLe's replacement
-    with pytest.raises(ValueError, match=r"N_RM_OP must be <= N_ADD_OP \* N_CTX.*N_RM_OP = 3, N_ADD_OP = 1, N_CTX = 2"):
+    with pytest.raises(ConfigError, match=r"N_RM_OP must be <= N_ADD_OP \* N_CTX.*N_RM_OP = 3, N_ADD_OP = 1, N_CTX = 2"):
         mpl.MPLSchedule(2, 9, 1, 3)
-    with pytest.raises(ValueError, match="N_RM_OP = 2 at layer 1 removes more than the 1 prompt tokens"):
+    with pytest.raises(ConfigError, match="N_RM_OP = 2 at layer 1 removes more than the 1 prompt tokens"):
         mpl.MPLSchedule(1, 9, 2, 2)
-    with pytest.raises(ValueError, match=r"N_ADD_OP = \[2, 2\]: expected .* list of 3"):
+    with pytest.raises(ConfigError, match=r"N_ADD_OP = \[2, 2\]: expected .* list of 3"):
         mpl.MPLSchedule(1, 4, [2, 2], 1)
-    with pytest.raises(ValueError, match="TEXT_N_RM_OP must be <= TEXT_N_ADD_OP"):
+    with pytest.raises(ConfigError, match="TEXT_N_RM_OP must be <= TEXT_N_ADD_OP"):
         mpl.MPLSchedule(1, 4, 2, 1, text_n_add=1, text_n_rm=2)
 
 
@@ -236,7 +237,7 @@ def test_add1_rm_n_equals_maple(small_clip, n_ctx):
 
 
 def test_depth_beyond_backbone_is_a_clear_error(small_clip):
-    with pytest.raises(ValueError, match=r"TRAINER.MPL.PROMPT_DEPTH=9: expected an int in 1..5"):
+    with pytest.raises(ConfigError, match=r"TRAINER.MPL.PROMPT_DEPTH=9: expected an int in 1..5"):
         mpl.MPLCLIP(small_clip, CLASSNAMES, mpl_node(PROMPT_DEPTH=9))
 
 
@@ -310,6 +311,6 @@ def test_resnet_backbone_is_refused_in_one_line():
     resnet_clip = CLIP(embed_dim=48, image_resolution=32, vision_layers=(1, 1, 1, 1), vision_width=8,
                        vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=64,
                        transformer_heads=2, transformer_layers=2)
-    with pytest.raises(ValueError, match="need a ViT backbone") as info:
+    with pytest.raises(ConfigError, match="need a ViT backbone") as info:
         mpl.MPLCLIP(resnet_clip, CLASSNAMES, mpl_node(PROMPT_DEPTH=2))
     assert "\n" not in str(info.value)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from clip.model import CLIP
+from dassl.utils import ConfigError
 
 from tests.e2e import small_clip_model, trainer_node
 from trainers import mudpt
@@ -188,7 +189,7 @@ def test_joint_parameter_count_formula_vit_b16(vit_b16):
     (dict(PROMPT_DEPTH=5), r"PROMPT_DEPTH=5: expected an int in 1\.\.4"),
 ])
 def test_bad_config_one_line_errors(small_clip, overrides, message):
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(ConfigError, match=message) as info:
         mudpt.MuDPTCLIP(small_clip, CLASSNAMES, mudpt_node(**overrides))
     assert "\n" not in str(info.value)
 
@@ -198,7 +199,7 @@ def test_resnet_backbone_is_refused_in_one_line():
     resnet_clip = CLIP(embed_dim=32, image_resolution=32, vision_layers=(1, 1, 1, 1), vision_width=8,
                        vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=64,
                        transformer_heads=2, transformer_layers=2)
-    with pytest.raises(ValueError, match="ViT backbone") as info:
+    with pytest.raises(ConfigError, match="ViT backbone") as info:
         mudpt.MuDPTCLIP(resnet_clip, CLASSNAMES, mudpt_node(PROMPT_DEPTH=1))
     assert "\n" not in str(info.value)
 

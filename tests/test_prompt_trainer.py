@@ -15,6 +15,7 @@ from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP, Prompts, normal_prompts
 from mmpt.sentences import init_text_context, placeholder_sentences
+from dassl.utils import ConfigError
 
 N_CTX, WIDTH = 2, 64  # random-tiny-ViT: text and vision width 64
 
@@ -147,5 +148,5 @@ def test_train_save_and_load_on_another_class_set(three_classes, two_classes, tm
 
 
 def test_bad_precision_is_a_one_line_error(three_classes, tmp_path):
-    with pytest.raises(ValueError, match=r"^TRAINER.TOYPROMPT.PREC='fp8' is not a precision; valid values"):
+    with pytest.raises(ConfigError, match=r"^TRAINER.TOYPROMPT.PREC='fp8' is not a precision; valid values"):
         ToyPromptTrainer(make_cfg(three_classes, tmp_path, PREC="fp8"))

@@ -10,6 +10,7 @@ from clip.model import CLIP
 from mmpt.clip_backbone import build_random_clip
 from mmpt.prompted_clip import PromptedCLIP, PromptedImageEncoder, PromptedTextEncoder, Prompts, normal_prompts
 from mmpt.sentences import ClassSentences, init_text_context, placeholder_words, readable
+from dassl.utils import ConfigError
 from tests.e2e import perturb_constant_parameters
 
 ATOL = 1e-5
@@ -280,7 +281,7 @@ def test_init_text_context(tiny):
     assert torch.equal(init_text_context(tiny, 2, "a photo of a"), tiny.token_embedding.weight[ids])
     random_ctx = init_text_context(tiny, 4)
     assert random_ctx.shape == (4, 64) and 0.01 < random_ctx.std() < 0.03
-    with pytest.raises(ValueError, match="CTX_INIT"):
+    with pytest.raises(ConfigError, match="CTX_INIT"):
         init_text_context(tiny, 5, "a photo of a")
 
 

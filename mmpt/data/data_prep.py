@@ -94,7 +94,7 @@ def _split_json(name, file_id):
 
 
 # URLs and Google Drive ids as listed in CoOp's DATASETS.md (github.com/KaiyangZhou/CoOp). Some original hosts
-# have moved since (see notes/readme_datasets.md); sizes / sha256 are left empty where not known for certain.
+# have moved since (see docs/DATASETS.md); sizes / sha256 are left empty where not known for certain.
 SOURCES = {
     "ImageNet": Source((), manual=(
         "ImageNet-1k images are licence-gated: get ILSVRC2012 train/val from https://image-net.org and lay them out "
