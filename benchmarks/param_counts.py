@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import harness  # noqa: E402
 from benchmarks.models import build_clip, build_method, declared_methods, load_cfg, trainable_parameters  # noqa: E402
 
-# Official / published trainable-parameter counts at ViT-B/16 (docs/METHODS.md; the MuDPT, MPL and MaPLe papers and releases).
+# Official / published trainable-parameter counts at ViT-B/16 (docs/METHODS.md; the papers and releases).
 EXPECTED = {
     ("MuDPT", "linear"): 1_204_736,  # official code's MuDPT trainer, n = 2, J = 9
     ("MuDPT", "separate"): 11_056_128,  # official last variant, n = 2, J = 9

@@ -31,3 +31,18 @@ def test_logits_equal_the_record(recorded, variant, monkeypatch):
 
 def test_record_covers_every_declared_method(recorded):
     assert {trainer for (_, trainer, _), _ in record.all_variants()} >= set(mmpt.declared_methods())
+
+
+def test_create_model_errors_are_one_line_config_errors():
+    from dassl.utils import ConfigError
+
+    clip_model = record.backbone()
+    with pytest.raises(ConfigError, match=r"^TRAINER.MAPLE.N_CTXX: no such option of MaPLe \(options: .*N_CTX"):
+        mmpt.create_model("MaPLe", clip_model, record.CLASSNAMES, N_CTXX=2)
+    with pytest.raises(ConfigError, match=r"^Unknown method 'Maple'. Did you mean 'MaPLe'\?"):
+        mmpt.create_model("Maple", clip_model, record.CLASSNAMES)
+    with pytest.raises(ConfigError, match=r"TRAINER.MAPLE.PROMPT_DEPTH=9: expected an int in 1..3"):
+        mmpt.create_model("MaPLe", clip_model, record.CLASSNAMES)  # the default depth exceeds the 3-layer backbone
+    model = mmpt.create_model("CoOp", clip_model, record.CLASSNAMES, PREC="fp32", TRUNCATE_TEXT=False)
+    assert model.text_encoder.truncate is False
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["prompt_learner.ctx"]
