@@ -150,3 +150,14 @@ def test_train_save_and_load_on_another_class_set(three_classes, two_classes, tm
 def test_bad_precision_is_a_one_line_error(three_classes, tmp_path):
     with pytest.raises(ConfigError, match=r"^TRAINER.TOYPROMPT.PREC='fp8' is not a precision; valid values"):
         ToyPromptTrainer(make_cfg(three_classes, tmp_path, PREC="fp8"))
+
+
+def test_a_prompt_learner_sharing_a_clip_tensor_is_refused():
+    from mmpt.clip_backbone import build_random_clip
+    from mmpt.prompt_trainer import freeze_all_but_prompt_learner
+
+    model = ToyPromptCLIP(build_random_clip("random-tiny-ViT"), ["cat", "dog"])
+    assert freeze_all_but_prompt_learner(model) == N_CTX * WIDTH + WIDTH
+    model.prompt_learner.final_norm = model.text_encoder.ln_final  # a CLIP module inside the prompt learner
+    with pytest.raises(RuntimeError, match="prompt_learner shares tensors with the frozen model"):
+        freeze_all_but_prompt_learner(model)
