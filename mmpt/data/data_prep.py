@@ -479,10 +479,14 @@ def check(name, root, workers=None):
 
 def missing_split_files(name, dataset_dir):
     """[(split json, path)] for every image the dataset's split_zhou json names that is not on disk."""
-    import datasets  # noqa: F401  (registers the loaders)
     from dassl.data.datasets import DATASET_REGISTRY
 
-    loader = DATASET_REGISTRY.get(name)
+    try:
+        import datasets  # noqa: F401  (the repository's loaders, importable from the repository root)
+        loader = DATASET_REGISTRY.get(name)
+    except Exception:  # run from elsewhere: another `datasets` package, or none
+        print(f"  (split file not checked: the repository's dataset loaders are not importable from {os.getcwd()})")
+        return []
     split_file = getattr(loader, "split_file", None)
     split_path = osp.join(dataset_dir, split_file) if split_file else None
     if not (split_path and osp.isfile(split_path)):
