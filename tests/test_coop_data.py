@@ -152,17 +152,18 @@ def coop_ucf101(dataset_dir):
     return train, val, read("ucfTrainTestlist/testlist01.txt")
 
 
-COOP_SPLITS = {  # registry name -> (image folder whose listing CoOp uses or None, CoOp's split from the raw files)
-    "Caltech101": ("101_ObjectCategories", lambda d: coop_read_and_split_data(
+COOP_SPLITS = {  # registry name -> (CoOp's image_dir, the split json's path prefix; whether CoOp lists its folders;
+    #                                  CoOp's split from the raw files)
+    "Caltech101": ("101_ObjectCategories", True, lambda d: coop_read_and_split_data(
         os.path.join(d, "101_ObjectCategories"), ignored=CALTECH_IGNORED, new_cnames=CALTECH_NAMES)),
-    "DescribableTextures": ("images", lambda d: coop_read_and_split_data(os.path.join(d, "images"))),
-    "EuroSAT": ("2750", lambda d: coop_read_and_split_data(os.path.join(d, "2750"), new_cnames=EUROSAT_NAMES)),
-    "Food101": ("images", lambda d: coop_read_and_split_data(os.path.join(d, "images"))),
-    "OxfordFlowers": (None, coop_flowers),
-    "OxfordPets": (None, coop_pets),
-    "StanfordCars": (None, coop_cars),
-    "SUN397": (None, coop_sun397),
-    "UCF101": (None, coop_ucf101),
+    "DescribableTextures": ("images", True, lambda d: coop_read_and_split_data(os.path.join(d, "images"))),
+    "EuroSAT": ("2750", True, lambda d: coop_read_and_split_data(os.path.join(d, "2750"), new_cnames=EUROSAT_NAMES)),
+    "Food101": ("images", True, lambda d: coop_read_and_split_data(os.path.join(d, "images"))),
+    "OxfordFlowers": ("jpg", False, coop_flowers),
+    "OxfordPets": ("images", False, coop_pets),
+    "StanfordCars": ("", False, coop_cars),
+    "SUN397": ("SUN397", False, coop_sun397),
+    "UCF101": ("UCF-101-midframes", False, coop_ucf101),
 }
 
 
@@ -230,10 +231,10 @@ def scramble_listings(image_dir):
     return unsorted
 
 
-def make(tmp_path, name, images_per_class=10):
+def make(tmp_path, name, listed_dir=None, images_per_class=10):
+    """A 4-class fixture; `listed_dir`: the folder whose class folders CoOp lists (their order is scrambled)."""
     dataset_dir = make_dataset(name, str(tmp_path), num_classes=4, images_per_class=images_per_class)
-    listed_dir = COOP_SPLITS[name][0] if name in COOP_SPLITS else "images/train"
-    if listed_dir and not scramble_listings(os.path.join(dataset_dir, listed_dir)):
+    if listed_dir is not None and not scramble_listings(os.path.join(dataset_dir, listed_dir)):
         pytest.skip("this file system lists every folder sorted: listing order cannot be tested here")
     return dataset_dir
 
@@ -241,13 +242,12 @@ def make(tmp_path, name, images_per_class=10):
 # ------------------------------------------------------------------------------ the comparisons
 @pytest.mark.parametrize("name", sorted(COOP_SPLITS))
 def test_split_and_fewshot_equal_coop(tmp_path, name):
-    dataset_dir = make(tmp_path, name)
-    image_dir = os.path.join(dataset_dir, {"StanfordCars": "", "OxfordFlowers": "jpg", "OxfordPets": "images",
-                                           "SUN397": "SUN397", "UCF101": "UCF-101-midframes"}.get(
-                                               name, COOP_SPLITS[name][0]))
+    image_subdir, listed, coop_split = COOP_SPLITS[name]
+    dataset_dir = make(tmp_path, name, image_subdir if listed else None)
+    image_dir = os.path.join(dataset_dir, image_subdir)
     # first run, no split json: CoOp's split draws from the seeded global RNG, then the few-shot step does
     random.seed(3)
-    train, val, test = COOP_SPLITS[name][1](dataset_dir)
+    train, val, test = coop_split(dataset_dir)
     expected = (coop_generate_fewshot(train, SHOTS), coop_generate_fewshot(val, min(SHOTS, 4)), test)
     random.seed(3)
     ds = build(tmp_path, name, SHOTS, seed=3)
@@ -267,7 +267,7 @@ def test_split_and_fewshot_equal_coop(tmp_path, name):
 
 
 def test_imagenet_fewshot_equals_coop(tmp_path):
-    dataset_dir = make(tmp_path, "ImageNet", images_per_class=12)
+    dataset_dir = make(tmp_path, "ImageNet", "images/train", images_per_class=12)
     classnames_file = os.path.join(dataset_dir, "classnames.txt")  # CoOp's file format, `wnid name`
     wnids = sorted(os.listdir(os.path.join(dataset_dir, "images", "train")))
     with open(classnames_file, "w") as f:
@@ -288,9 +288,9 @@ def test_train_py_seeds_before_the_split(tmp_path):
     """Through train.py (seed, then trainer and data): the first run's split and few-shot pickle are CoOp's."""
     import train
     from tests.e2e import FAST_OPTS
-    dataset_dir = make(tmp_path / "data", "Caltech101")
+    dataset_dir = make(tmp_path / "data", "Caltech101", "101_ObjectCategories")
     random.seed(5)
-    split = COOP_SPLITS["Caltech101"][1](dataset_dir)
+    split = COOP_SPLITS["Caltech101"][2](dataset_dir)
     fewshot = coop_generate_fewshot(split[0], SHOTS)
     args = ["--root", str(tmp_path / "data"), "--seed", "5", "--trainer", "ZeroshotCLIP", "--no-train",
             "--config-file", "configs/trainers/ZeroshotCLIP/vit_b16.yaml", "--output-dir", str(tmp_path / "out"),
