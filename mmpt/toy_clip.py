@@ -32,7 +32,7 @@ from mmpt.data import toy_world
 NAME = "toy-ViT"
 WEIGHTS_FILE = osp.join(osp.dirname(osp.abspath(__file__)), "weights", "toy_vit.pt")
 # the shipped file, as written by `python -m mmpt.toy_clip pretrain` with the defaults below
-WEIGHTS_SHA256 = ""
+WEIGHTS_SHA256 = "abb13c42ec98d9081781b5652cfdcc9cd64c4389360088aea2c9e9b2696f80c0"
 
 ARCHITECTURE = dict(embed_dim=64, image_resolution=toy_world.IMAGE_SIZE, vision_layers=4, vision_width=64,
                     vision_patch_size=8, context_length=77, vocab_size=49408, transformer_width=64,
