@@ -287,18 +287,21 @@ def pretrain(steps=None, seed=None, echo=print, eval_every=0, **overrides):
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model, classes, style="photo", per_class=20, template="a photo of a {}."):
-    """Top-1 accuracy (%) of zero-shot `model` on benchmark test images of `classes` (rendered in memory)."""
+def zero_shot_accuracy(model, classes, dataset="ToyWorld", per_class=20, template="a photo of a {}."):
+    """Top-1 accuracy (%) of zero-shot `model` on the test images of `classes` of a toy dataset (rendered in
+    memory: the same pictures as the dataset's files)."""
+    _, style, lighting, sizes = toy_world.DATASETS[dataset]
     from clip import tokenize
 
     names = [toy_world.class_name(*c) for c in classes]
     text = F.normalize(model.encode_text(tokenize([template.format(n) for n in names])), dim=-1)
     mean, std = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
     correct = total = 0
-    test_start = sum(toy_world.SPLIT_SIZES[p] for p in ("train", "val"))
+    test_start = sizes["train"] + sizes["val"]  # write_world numbers a class's images train, val, test
     for label, (colour, shape) in enumerate(classes):
         pixels = [np.asarray(toy_world.render(colour, shape, toy_world.image_seed(
-            toy_world.DATASET_PURPOSE, style, colour, shape, test_start + i), style)) for i in range(per_class)]
+            toy_world.DATASET_PURPOSE, style, colour, shape, test_start + i), style, lighting=lighting))
+            for i in range(per_class)]
         images = (torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
         predictions = (F.normalize(model.encode_image(images), dim=-1) @ text.t()).argmax(dim=1)
         correct += int((predictions == label).sum())

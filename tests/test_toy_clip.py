@@ -31,8 +31,11 @@ def test_loads_by_name_with_the_full_token_table():
     data = torch.load(toy_clip.WEIGHTS_FILE, weights_only=True)
     stored = data["token_ids"]
     # every word of the world's captions and class names is a stored (trained) row ...
-    words = {int(t) for t in tokenize([c for c, _ in toy_clip.CAPTIONS]).flatten()}
-    words |= {int(t) for t in tokenize([toy_world.class_name(*c) for c in toy_world.all_classes()]).flatten()}
+    values = dict(colour="red", shape="circle", pattern="dotted", size="large", background="dark", style="sketch")
+    texts = [template.format(**values) for template, _ in toy_clip.CAPTIONS]
+    texts += [toy_world.class_name(*c) for c in toy_world.all_classes()] + list(toy_world.PATTERNS)
+    texts += ["small light"] + list(toy_clip.STYLE_WORDS.values())
+    words = {int(t) for t in tokenize(texts).flatten()}
     assert words - {0} <= set(stored.tolist())
     # ... and the others are the seeded initial table
     others = torch.ones(49408, dtype=torch.bool)

@@ -40,6 +40,10 @@ COLOURS = {  # name -> RGB (jittered per image)
 SHAPES = ("circle", "square", "triangle", "cross", "star", "heart")
 PATTERNS = ("plain", "striped", "dotted")
 STYLES = ("photo", "sketch", "noisy")
+# the lighting of a photo: a per-channel gain and offset applied before the noise. The benchmark's photos are
+# taken under a cool light that the pretraining corpus never shows (a dataset's own look, as every real
+# benchmark has one): zero-shot CLIP suffers from it, and prompt tuning on the base classes can learn it
+LIGHTING = {"neutral": ((1.0, 1.0, 1.0), (0, 0, 0)), "cool": ((0.65, 0.85, 1.0), (0, 10, 30))}
 
 # an image's seed is a list [purpose, style, class, index] (numpy's SeedSequence entropy): the benchmark images
 # use purpose DATASET_PURPOSE, the pretraining corpus another (mmpt.toy_clip), so no benchmark image is ever a
@@ -49,12 +53,12 @@ DATASET_PURPOSE = 0
 # images per class of the benchmark (train / val / test); 16 shots fit in train
 SPLIT_SIZES = {"train": 20, "val": 4, "test": 20}
 SPLIT_FILE = "split_toy_world.json"
-# the datasets: registry name -> (folder under DATASET.ROOT, style, images per class per split); the shifted
-# renderings are test-only (evaluation targets of a model trained on ToyWorld)
+# the datasets: registry name -> (folder under DATASET.ROOT, style, lighting, images per class per split); the
+# shifted renderings are test-only (evaluation targets of a model trained on ToyWorld)
 DATASETS = {
-    "ToyWorld": ("toy_world", "photo", SPLIT_SIZES),
-    "ToyWorldSketch": ("toy_world_sketch", "sketch", {"train": 0, "val": 0, "test": SPLIT_SIZES["test"]}),
-    "ToyWorldNoisy": ("toy_world_noisy", "noisy", {"train": 0, "val": 0, "test": SPLIT_SIZES["test"]}),
+    "ToyWorld": ("toy_world", "photo", "cool", SPLIT_SIZES),
+    "ToyWorldSketch": ("toy_world_sketch", "sketch", "neutral", {"train": 0, "val": 0, "test": SPLIT_SIZES["test"]}),
+    "ToyWorldNoisy": ("toy_world_noisy", "noisy", "neutral", {"train": 0, "val": 0, "test": SPLIT_SIZES["test"]}),
 }
 
 
@@ -165,7 +169,7 @@ def sample_nuisance(rng, style="photo"):
     }
 
 
-def render(colour, shape, seed, style="photo", return_attributes=False):
+def render(colour, shape, seed, style="photo", return_attributes=False, lighting="neutral"):
     """One IMAGE_SIZE x IMAGE_SIZE RGB image of a `colour` `shape`, deterministic in (colour, shape, seed, style);
     `seed` is an int or a list of ints (see image_seed)."""
     if colour not in COLOURS:
@@ -185,6 +189,8 @@ def render(colour, shape, seed, style="photo", return_attributes=False):
     canvas = background * (1 - alpha) + _fill(attrs["pattern"], size, rgb, rng) * alpha
     small = np.asarray(Image.fromarray(canvas.round().astype(np.uint8)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX),
                        dtype=np.float64)
+    gain, offset = LIGHTING[lighting]
+    small = small * np.asarray(gain) + np.asarray(offset)
     noise_std = {"photo": 8.0, "sketch": 4.0, "noisy": 28.0}[style]
     pixels = np.clip(small + rng.normal(0, noise_std, size=small.shape), 0, 255).round().astype(np.uint8)
     image = Image.fromarray(pixels)
@@ -201,7 +207,7 @@ def image_seed(purpose, style, colour, shape, index):
 
 
 # ----------------------------------------------------------------------------------------------- on disk
-def write_world(dataset_dir, style="photo", split_sizes=None):
+def write_world(dataset_dir, style="photo", split_sizes=None, lighting="neutral"):
     """Render the world into `dataset_dir`: images/<colour>_<shape>/<split>_<i>.png and SPLIT_FILE (CoOp's split
     json: [relative path, label, class name] per image; labels in `ordered_classes()` order, base first).
     Test-only styles put every image in "test" (and the same list in train / val, as ImageNet's variants do)."""
@@ -215,14 +221,14 @@ def write_world(dataset_dir, style="photo", split_sizes=None):
             for i in range(sizes[part]):
                 rel = f"{folder}/{part}_{i:03d}.png"
                 seed = image_seed(DATASET_PURPOSE, style, colour, shape, index)
-                render(colour, shape, seed, style).save(osp.join(dataset_dir, "images", rel), format="PNG")
+                render(colour, shape, seed, style, lighting=lighting).save(osp.join(dataset_dir, "images", rel), format="PNG")
                 split[part].append([rel, label, class_name(colour, shape)])
                 index += 1
     with open(osp.join(dataset_dir, SPLIT_FILE), "w") as f:
         json.dump(split, f, indent=1)
 
 
-def make_world(dataset_dir, style="photo", split_sizes=None):
+def make_world(dataset_dir, style="photo", split_sizes=None, lighting="neutral"):
     """`write_world` into a temporary sibling folder, then renamed into place: a reader never sees half a world,
     and two processes making it at once both end with the same complete folder. Returns dataset_dir."""
     if osp.isfile(osp.join(dataset_dir, SPLIT_FILE)):
@@ -231,7 +237,7 @@ def make_world(dataset_dir, style="photo", split_sizes=None):
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{osp.basename(dataset_dir)}-", dir=parent)
     try:
-        write_world(staging, style, split_sizes)
+        write_world(staging, style, split_sizes, lighting)
         print(f"Generated the toy world ({style}) in {dataset_dir}")
         try:
             os.rename(staging, dataset_dir)
@@ -249,5 +255,5 @@ def make_world(dataset_dir, style="photo", split_sizes=None):
 
 def make_dataset(name, root):
     """The dataset of registry name `name` (see DATASETS) under root, generated unless it is there; its folder."""
-    folder, style, sizes = DATASETS[name]
-    return make_world(osp.join(root, folder), style, sizes)
+    folder, style, lighting, sizes = DATASETS[name]
+    return make_world(osp.join(root, folder), style, sizes, lighting)
