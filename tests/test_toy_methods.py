@@ -3,7 +3,8 @@
 Every trainer trains on the 18 base classes (16 shots, its toy_demo config with a shorter schedule, seed 1)
 and is tested on the base and on the new classes; zero-shot CLIP gives the reference. What prompt tuning is
 for: base accuracy rises above zero-shot for every trainer, and the multi-modal methods keep new-class
-accuracy close to zero-shot. The margins were measured (see MEASURED) and set with headroom.
+accuracy close to zero-shot (here they even raise it: the benchmark's lighting, learnt on base, holds for
+new). The margins were measured (see MEASURED) and set with headroom.
 """
 import re
 
@@ -18,10 +19,12 @@ EPOCHS = 2
 OPTS = ("MODEL.BACKBONE.NAME", "toy-ViT", "OPTIM.MAX_EPOCH", str(EPOCHS), "OPTIM.WARMUP_EPOCH", "0",
         "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.TEST.BATCH_SIZE", "100", "TRAIN.PRINT_FREQ", "100")
 CHANCE = 100 / 18
-BASE_GAIN = 3.0  # every trainer: base accuracy >= zero-shot base + BASE_GAIN
-NEW_KEEP = 10.0  # multi-modal trainers: new accuracy >= zero-shot new - NEW_KEEP
-# measured on 2 CPU cores with EPOCHS = 2 (python -m pytest tests/test_toy_methods.py -s):
-MEASURED = {}
+# measured with EPOCHS = 2 (python -m pytest tests/test_toy_methods.py -s), accuracy % (base, new); training is
+# seeded, so a run on the same machine repeats them, and another CPU may move them by a few images
+MEASURED = {"ZeroshotCLIP": (33.1, 30.3), "CoOp": (43.6, 39.2), "CoCoOp": (40.0, 33.1), "MaPLe": (47.2, 38.6),
+            "MuDPT": (41.7, 38.3), "MPL": (41.9, 31.9)}
+BASE_GAIN = 4.0  # every trainer: base >= zero-shot base + BASE_GAIN (smallest measured gain: +6.9, CoCoOp)
+NEW_KEEP = 5.0  # multi-modal trainers: new >= zero-shot new - NEW_KEEP (measured: +1.6 (MPL) to +8.3 (MaPLe))
 
 
 def accuracy(log):
