@@ -4,6 +4,7 @@ The launches are shared by the tests (one module fixture): two torchrun launches
 MuDPT, MaPLe and CoCoOp with a global batch of 5 (slices of 3 and 2 images), a refused batch, a run killed
 mid-epoch and its resume, and an evaluation of an odd number of test images.
 """
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from dassl.utils import distributed
+from mmpt.experiments import layout, sweep
 from tests.e2e import FAST_OPTS, make_fixture_dataset, run_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +52,10 @@ def torchrun(tmp_path, name, runs, kill_at=None, nproc=2):
     plan = tmp_path / f"{name}.json"
     plan.write_text(json.dumps({"runs": runs, "kill_at": kill_at}))
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(nproc), str(REPO / "tests" / "dist_worker.py"), str(plan)],
+    # the launcher prefix the scripts and the sweep use
+    command = layout.launch_command(sys.executable, nproc=nproc) if nproc > 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+    return subprocess.run(command + [str(REPO / "tests" / "dist_worker.py"), str(plan)],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
 
 
@@ -223,3 +227,80 @@ def test_evaluator_merge_of_shards_equals_one_pass(tmp_path):
     merged.merge_shards(shards)
     assert merged.evaluate() == whole.evaluate()
     assert merged.shard_state() == whole.shard_state()
+
+
+# ---------------------------------------------------------------- launching: scripts, sweep
+def test_launch_commands():
+    assert layout.launch_command("py") == ["py"]
+    assert layout.launch_command("py", nproc=4) == ["py", "-m", "torch.distributed.run", "--nproc_per_node", "4",
+                                                     "--standalone"]
+    assert layout.launch_command("py", nproc=8, nnodes=2, rdzv_endpoint="node1:29400", rdzv_id="run") == [
+        "py", "-m", "torch.distributed.run", "--nproc_per_node", "8", "--nnodes", "2", "--rdzv_backend", "c10d",
+        "--rdzv_endpoint", "node1:29400", "--rdzv_id", "run"]
+    with pytest.raises(ValueError, match="2 nodes need a rendezvous endpoint"):
+        layout.launch_command("py", nproc=8, nnodes=2)
+    with pytest.raises(ValueError, match="nproc=0"):
+        layout.launch_command("py", nproc=0)
+
+
+def test_scripts_launch_torchrun_with_ngpus(tmp_path):
+    from tests.test_scripts import SCRIPTS, run_script
+
+    for env, expected_kwargs in (({"NGPUS": 2}, {"nproc": 2}),
+                                 ({"NGPUS": 4, "NNODES": 2, "RDZV_ENDPOINT": "n1:29400"},
+                                  {"nproc": 4, "nnodes": 2, "rdzv_endpoint": "n1:29400"})):
+        result = run_script(SCRIPTS / "maple" / "base2new_train.sh", "caltech101", 1, DATA=tmp_path, DRY_RUN=1,
+                            OUTPUT=tmp_path / "out", **env)
+        assert result.returncode == 0, result.stderr
+        expected = layout.build_job("base2new_train", "MaPLe", "caltech101", 1, data_root=str(tmp_path),
+                                    output_root=str(tmp_path / "out"), python=sys.executable, **expected_kwargs)
+        printed = result.stdout.split("+ ", 1)[1].strip()
+        assert [a.strip("'") for a in printed.split("' '")] == expected.argv
+        assert expected.argv[1:3] == ["-m", "torch.distributed.run"]
+    result = run_script(SCRIPTS / "maple" / "base2new_train.sh", "caltech101", 1, DATA=tmp_path, DRY_RUN=1, NNODES=2)
+    assert result.returncode == 2 and "need a rendezvous endpoint" in result.stderr
+
+
+def test_sweep_gpu_groups_and_torchrun_commands(tmp_path):
+    assert sweep.gpu_slots("0,1,2,3", 2) == ["0,1", "2,3"] and sweep.gpu_slots("", 2) == []
+    with pytest.raises(ValueError, match="groups of --gpus-per-run 2"):
+        sweep.gpu_slots("0,1,2", 2)
+    with pytest.raises(ValueError, match="needs --launcher slurm"):
+        sweep.gpu_slots("0,1", 1, nodes=2)
+    lines = []
+    args = ["--trainers", "MaPLe", "--datasets", "caltech101", "--seeds", "1", "--data", str(tmp_path), "--output",
+            str(tmp_path / "out"), "--gpus", "0,1,2,3", "--gpus-per-run", "2", "--dry-run"]
+    assert sweep.main(args, echo=lines.append) == 0
+    commands = [line.split("\n    ")[1] for line in lines if line.startswith("[todo]")]
+    assert len(commands) == 2 and all("-m torch.distributed.run --nproc_per_node 2 --standalone " in c
+                                      for c in commands)
+
+
+def test_sweep_slurm_requests_tasks_and_gpus_per_node(tmp_path, monkeypatch):
+    import submitit
+
+    requested = {}
+
+    class FakeExecutor:
+        cluster = "fake"
+
+        def __init__(self, folder, cluster=None):
+            pass
+
+        def update_parameters(self, **kwargs):
+            requested.update(kwargs)
+
+        def batch(self):
+            return contextlib.nullcontext()
+
+        def submit(self, fn, chain):
+            requested["argv"] = [job["argv"] for job in chain]
+            return type("Submitted", (), {"job_id": "1"})()
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    args = ["--trainers", "MaPLe", "--datasets", "caltech101", "--seeds", "1", "--data", str(tmp_path), "--output",
+            str(tmp_path / "out"), "--launcher", "slurm", "--gpus-per-run", "4", "--nodes", "2", "--no-wait"]
+    assert sweep.main(args, echo=lambda line: None) == 0
+    assert (requested["nodes"], requested["tasks_per_node"], requested["gpus_per_node"]) == (2, 4, 4)
+    # the SLURM tasks are the processes: each runs the plain train.py command as one rank
+    assert all(argv[1].endswith("train.py") for argv in requested["argv"])
