@@ -189,6 +189,7 @@ class TrainerBase:
         single process). Call it between backward and the optimizer step."""
         distributed.all_reduce_gradients([self._models[name] for name in self.get_model_names(names)],
                                          self.__dict__.get("batch_share", 1.0))
+        self.gradients_synced = True
 
     # ---------------------------------------------------------------- tensorboard (optional)
     def init_writer(self, log_dir):
@@ -407,7 +408,12 @@ class TrainerX(SimpleTrainer):
             data_time.update(time.time() - end)
             # distributed: this rank trains on its slice of the global batch (sync_gradients weighs it)
             batch, self.batch_share = distributed.local_batch(batch)
+            self.gradients_synced = False
             loss_summary = distributed.average_summary(self.forward_backward(batch), self.batch_share)
+            if distributed.is_distributed() and not self.gradients_synced:
+                raise RuntimeError(f"{type(self).__name__}.forward_backward stepped without sync_gradients(): "
+                                   f"call it between backward and the optimizer step (or use "
+                                   f"model_backward_and_update), else the processes train apart")
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
