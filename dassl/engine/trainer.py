@@ -187,9 +187,10 @@ class TrainerBase:
     def sync_gradients(self, names=None):
         """Distributed runs: every rank's gradients become those of the loss over the global batch (a no-op in a
         single process). Call it between backward and the optimizer step."""
-        distributed.all_reduce_gradients([self._models[name] for name in self.get_model_names(names)],
-                                         self.__dict__.get("batch_share", 1.0))
         self.gradients_synced = True
+        if distributed.is_distributed():
+            distributed.all_reduce_gradients([self._models[name] for name in self.get_model_names(names)],
+                                             self.__dict__.get("batch_share", 1.0))
 
     # ---------------------------------------------------------------- tensorboard (optional)
     def init_writer(self, log_dir):
