@@ -304,3 +304,21 @@ def test_sweep_slurm_requests_tasks_and_gpus_per_node(tmp_path, monkeypatch):
     assert (requested["nodes"], requested["tasks_per_node"], requested["gpus_per_node"]) == (2, 4, 4)
     # the SLURM tasks are the processes: each runs the plain train.py command as one rank
     assert all(argv[1].endswith("train.py") for argv in requested["argv"])
+
+
+# ---------------------------------------------------------------- NCCL (runs only where CUDA is available)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (NCCL)")
+def test_nccl_torchrun_matches_the_plain_cuda_run(tmp_path):
+    """1 process through torchrun + NCCL, and 2 where 2 GPUs exist, end as the plain CUDA run (fp32; cuDNN's
+    algorithm choice may differ between processes, hence a tolerance rather than bit equality)."""
+    root = make_fixture_dataset(tmp_path / "data", "Caltech101", **DATASET_KWARGS)
+    cuda = ("USE_CUDA", "True", "TRAINER.MAPLE.PREC", "fp32")
+    plain = tmp_path / "plain"
+    run_train(tmp_path, "MaPLe", REPO / CONFIGS["MaPLe"], output_dir=plain, dataset_kwargs=DATASET_KWARGS,
+              opts=COMMON_OPTS + TRAINER_OPTS["MaPLe"] + cuda)
+    for nproc in range(1, min(2, torch.cuda.device_count()) + 1):
+        out = tmp_path / f"nccl{nproc}"
+        result = torchrun(tmp_path, f"nccl{nproc}", [train_args(root, "MaPLe", out, opts=cuda)], nproc=nproc)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "* total: 15\n" in logs(out)
+        assert_same_prompts(prompts(out), prompts(plain), tol=1e-4)
