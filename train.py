@@ -7,16 +7,18 @@ In-process: `train.main(train.get_parser().parse_args([...]))` returns the train
 final accuracy when a test ran).
 """
 import argparse
-import contextlib
 import os
-import os.path as osp
+import signal
 import sys
+import threading
 
 import torch
 
 from dassl.config import ConfigKeyError, get_cfg_default
 from dassl.engine import build_trainer
-from dassl.utils import UnknownNameError, collect_env_info, set_random_seed, setup_logger
+from dassl.utils import RunError, UnknownNameError, collect_env_info, remove_temp_files, set_random_seed, setup_logger
+from mmpt.data.image_check import check_run_images
+from mmpt.run_folder import OutputDirInUseError, RunInterrupted, check_config, locked_output_dir, record_config  # noqa: F401
 
 import datasets  # noqa: F401  (registers the datasets)
 import trainers  # registers the trainers; trainers.extend_cfg adds their config nodes
@@ -72,38 +74,29 @@ def setup_cfg(args):
     return cfg
 
 
-class OutputDirInUseError(RuntimeError):
-    """Another live process is running into the same OUTPUT_DIR."""
-
-
-@contextlib.contextmanager
-def exclusive_output_dir(output_dir):
-    """Hold an advisory lock on OUTPUT_DIR for the whole run, so that a second run into the same folder (a sweep
-    resubmitting a still-queued job, a script started twice) stops at once instead of interleaving checkpoints
-    and logs. The OS drops the lock when the process dies, SIGKILL included, so a killed run never blocks its
-    resume. Filesystems without flock run unlocked."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    os.makedirs(output_dir, exist_ok=True)
-    with open(osp.join(output_dir, ".lock"), "a") as lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputDirInUseError(f"{output_dir} is in use by another running train.py (lock file "
-                                      f"{osp.join(output_dir, '.lock')}); wait for it or use another --output-dir") from None
-        except OSError:
-            pass
-        yield
-
-
 def main(args):
     """Run training and/or evaluation; returns the trainer (trainer.test_result: the last test accuracy)."""
     cfg = setup_cfg(args)
-    with exclusive_output_dir(cfg.OUTPUT_DIR):
-        return run(cfg, args)
+    with locked_output_dir(cfg.OUTPUT_DIR):
+        try:
+            prepare_run_folder(cfg)
+            return run(cfg, args)
+        except BaseException as error:
+            # Ctrl-C, SIGTERM, and whatever else broke because of them (a DataLoader worker killed by the same
+            # signal): one line that says how to resume
+            if isinstance(error, KeyboardInterrupt) or _stop_signal:
+                raise RunInterrupted(cfg.OUTPUT_DIR, _stop_signal or signal.SIGINT) from None
+            raise
+
+
+def prepare_run_folder(cfg):
+    """Under the folder's lock: drop the temp files of writes killed mid-way, check that the folder (and RESUME)
+    holds no checkpoint or result of another config, record this run's config.yaml."""
+    remove_temp_files(cfg.OUTPUT_DIR)
+    cfg_text = cfg.dump()
+    for folder in dict.fromkeys(f for f in (cfg.OUTPUT_DIR, cfg.RESUME) if f):
+        check_config(folder, cfg_text)
+    record_config(cfg.OUTPUT_DIR, cfg_text)
 
 
 def run(cfg, args):
@@ -119,6 +112,11 @@ def run(cfg, args):
             print("Collecting env info ...")
             print(f"** System info **\n{collect_env_info()}\n")
         trainer = build_trainer(cfg)
+        learns = any(trainer._optims[name] is not None for name in trainer.get_model_names())
+        if args.eval_only and not args.model_dir and learns:
+            print(f"WARNING: --eval-only without --model-dir: {cfg.TRAINER.NAME}'s learned parts are evaluated "
+                  f"untrained (their initial values); pass --model-dir <the training run's output folder>")
+        check_run_images(cfg, trainer.dm.dataset, trains=not (args.eval_only or args.no_train))
         if args.eval_only:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
             trainer.test_result = trainer.test()
@@ -158,7 +156,7 @@ def get_parser():
 def _user_errors():
     """Exception types that mean bad input: printed as one line, without a traceback (set MMPT_TRACEBACK=1 to
     see it). ValueError is what every config-value check raises (a backbone name, PREC, a prompt depth, ...)."""
-    errors = [ConfigKeyError, UnknownNameError, FileNotFoundError, ValueError, OutputDirInUseError]
+    errors = [ConfigKeyError, UnknownNameError, FileNotFoundError, ValueError, RunError]
     try:
         from mmpt.clip_backbone import BackboneNotFoundError
         errors.append(BackboneNotFoundError)
@@ -167,10 +165,45 @@ def _user_errors():
     return tuple(errors)
 
 
-if __name__ == "__main__":
+_stop_signal = None  # the termination signal received (SIGTERM, SIGINT), if any
+
+
+def _on_stop_signal(signum, frame):
+    global _stop_signal
+    _stop_signal = signal.Signals(signum)
+    caller = frame
+    while caller is not None:
+        if _is_fragile(caller.f_code):  # deliver the signal again in a moment instead
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        caller = caller.f_back
+    raise KeyboardInterrupt(_stop_signal.name)
+
+
+def _is_fragile(code):
+    """Code that an exception must not interrupt: Python swallows it in __del__ and fork callbacks (the run would
+    go on), and a half-done fork or worker shutdown (DataLoader workers start each epoch) can deadlock."""
+    return code.co_name in ("__del__", "_shutdown_workers") or \
+        any(part in code.co_filename for part in (f"{os.sep}multiprocessing{os.sep}", f"{os.sep}logging{os.sep}"))
+
+
+def cli(argv=None):
+    """The command line: bad input and interruptions end with one `train.py: ...` line on stderr and a non-zero
+    exit status (128 + the signal number for SIGINT / SIGTERM)."""
+    global _stop_signal
+    _stop_signal = None
+    previous = {signum: signal.signal(signum, _on_stop_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        main(get_parser().parse_args())
+        main(get_parser().parse_args(argv))
     except _user_errors() as e:
         if os.environ.get("MMPT_TRACEBACK"):
             raise
-        sys.exit(f"train.py: error: {e}")
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum if isinstance(e, RunInterrupted) else 1)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+if __name__ == "__main__":
+    cli()

@@ -181,7 +181,7 @@ def run_chain(job_dicts):
     results = []
     failed = set()
     for job in [layout.Job(**d) for d in job_dicts]:
-        if layout.is_done(job.output_dir, job.trains):
+        if layout.is_done(job.output_dir, job.trains, job.argv):
             results.append({"id": job.id, "status": "skipped", "returncode": None, "error": None})
             continue
         if any(dep in failed for dep in job.depends_on):
@@ -301,7 +301,7 @@ def prepare(jobs, manifest):
     """Mark finished runs skipped and the others pending; returns (#skipped, #pending)."""
     skipped = 0
     for job in jobs:
-        done = layout.is_done(job.output_dir, job.trains)
+        done = layout.is_done(job.output_dir, job.trains, job.argv)
         manifest.add(job, "skipped" if done else "pending")
         skipped += done
     manifest.save()
@@ -364,7 +364,7 @@ def main(argv=None, echo=print):
         sys.exit(f"mmpt.sweep: error: {str(e).strip(chr(39))}")
     if args.dry_run:
         for job in jobs:
-            state = "done" if layout.is_done(job.output_dir, job.trains) else "todo"
+            state = "done" if layout.is_done(job.output_dir, job.trains, job.argv) else "todo"
             echo(f"[{state}] {job.id}\n    {job.shell()}")
         echo(f"{len(jobs)} jobs")
         return 0
@@ -372,18 +372,28 @@ def main(argv=None, echo=print):
         sys.argv[1:] if argv is None else argv)))
     skipped, pending = prepare(jobs, manifest)
     # SIGTERM (e.g. scancel, kill) unwinds like Ctrl-C: the runner stops its children and saves the manifest
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     echo(f"Sweep: {len(jobs)} jobs, {skipped} already finished (skipped), {pending} to run")
-    if args.launcher == "slurm":
-        run_submitit(manifest, jobs, osp.join(output_root, "sweep_submitit"), cluster=args.submitit_cluster,
-                     partition=args.partition, time_min=args.time, gpus_per_job=args.gpus_per_job,
-                     cpus_per_job=args.cpus_per_job, wait=not args.no_wait, echo=echo)
-        if args.no_wait:
-            return 0
-    else:
-        slots = [g.strip() for g in args.gpus.split(",") if g.strip()] or [None] * max(1, args.jobs)
-        LocalRunner(manifest, slots, echo=echo, progress=args.progress).run(jobs)
+    try:
+        if args.launcher == "slurm":
+            run_submitit(manifest, jobs, osp.join(output_root, "sweep_submitit"), cluster=args.submitit_cluster,
+                         partition=args.partition, time_min=args.time, gpus_per_job=args.gpus_per_job,
+                         cpus_per_job=args.cpus_per_job, wait=not args.no_wait, echo=echo)
+            if args.no_wait:
+                return 0
+        else:
+            slots = [g.strip() for g in args.gpus.split(",") if g.strip()] or [None] * max(1, args.jobs)
+            LocalRunner(manifest, slots, echo=echo, progress=args.progress).run(jobs)
+    except KeyboardInterrupt as interrupt:
+        name = interrupt.args[0] if interrupt.args else "SIGINT"
+        print(f"mmpt.sweep: stopped by {name}; running jobs were stopped and recorded as failed in {manifest.path}: "
+              f"run the same command again to resume them", file=sys.stderr)
+        return 128 + getattr(signal, name, signal.SIGINT)
     return 1 if summarize(manifest, jobs, echo) else 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
