@@ -5,8 +5,9 @@
     python -m mmpt.sweep --trainers MuDPT --protocol xd dg --launcher slurm --partition gpu --time 240 --data $DATA
     python -m mmpt.sweep ... --dry-run          # list the jobs (and which are finished) without running anything
 
-Every job is one train.py command built by mmpt.experiments.layout (the same commands and folders as scripts/<trainer>/).
-Finished runs (their log.txt holds `* accuracy:`) are skipped, so re-running a sweep resumes it: killed or
+Every job is one train.py command built by mmpt.experiments.layout (the same commands and folders as scripts/<trainer>/;
+--opts give the runs folders of their own). Finished runs (their log.txt holds `* accuracy:` and their config.yaml
+equals the requested config) are skipped, so re-running a sweep resumes it: killed or
 failed jobs run again (a killed training resumes from its last checkpoint). Jobs run in parallel, one per GPU
 (--gpus, through CUDA_VISIBLE_DEVICES) or N at a time (--jobs); each writes its stdout to `stdout.log` in its
 run folder. A failing job is reported with its log and does not stop the others; jobs that depend on it (the
