@@ -10,7 +10,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 
 import torch
 
@@ -18,7 +17,10 @@ from dassl.config import ConfigKeyError, get_cfg_default
 from dassl.engine import build_trainer
 from dassl.utils import RunError, UnknownNameError, collect_env_info, remove_temp_files, set_random_seed, setup_logger
 from mmpt.data.image_check import check_run_images
-from mmpt.run_folder import OutputDirInUseError, RunInterrupted, check_config, locked_output_dir, record_config  # noqa: F401
+from mmpt.run_folder import (  # noqa: F401  (OutputDirInUseError: train.OutputDirInUseError for callers)
+    OutputDirInUseError, RunInterrupted, check_config, interrupt_on_stop_signals, locked_output_dir, record_config,
+    stop_signal_received,
+)
 
 import datasets  # noqa: F401  (registers the datasets)
 import trainers  # registers the trainers; trainers.extend_cfg adds their config nodes
@@ -84,8 +86,8 @@ def main(args):
         except BaseException as error:
             # Ctrl-C, SIGTERM, and whatever else broke because of them (a DataLoader worker killed by the same
             # signal): one line that says how to resume
-            if isinstance(error, KeyboardInterrupt) or _stop_signal:
-                raise RunInterrupted(cfg.OUTPUT_DIR, _stop_signal or signal.SIGINT) from None
+            if isinstance(error, KeyboardInterrupt) or stop_signal_received():
+                raise RunInterrupted(cfg.OUTPUT_DIR, stop_signal_received() or signal.SIGINT) from None
             raise
 
 
@@ -165,44 +167,17 @@ def _user_errors():
     return tuple(errors)
 
 
-_stop_signal = None  # the termination signal received (SIGTERM, SIGINT), if any
-
-
-def _on_stop_signal(signum, frame):
-    global _stop_signal
-    _stop_signal = signal.Signals(signum)
-    caller = frame
-    while caller is not None:
-        if _is_fragile(caller.f_code):  # deliver the signal again in a moment instead
-            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
-            return
-        caller = caller.f_back
-    raise KeyboardInterrupt(_stop_signal.name)
-
-
-def _is_fragile(code):
-    """Code that an exception must not interrupt: Python swallows it in __del__ and fork callbacks (the run would
-    go on), and a half-done fork or worker shutdown (DataLoader workers start each epoch) can deadlock."""
-    return code.co_name in ("__del__", "_shutdown_workers") or \
-        any(part in code.co_filename for part in (f"{os.sep}multiprocessing{os.sep}", f"{os.sep}logging{os.sep}"))
-
-
 def cli(argv=None):
-    """The command line: bad input and interruptions end with one `train.py: ...` line on stderr and a non-zero
-    exit status (128 + the signal number for SIGINT / SIGTERM)."""
-    global _stop_signal
-    _stop_signal = None
-    previous = {signum: signal.signal(signum, _on_stop_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        main(get_parser().parse_args(argv))
-    except _user_errors() as e:
-        if os.environ.get("MMPT_TRACEBACK"):
-            raise
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(128 + e.signum if isinstance(e, RunInterrupted) else 1)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    """The command line: bad input and interruptions end with one `train.py: error: ...` line on stderr and a
+    non-zero exit status (128 + the signal number for SIGINT / SIGTERM)."""
+    with interrupt_on_stop_signals():
+        try:
+            main(get_parser().parse_args(argv))
+        except _user_errors() as e:
+            if os.environ.get("MMPT_TRACEBACK"):
+                raise
+            print(f"train.py: error: {e}", file=sys.stderr)
+            sys.exit(128 + e.signum if isinstance(e, RunInterrupted) else 1)
 
 
 if __name__ == "__main__":

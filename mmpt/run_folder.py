@@ -8,6 +8,8 @@
 - `.lock`: one live train.py per folder. It is a POSIX record lock (fcntl.lockf), which belongs to the process
   that took it: DataLoader workers forked from it do not hold it, and the kernel drops it when that process
   dies (SIGKILL included), so a killed run's folder can be reused at once.
+- `interrupt_on_stop_signals()`: SIGTERM unwinds a run like Ctrl-C, so that it ends with one line saying how to
+  resume (`RunInterrupted`).
 - `run_tag(cfg, opts)`: the folder name of a config run with extra KEY VALUE options (scripts and the sweep
   build folders through mmpt.experiments.layout, which calls it): `<cfg>` alone for none, else
   `<cfg>__<KEY>=<value>,...` (last key component; a long list is cut and completed with a hash).
@@ -21,6 +23,8 @@ import hashlib
 import os
 import os.path as osp
 import re
+import signal
+import threading
 
 from dassl.errors import RunError  # dassl.errors imports nothing (no torch)
 
@@ -124,18 +128,15 @@ def recorded_config(run_dir):
 
 
 def config_differences(recorded, requested):
-    """[(key, recorded value, requested value)] over the keys that make a run's identity (sorted)."""
-    missing = object()
-    keys = (set(recorded) | set(requested)) - set(NON_IDENTITY_KEYS)
-    return [(key, recorded.get(key, missing), requested.get(key, missing)) for key in sorted(keys)
-            if recorded.get(key, missing) != requested.get(key, missing)]
+    """[(key, recorded value, requested value)] over the keys that make a run's identity (sorted). Keys on one
+    side only are not compared: a code update added or removed them, and a new key's default keeps the old
+    behaviour."""
+    keys = (set(recorded) & set(requested)) - set(NON_IDENTITY_KEYS)
+    return [(key, recorded[key], requested[key]) for key in sorted(keys) if recorded[key] != requested[key]]
 
 
 def describe_differences(differences, limit=4):
-    def show(value):
-        return "(absent)" if not isinstance(value, (str, int, float, bool, list, type(None))) else repr(value)
-
-    shown = [f"{key} {show(old)} -> {show(new)}" for key, old, new in differences[:limit]]
+    shown = [f"{key} {old!r} -> {new!r}" for key, old, new in differences[:limit]]
     more = f" and {len(differences) - limit} more" if len(differences) > limit else ""
     return ", ".join(shown) + more
 
@@ -200,3 +201,45 @@ def run_tag(cfg_name, opts=()):
         digest = hashlib.sha1(repr(sorted(pairs.items())).encode()).hexdigest()[:8]
         suffix = suffix[:MAX_TAG_SUFFIX - 10].rstrip(",") + ".." + digest
     return f"{cfg_name}__{suffix}"
+
+
+# ----------------------------------------------------------------------------- Ctrl-C and SIGTERM
+_received_signal = None  # the stop signal received under interrupt_on_stop_signals, if any
+
+
+def stop_signal_received():
+    return _received_signal
+
+
+@contextlib.contextmanager
+def interrupt_on_stop_signals(signums=(signal.SIGTERM, signal.SIGINT)):
+    """SIGTERM (and SIGINT) raise KeyboardInterrupt(signal name) in the main thread, as Ctrl-C does, so that a run
+    unwinds and can say how to resume; the previous handlers are restored on exit."""
+    global _received_signal
+    _received_signal = None
+    previous = {signum: signal.signal(signum, _on_stop_signal) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _received_signal = None
+
+
+def _on_stop_signal(signum, frame):
+    global _received_signal
+    _received_signal = signal.Signals(signum)
+    caller = frame
+    while caller is not None:
+        if _is_fragile(caller.f_code):  # deliver the signal again in a moment instead
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        caller = caller.f_back
+    raise KeyboardInterrupt(_received_signal.name)
+
+
+def _is_fragile(code):
+    """Code that an exception must not interrupt: Python swallows it in __del__ and fork callbacks (the run would
+    go on), and a half-done fork or worker shutdown (DataLoader workers start each epoch) can deadlock."""
+    return code.co_name in ("__del__", "_shutdown_workers") or \
+        any(part in code.co_filename for part in (f"{os.sep}multiprocessing{os.sep}", f"{os.sep}logging{os.sep}"))

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from datetime import datetime
 
 from dassl.utils import atomic_write
+from mmpt import run_folder
 from mmpt.experiments import layout
 
 MANIFEST_NAME = "sweep_manifest.json"
@@ -372,29 +373,25 @@ def main(argv=None, echo=print):
     manifest = Manifest(output_root, command=shlex.join([sys.executable, "-m", "mmpt.sweep"] + list(
         sys.argv[1:] if argv is None else argv)))
     skipped, pending = prepare(jobs, manifest)
-    # SIGTERM (e.g. scancel, kill) unwinds like Ctrl-C: the runner stops its children and saves the manifest
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     echo(f"Sweep: {len(jobs)} jobs, {skipped} already finished (skipped), {pending} to run")
+    # SIGTERM (e.g. scancel, kill) unwinds like Ctrl-C: the runner stops its children and saves the manifest
     try:
-        if args.launcher == "slurm":
-            run_submitit(manifest, jobs, osp.join(output_root, "sweep_submitit"), cluster=args.submitit_cluster,
-                         partition=args.partition, time_min=args.time, gpus_per_job=args.gpus_per_job,
-                         cpus_per_job=args.cpus_per_job, wait=not args.no_wait, echo=echo)
-            if args.no_wait:
-                return 0
-        else:
-            slots = [g.strip() for g in args.gpus.split(",") if g.strip()] or [None] * max(1, args.jobs)
-            LocalRunner(manifest, slots, echo=echo, progress=args.progress).run(jobs)
+        with run_folder.interrupt_on_stop_signals():
+            if args.launcher == "slurm":
+                run_submitit(manifest, jobs, osp.join(output_root, "sweep_submitit"), cluster=args.submitit_cluster,
+                             partition=args.partition, time_min=args.time, gpus_per_job=args.gpus_per_job,
+                             cpus_per_job=args.cpus_per_job, wait=not args.no_wait, echo=echo)
+                if args.no_wait:
+                    return 0
+            else:
+                slots = [g.strip() for g in args.gpus.split(",") if g.strip()] or [None] * max(1, args.jobs)
+                LocalRunner(manifest, slots, echo=echo, progress=args.progress).run(jobs)
     except KeyboardInterrupt as interrupt:
         name = interrupt.args[0] if interrupt.args else "SIGINT"
         print(f"mmpt.sweep: stopped by {name}; running jobs were stopped and recorded as failed in {manifest.path}: "
               f"run the same command again to resume them", file=sys.stderr)
         return 128 + getattr(signal, name, signal.SIGINT)
     return 1 if summarize(manifest, jobs, echo) else 0
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
