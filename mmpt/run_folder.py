@@ -25,6 +25,7 @@ import os.path as osp
 import re
 import signal
 import threading
+import time
 
 from dassl.errors import RunError  # dassl.errors imports nothing (no torch)
 
@@ -215,31 +216,44 @@ def stop_signal_received():
 def interrupt_on_stop_signals(signums=(signal.SIGTERM, signal.SIGINT)):
     """SIGTERM (and SIGINT) raise KeyboardInterrupt(signal name) in the main thread, as Ctrl-C does, so that a run
     unwinds and can say how to resume; the previous handlers are restored on exit."""
-    global _received_signal
-    _received_signal = None
+    global _received_signal, _deferred_since
+    _received_signal = _deferred_since = None
     previous = {signum: signal.signal(signum, _on_stop_signal) for signum in signums}
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _received_signal = None
+        _received_signal = _deferred_since = None
 
 
 def _on_stop_signal(signum, frame):
-    global _received_signal
+    global _received_signal, _deferred_since
     _received_signal = signal.Signals(signum)
     caller = frame
-    while caller is not None:
+    while caller is not None and time.monotonic() - (_deferred_since or time.monotonic()) < MAX_SIGNAL_DEFERRAL_S:
         if _is_fragile(caller.f_code):  # deliver the signal again in a moment instead
+            _deferred_since = _deferred_since or time.monotonic()
             threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
             return
         caller = caller.f_back
+    _deferred_since = None
     raise KeyboardInterrupt(_received_signal.name)
 
 
+_deferred_since = None  # when the current stop signal was first deferred
+MAX_SIGNAL_DEFERRAL_S = 10  # a loader that never returns must not make a run unstoppable
+_FRAGILE_DIRS = tuple(osp.join("", *parts, "") for parts in [("torch", "utils", "data"), ("multiprocessing",),
+                                                             ("logging",)])
+
+
 def _is_fragile(code):
-    """Code that an exception must not interrupt: Python swallows it in __del__ and fork callbacks (the run would
-    go on), and a half-done fork or worker shutdown (DataLoader workers start each epoch) can deadlock."""
-    return code.co_name in ("__del__", "_shutdown_workers") or \
-        any(part in code.co_filename for part in (f"{os.sep}multiprocessing{os.sep}", f"{os.sep}logging{os.sep}"))
+    """Code that an exception must not interrupt: Python swallows it in __del__ and in fork callbacks (the run
+    would go on), and DataLoader workers that are starting, sending a batch or stopping are left half-done
+    (noise, or a deadlock). The run stops when it is back in its own code, at the latest at the next batch. A
+    process pool's result wait (the image check) may be interrupted: the pool is stopped on the way out."""
+    if code.co_name == "__del__":
+        return True
+    filename = code.co_filename
+    return any(part in filename for part in _FRAGILE_DIRS) and not filename.endswith(osp.join("multiprocessing",
+                                                                                              "pool.py"))

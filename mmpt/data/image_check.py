@@ -41,8 +41,10 @@ def _path_and_error(path):
 
 
 def _quiet_worker():
-    """Ctrl-C is the parent's to handle (it stops the pool): a worker prints no traceback of its own."""
+    """Ctrl-C is the parent's to handle (it stops the pool, with SIGTERM): a worker prints no traceback of its own
+    (it may have inherited train.py's handlers)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def find_unreadable(paths, workers=None, desc="decoding", progress=True, stream=None):
