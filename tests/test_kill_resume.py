@@ -98,7 +98,7 @@ def test_kill_9_anywhere_then_restart_is_bit_identical(tmp_path):
         return ["--root", str(data), "--seed", "1", "--trainer", "CoOp", "--config-file",
                 os.path.join(REPO_ROOT, "configs/trainers/CoOp/vit_b16_ep50.yaml"), "--output-dir", str(output_dir),
                 *FAST_OPTS, "DATASET.NAME", "Caltech101", "OPTIM.MAX_EPOCH", str(epochs),
-                "DATALOADER.NUM_WORKERS", "2"]
+                "DATALOADER.NUM_WORKERS", "2", "USE_CUDA", "False"]  # CPU: bit-identical runs on a GPU machine too
 
     seed = random.randrange(2 ** 32)
     rng = random.Random(seed)
