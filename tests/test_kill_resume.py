@@ -52,17 +52,18 @@ for step in json.loads(sys.argv[2]):
             code = 1
         sys.stdout.flush()
         os._exit(code)
-    if step.get("kill_at") is not None:  # a fraction of the uninterrupted run's wall time
+    if step.get("kill_at") is not None:  # a fraction of the uninterrupted (reference) run's wall time
         time.sleep(step["kill_at"] * reference_s)
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    if reference_s is None:
+    if step["name"] == "reference":
         reference_s = time.time() - start
-    print(json.dumps({"step": step["name"], "status": status, "seconds": round(time.time() - start, 2)}),
-          flush=True)
+    with open(sys.argv[3], "a") as results:  # not stdout: a killed run may leave half a line there
+        results.write(json.dumps({"step": step["name"], "status": status,
+                                  "seconds": round(time.time() - start, 2)}) + "\n")
 """
 
 
@@ -94,9 +95,10 @@ def test_kill_9_anywhere_then_restart_is_bit_identical(tmp_path):
     data = make_fixture_dataset(tmp_path / "data", "Caltech101")
     epochs = 3
 
-    def argv(output_dir):
+    def argv(output_dir, *flags):
         return ["--root", str(data), "--seed", "1", "--trainer", "CoOp", "--config-file",
                 os.path.join(REPO_ROOT, "configs/trainers/CoOp/vit_b16_ep50.yaml"), "--output-dir", str(output_dir),
+                *flags,
                 *FAST_OPTS, "DATASET.NAME", "Caltech101", "OPTIM.MAX_EPOCH", str(epochs),
                 "DATALOADER.NUM_WORKERS", "2", "USE_CUDA", "False"]  # CPU: bit-identical runs on a GPU machine too
 
@@ -104,6 +106,9 @@ def test_kill_9_anywhere_then_restart_is_bit_identical(tmp_path):
     rng = random.Random(seed)
     killed = tmp_path / "killed"
     plan = [
+        # the first run on a data folder writes its split file, drawing from the seeded global RNG: every run
+        # below then reads the same data from the same RNG state
+        {"name": "prepare the data", "argv": argv(tmp_path / "prepare", "--no-train")},
         {"name": "reference", "argv": argv(tmp_path / "reference")},
         # inside checkpoint writes: epoch 1's file, epoch 2's pointer, the final epoch's file
         {"name": "in write of model.pth.tar-1", "argv": argv(killed), "kill_before_replace": ["model.pth.tar-1", 1]},
@@ -115,13 +120,14 @@ def test_kill_9_anywhere_then_restart_is_bit_identical(tmp_path):
         {"name": "to the end", "argv": argv(killed)},
     ]
     # the last in-write kill leaves epoch 2's checkpoint: the random kills then land in a resumed epoch 3 (or its test)
-    proc = subprocess.run([sys.executable, "-c", FORK_SERVER, REPO_ROOT, json.dumps(plan)], capture_output=True,
-                          text=True, timeout=600, cwd=REPO_ROOT)
-    steps = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"step"')]
+    results = tmp_path / "steps.jsonl"
+    proc = subprocess.run([sys.executable, "-c", FORK_SERVER, REPO_ROOT, json.dumps(plan), str(results)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    steps = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     context = f"seed {seed}; steps {steps}; stderr tail: {proc.stderr[-2000:]}"
     assert proc.returncode == 0 and len(steps) == len(plan), context
     for step, spec in zip(steps, plan):
-        expected = (0,) if spec["name"] in ("reference", "to the end") else \
+        expected = (0,) if spec["name"] in ("prepare the data", "reference", "to the end") else \
             (-signal.SIGKILL,) if "kill_before_replace" in spec else (0, -signal.SIGKILL)
         assert step["status"] in expected, context  # 1 = the restart was refused or failed
     assert "run failed" not in proc.stderr, context

@@ -8,6 +8,7 @@ from .tools import (
 )
 from .torchtools import (
     save_checkpoint, load_checkpoint, resume_from_checkpoint, load_pretrained_weights,
-    count_num_param, atomic_torch_save, atomic_write, remove_temp_files, restore_checkpoint, open_all_layers, open_specified_layers,
+    count_num_param, atomic_torch_save, atomic_write, remove_temp_files, restore_checkpoint, open_all_layers,
+    open_specified_layers,
 )
 from .meters import AverageMeter, MetricMeter
