@@ -5,6 +5,8 @@
 
 In-process: `train.main(train.get_parser().parse_args([...]))` returns the trainer (its `test_result` holds the
 final accuracy when a test ran).
+
+Several GPUs or nodes: `torchrun --nproc_per_node N train.py <the same arguments>` (docs/DISTRIBUTED.md).
 """
 import argparse
 import os
@@ -15,7 +17,9 @@ import torch
 
 from dassl.config import ConfigKeyError, get_cfg_default
 from dassl.engine import build_trainer
-from dassl.utils import RunError, UnknownNameError, collect_env_info, remove_temp_files, set_random_seed, setup_logger
+from dassl.utils import (
+    RunError, UnknownNameError, collect_env_info, distributed, remove_temp_files, set_random_seed, setup_logger,
+)
 from mmpt.data.image_check import check_run_images
 from mmpt.run_folder import (  # noqa: F401  (OutputDirInUseError: train.OutputDirInUseError for callers)
     OutputDirInUseError, RunInterrupted, check_config, interrupt_on_stop_signals, locked_output_dir, record_config,
@@ -79,6 +83,10 @@ def setup_cfg(args):
 def main(args):
     """Run training and/or evaluation; returns the trainer (trainer.test_result: the last test accuracy)."""
     cfg = setup_cfg(args)
+    distributed.init_from_env(use_cuda=cfg.USE_CUDA)  # under torchrun / SLURM tasks; a plain run: no-op
+    if not distributed.is_main_process():  # rank 0 locks, checks and records the folder, writes the log
+        with distributed.quiet():
+            return run(cfg, args)
     with locked_output_dir(cfg.OUTPUT_DIR):
         try:
             prepare_run_folder(cfg)
@@ -105,7 +113,7 @@ def run(cfg, args):
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    setup_logger(cfg.OUTPUT_DIR if distributed.is_main_process() else None)
     try:
         if torch.cuda.is_available() and cfg.USE_CUDA:
             torch.backends.cudnn.benchmark = True
