@@ -292,7 +292,10 @@ def test_ctrl_c_with_workers_ends_with_one_line_saying_how_to_resume(toy_data_ro
     while not (out / "model" / "checkpoint").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # mostly lands while workers start or stop: a signal there must not get lost
-    err = proc.communicate(timeout=60)[1].strip().splitlines()
+    try:
+        err = proc.communicate(timeout=60)[1].strip().splitlines()
+    finally:
+        proc.kill()  # a run that did not stop must not outlive the test
     assert proc.returncode == 128 + signal.SIGINT, err
     assert not any("Traceback" in line or "Exception ignored" in line for line in err), err
     assert err[-1].startswith(f"train.py: error: stopped by SIGINT; run the same command again to continue in {out} "
