@@ -22,6 +22,7 @@ import torch
 from clip.model import CLIP, build_model
 
 from dassl.utils import ConfigError, MissingFileError
+from dassl.utils.torchtools import unreadable_file_error
 
 RANDOM_PREFIX = "random-"
 TOY_NAME = "toy-ViT"  # mmpt.toy_clip.NAME (not imported here: the toy model loads only when asked for)
@@ -82,7 +83,8 @@ def load_clip_by_name(name, path="", seed=0):
         from mmpt.toy_clip import load_toy_clip
 
         return load_toy_clip(path)
-    return load_clip_file(find_clip_file(name, path))
+    return load_clip_file(find_clip_file(name, path),
+                          hint=f"delete it and fetch {openai_clip._MODELS[name]} again (an interrupted download?)")
 
 
 def clip_file_name(name):
@@ -126,14 +128,18 @@ def download_clip_file(name, target):
         socket.setdefaulttimeout(previous_timeout)
 
 
-def load_clip_file(path):
-    """A CLIP checkpoint (clip's JIT archive or a plain state dict) -> fp32 CLIP, eval mode, CPU."""
+def load_clip_file(path, hint="delete it and download it again"):
+    """A CLIP checkpoint (clip's JIT archive or a plain state dict) -> fp32 CLIP, eval mode, CPU. A file that is
+    neither (truncated, garbage) raises one RunError line naming it; `hint` says what to do."""
     try:
         with warnings.catch_warnings():  # torch's deprecation notice of torch.jit.load: clip ships JIT archives
             warnings.simplefilter("ignore", FutureWarning)
             state_dict = torch.jit.load(path, map_location="cpu").state_dict()
     except Exception:  # not a JIT archive: a plain state dict (possibly wrapped as {"state_dict": ...})
-        state_dict = torch.load(path, map_location="cpu")
+        try:
+            state_dict = torch.load(path, map_location="cpu")
+        except Exception as error:  # noqa: BLE001  truncated zip, empty file, garbage: each raises its own type
+            raise unreadable_file_error(path, error, "CLIP checkpoint", hint) from None
         if isinstance(state_dict, dict) and "state_dict" in state_dict:
             state_dict = state_dict["state_dict"]
     state_dict = dict(state_dict)

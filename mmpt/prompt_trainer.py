@@ -28,7 +28,7 @@ from yacs.config import CfgNode as CN
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import ConfigError
+from dassl.utils import ConfigError, RunError
 from mmpt.clip_backbone import check_backbone_name, load_clip
 from mmpt.config import add_prompt_trainer_options
 from mmpt.precision import Precision, check_precision
@@ -216,7 +216,7 @@ class PromptTrainer(TrainerX):
             self._models[name].load_state_dict(state_dict)
         except RuntimeError as error:
             first = str(error).strip().splitlines()
-            raise RuntimeError(f"{model_path} does not fit {type(self).__name__}'s {name} (other config?): "
+            raise RunError(f"{model_path} does not fit {type(self).__name__}'s {name} (other trainer or config?): "
                                f"{' '.join(line.strip() for line in first)}") from None
 
 

@@ -9,7 +9,8 @@
 #   CFG         config name under configs/trainers/<Trainer>/ (default: the method's declared default, the sweep's)
 #   OUTPUT      output root (default: output, relative to the current folder)
 #   OPTS        extra KEY VALUE config options, shell-quoted, e.g. OPTS="OPTIM.MAX_EPOCH 1 INPUT.SIZE '(32, 32)'"
-#               (KEY VALUE pairs after the script's positional arguments are appended too)
+#               (KEY VALUE pairs after the script's positional arguments are appended too); a run with extra
+#               options gets its own folder, <cfg>__<KEY>=<value>,... (see mmpt/experiments/layout.py)
 #   SHOTS       shots for base-to-new and cross-dataset training (default 16)
 #   LOAD_EPOCH  epoch an evaluation loads (default: OPTIM.MAX_EPOCH of the config after OPTS)
 #   PYTHON      python interpreter (default: python)
@@ -64,7 +65,7 @@ _run_stage() {
     local -a RUN_CMD
     eval "$plan"
     if [[ "$RUN_DONE" == 1 ]]; then
-        echo "Skipping $RUN_DIR: its results already exist (log.txt holds '* accuracy:'); delete the folder to rerun"
+        echo "Skipping $RUN_DIR: its results already exist (log.txt holds '* accuracy:', config.yaml matches); delete the folder to rerun"
         return 0
     fi
     echo "Running $stage -> $RUN_DIR"

@@ -1,11 +1,13 @@
 """scripts/<trainer>/*.sh: syntax, defaults, errors, and every protocol end to end on generated data (tiny CLIP)."""
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mmpt import run_folder
 from mmpt.experiments import layout
 from trainers.coop import coop_fewshot_config
 
@@ -106,16 +108,19 @@ def run_twice(script, args, env, expected_dir, trains):
 def test_protocols_end_to_end(data_root, tmp_path):
     out = tmp_path / "output"
     env = dict(DATA=data_root, OUTPUT=out, OPTS=TINY_OPTS)
-    cfg = layout.default_config("MuDPT", "base2new_train", "caltech101", 16)
+    def tag(cfg):  # the run folder of a config with extra options (OPTS)
+        return run_folder.run_tag(cfg, shlex.split(TINY_OPTS))
+
+    cfg = tag(layout.default_config("MuDPT", "base2new_train", "caltech101", 16))
     tail = Path("caltech101", "shots_16", "MuDPT", cfg, "seed1")
     run_twice(SCRIPTS / "mudpt" / "base2new_train.sh", ["caltech101", 1], env, out / "base2new/train_base" / tail, True)
     log = run_twice(SCRIPTS / "mudpt" / "base2new_test.sh", ["caltech101", 1], env, out / "base2new/test_new" / tail,
                     False)
     assert "model.pth.tar-1" in log  # loaded the last epoch of OPTIM.MAX_EPOCH from OPTS
-    cfg = coop_fewshot_config("caltech101", 2)
+    cfg = tag(coop_fewshot_config("caltech101", 2))
     run_twice(SCRIPTS / "coop" / "few_shot.sh", ["caltech101", 2, 1], env,
               out / "fewshot/caltech101/shots_2/CoOp" / cfg / "seed1", True)
-    cfg = layout.default_config("CoOp", "xd_train", "imagenet", 16)
+    cfg = tag(layout.default_config("CoOp", "xd_train", "imagenet", 16))
     run_twice(SCRIPTS / "coop" / "xd_train.sh", [1], env, out / "imagenet/CoOp" / f"{cfg}_16shots/seed1", True)
     run_twice(SCRIPTS / "coop" / "xd_test.sh", ["imagenetv2", 1], env,
               out / "evaluation/CoOp" / f"{cfg}_16shots/imagenetv2/seed1", False)

@@ -1,14 +1,7 @@
 """Name -> object registry (Dassl's API), with a helpful error for unknown names."""
 import difflib
 
-
-class ConfigError(ValueError):
-    """A user mistake (a config value, a name, a path): train.py prints it as one line, without a traceback.
-    Internal invariants raise other exceptions and keep their tracebacks."""
-
-
-class MissingFileError(FileNotFoundError, ConfigError):
-    """A file the user named or provided (a model directory, an image, a dataset folder) is not there."""
+from dassl.errors import ConfigError, MissingFileError  # noqa: F401  (re-exported by dassl.utils)
 
 
 class PlainKeyError(KeyError):

@@ -10,6 +10,10 @@ of the same (stage, trainer, config, dataset, shots, seed) are the same command 
     imagenet/<Trainer>/<cfg>_<K>shots/seed<S>                           cross-dataset / DG source (MaPLe's layout)
     evaluation/<Trainer>/<cfg>_<K>shots/<dataset>/seed<S>               that model on a target (ZeroshotCLIP: <cfg>)
 
+A run with extra KEY VALUE options (OPTS, --opts) replaces <cfg> with `<cfg>__<KEY>=<value>,...`
+(mmpt.run_folder.run_tag), so an ablation never lands in, skips because of, or resumes the default run's folder.
+A run counts as done when its log holds `* accuracy:` and its recorded config.yaml equals the requested config.
+
 Shell use (what common.sh does; prints bash assignments RUN_DIR, RUN_DONE, RUN_CMD=(...)):
 
     python -m mmpt.experiments.layout plan --stage base2new_train --trainer MuDPT --cfg CFG --dataset caltech101 \
@@ -27,6 +31,8 @@ import shlex
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
+
+from mmpt import run_folder
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -118,14 +124,35 @@ def parser_module():
     return parse_test_res
 
 
-def is_done(output_dir, trains):
-    """True when a log of the run folder holds `* accuracy:` after `Finish training` (or `=> result`)."""
+def is_done(output_dir, trains, argv=None):
+    """True when a log of the run folder holds `* accuracy:` after `Finish training` (or `=> result`) and, given
+    the run's command `argv`, the folder's recorded config.yaml equals the config that command asks for (else
+    the run is not done: train.py then stops with one line naming the differing keys)."""
     if not osp.isdir(output_dir):
         return False
     ptr = parser_module()
     metric = {"name": "accuracy", "regex": ptr.metric_regex("accuracy")}
     end_signal = ptr.END_SIGNAL_TRAIN if trains else ptr.END_SIGNAL_TEST
-    return "accuracy" in ptr.parse_run(output_dir, [metric], end_signal)
+    if "accuracy" not in ptr.parse_run(output_dir, [metric], end_signal):
+        return False
+    recorded = run_folder.recorded_config(output_dir)
+    if argv is None or recorded is None:
+        return True
+    requested = requested_config_text(argv)
+    return requested is not None and not run_folder.config_differences(recorded, run_folder.config_values(requested))
+
+
+def requested_config_text(argv):
+    """The full config (yaml text) that a `python train.py ...` (or torchrun ... train.py ...) command line asks
+    for; None if it is invalid."""
+    parser_module()  # puts the repository root on sys.path
+    import train
+
+    try:
+        start = next(i for i, arg in enumerate(argv) if osp.basename(str(arg)) == "train.py") + 1
+        return train.setup_cfg(train.get_parser().parse_args(argv[start:])).dump()
+    except Exception:  # noqa: BLE001  a bad option: not done; train.py reports it in one line
+        return None
 
 
 def config_max_epoch(config_file, opts=()):
@@ -198,7 +225,8 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     cfg = cfg or default_config(trainer, stage, dataset, shots)
     seed, shots = int(seed), int(shots)
     trains = is_training_stage(stage, trainer)
-    rel = run_dir(stage, trainer, cfg, dataset, seed, shots)
+    tag = run_folder.run_tag(cfg, opts)  # extra options: a folder of their own (CoOp's path without)
+    rel = run_dir(stage, trainer, tag, dataset, seed, shots)
     output_dir = osp.join(output_root, rel)
     config_file = method(trainer).config_file(cfg, repo_root)
     dataset_file = osp.join(repo_root, "configs", "datasets", f"{dataset}.yaml")
@@ -216,7 +244,7 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
         argv.append("--eval-only")
         if method(trainer).trains:
             train_stage = TRAIN_STAGE_OF[stage]
-            model_rel = run_dir(train_stage, trainer, cfg, dataset if stage != "xd_test" else SOURCE_DATASET,
+            model_rel = run_dir(train_stage, trainer, tag, dataset if stage != "xd_test" else SOURCE_DATASET,
                                 seed, shots)
             epoch = load_epoch if load_epoch is not None else config_max_epoch(config_file, opts)
             argv += ["--model-dir", osp.join(output_root, model_rel), "--load-epoch", str(epoch)]
@@ -258,7 +286,7 @@ def main(argv=None):
     except (KeyError, FileNotFoundError, ValueError) as e:
         sys.exit(str(e).strip("'\""))
     print(f"RUN_DIR={shlex.quote(job.output_dir)}")
-    print(f"RUN_DONE={int(is_done(job.output_dir, job.trains))}")
+    print(f"RUN_DONE={int(is_done(job.output_dir, job.trains, job.argv))}")
     print(f"RUN_CMD=({job.shell()})")
 
 

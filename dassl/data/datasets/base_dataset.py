@@ -150,6 +150,14 @@ class DatasetBase:
         output = []
         for data_source in data_sources:
             tracker = self.split_dataset_by_label(data_source)
+            short = {label: len(items) for label, items in tracker.items() if len(items) < num_shots}
+            if short:
+                names = [f"{items[0].classname or label} ({len(items)})" for label, items in tracker.items()
+                         if label in short]
+                names = ", ".join(names[:10]) + (f", ... ({len(names) - 10} more)" if len(names) > 10 else "")
+                print(f"WARNING: {num_shots} shots asked, but {len(short)} of {len(tracker)} classes have fewer "
+                      f"images: {names}; " + ("they are sampled with replacement" if repeat else
+                                              "they keep all their images"))
             dataset = []
             for label, items in tracker.items():
                 if len(items) >= num_shots:
