@@ -107,13 +107,20 @@ def seeded_state(model):
 
 
 def measure(trainer, overrides, resnet):
-    """{"init": logits after a seeded build, "set": logits with the seeded state, "shapes": {key: shape}}."""
-    torch.manual_seed(2)
-    model = build(trainer, backbone(resnet), overrides)
-    init = logits_of(model)
-    state = seeded_state(model)
-    model.prompt_learner.load_state_dict(state)
-    return {"init": init, "set": logits_of(model), "shapes": {k: tuple(v.shape) for k, v in state.items()}}
+    """{"init": logits after a seeded build, "set": logits with the seeded state, "shapes": {key: shape}}.
+    Computed on one CPU thread: kernels split their reductions by thread count, so only a fixed count gives the
+    same bits on every machine and under every OMP_NUM_THREADS."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(2)
+        model = build(trainer, backbone(resnet), overrides)
+        init = logits_of(model)
+        state = seeded_state(model)
+        model.prompt_learner.load_state_dict(state)
+        return {"init": init, "set": logits_of(model), "shapes": {k: tuple(v.shape) for k, v in state.items()}}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main():
