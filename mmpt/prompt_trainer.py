@@ -56,7 +56,7 @@ class PromptTrainer(TrainerX):
         print(f"Building {type(self).__name__}'s prompted CLIP")
         model = self.build_prompted_clip(cfg, classnames, clip_model)
         model.set_text_options(truncate=node.TRUNCATE_TEXT, chunk_size=node.TEXT_CHUNK_SIZE,
-                               checkpoint=node.TEXT_CHECKPOINT)
+                               checkpoint=node.TEXT_CHECKPOINT, share_prefix=node.TEXT_SHARED_PREFIX)
         n_trainable = freeze_all_but_prompt_learner(model)
         print(f"Trainable parameters: {n_trainable}")
         if hasattr(model.prompt_learner, "parameter_breakdown"):  # [(group name, count)], e.g. MuDPT, MPL

@@ -62,11 +62,8 @@ class CoCoOpCLIP(PromptedCLIP):
 
     def per_image_class_features(self, image_features):
         """[B, E] normalised image features -> [B, C, E] normalised class features, one set per image."""
-        token_ids = self.class_token_ids
-        per_image = []
-        for context in self.prompt_learner.conditioned_context(image_features):  # one text pass per image
-            per_image.append(F.normalize(self.text_encoder(token_ids, prompts=[context]), dim=-1))
-        return torch.stack(per_image)
+        contexts = self.prompt_learner.conditioned_context(image_features)  # one prompt set per image
+        return F.normalize(self.text_encoder.per_prompt_set(self.class_token_ids, [contexts]), dim=-1)
 
     def forward(self, images, class_features=None):
         """[B, C] logits; `class_features` is ignored (CoCoOp's text features are recomputed per image)."""

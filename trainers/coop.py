@@ -97,7 +97,9 @@ class ClassNameGroups(nn.Module):
                 half = self.n_ctx // 2
                 span = torch.cat([group_ctx[:, :half], names, group_ctx[:, half:]], 1)
             ids = getattr(self, f"ids_{length}").expand(len(indices), -1)
-            for i, feature in zip(indices, text_encoder(ids, prompts=[span])):
+            # the unified context's first half precedes every name in the middle: it joins the shared prefix
+            shared = half if position == "middle" and ctx.dim() == 2 else 0
+            for i, feature in zip(indices, text_encoder(ids, prompts=[span], shared_prompt_tokens=shared)):
                 out[i] = feature
         return F.normalize(torch.stack(out), dim=-1)
 
