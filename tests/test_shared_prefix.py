@@ -87,8 +87,13 @@ def shared_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("options", [{}, {"chunk_size": 2, "checkpoint": True}], ids=["one pass", "chunks+ckpt"])
-@pytest.mark.parametrize("name", list(MODELS))
+# chunks + checkpointing on one model of each text mechanism (shared / per-class shallow, per-image sets, deep
+# replacement, remove / append schedule); every model in one pass
+CHUNKED = ["CoOp middle", "CoOp CSC end", "CoCoOp", "MaPLe", "MPL text schedule"]
+CASES = [(name, {}) for name in MODELS] + [(name, {"chunk_size": 2, "checkpoint": True}) for name in CHUNKED]
+
+
+@pytest.mark.parametrize("name, options", CASES, ids=[f"{n}-{'chunks+ckpt' if o else 'one pass'}" for n, o in CASES])
 def test_logits_and_gradients_equal_the_plain_pass(small_clip, shared_calls, name, options):
     model = perturbed(MODELS[name](small_clip))
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
