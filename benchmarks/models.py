@@ -26,6 +26,7 @@ DEFAULT_CONFIGS = {
     "IVLP": "vit_b16_c2_ep5_batch4_2+2ctx.yaml",
     "VPT": "vit_b16_c2_ep5_batch4_4.yaml",
 }
+TRAINERS = list(DEFAULT_CONFIGS)  # "--trainers all"
 
 
 def config_path(trainer_name, config=None):
@@ -94,6 +95,7 @@ class Levers:
     """One configuration of the levers. `reference()` is what CoOp / MaPLe compute."""
 
     truncate: bool = True  # lever 1: text tower on the shortest sufficient length (False: 77 tokens)
+    share_prefix: bool = True  # the class sentences' common prefix once, each suffix to its own EOT (TEXT_SHARED_PREFIX)
     sdpa: bool = True  # lever 3: F.scaled_dot_product_attention (False: CLIP's own nn.MultiheadAttention blocks)
     chunk_size: int = 0  # lever 5: text tower on this many classes at a time (0: all at once)
     checkpoint: bool = False  # lever 5: activation checkpointing in the text tower
@@ -101,7 +103,7 @@ class Levers:
 
     @staticmethod
     def reference():
-        return Levers(truncate=False, sdpa=False, precision="reference")
+        return Levers(truncate=False, share_prefix=False, sdpa=False, precision="reference")
 
     def but(self, **changes):
         return replace(self, **changes)
@@ -142,8 +144,10 @@ class LeverSwitch:
         text.truncate = levers.truncate
         if levers.sdpa:
             text.chunk_size, text.checkpoint = levers.chunk_size, levers.checkpoint
-        elif levers.chunk_size or levers.checkpoint:
-            raise ValueError("the reference (nn.MultiheadAttention) text encoder runs unchunked, without checkpointing")
+            text.share_prefix = levers.share_prefix
+        elif levers.chunk_size or levers.checkpoint or levers.share_prefix:
+            raise ValueError("the reference (nn.MultiheadAttention) text encoder runs unchunked, without checkpointing "
+                             "or a shared prefix")
         return self.model
 
 
