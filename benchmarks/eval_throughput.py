@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
 from benchmarks.models import (TRAINERS, Levers, LeverSwitch, build_clip, build_method, config_path,  # noqa: E402
-                               load_cfg, precision_context)
+                               load_cfg, precision_context, resolved_precision)
 
 
 def parse_args(argv=None):
@@ -36,14 +36,17 @@ def parse_args(argv=None):
     harness.add_common_args(parser)
     parser.add_argument("--batch", nargs="+", type=int, default=[4], help="test batch size(s)")
     parser.add_argument("--eval-images", type=int, default=1000, help="size of the evaluation the images/s refer to")
+    parser.add_argument("--precision", default="default", choices=["default", "fp32", "bf16", "fp16"],
+                        help="autocast of our configurations (default: bf16 on CUDA, fp32 on CPU)")
     return parser.parse_args(argv)
 
 
 class EvalBench:
-    def __init__(self, model, clip_model, device):
+    def __init__(self, model, clip_model, device, precision="default"):
         self.model = model.eval()
         self.switch = LeverSwitch(model, clip_model)
         self.device = device
+        self.on = Levers(precision=precision)
 
     def run(self, levers, fn):
         self.switch.install(levers, self.device)
@@ -51,22 +54,22 @@ class EvalBench:
             return fn()
 
     def class_features(self):
-        return self.run(Levers(), self.model.class_features)
+        return self.run(self.on, self.model.class_features)
 
     def class_features_unshared(self):
-        return self.run(Levers(share_prefix=False), self.model.class_features)
+        return self.run(self.on.but(share_prefix=False), self.model.class_features)
 
     def per_image_evaluators(self, images):
         """Text depends on the image (CoCoOp): every test batch runs the text tower, shared prefix on vs off."""
         return {
-            "per batch, shared prefix on": lambda: self.run(Levers(), lambda: self.model(images)),
-            "per batch, shared prefix off": lambda: self.run(Levers(share_prefix=False), lambda: self.model(images)),
+            "per batch, shared prefix on": lambda: self.run(self.on, lambda: self.model(images)),
+            "per batch, shared prefix off": lambda: self.run(self.on.but(share_prefix=False), lambda: self.model(images)),
         }
 
     def evaluators(self, images, cached_features):
         return {
-            "cached": lambda: self.run(Levers(), lambda: self.model(images, class_features=cached_features)),
-            "per batch": lambda: self.run(Levers(), lambda: self.model(images)),
+            "cached": lambda: self.run(self.on, lambda: self.model(images, class_features=cached_features)),
+            "per batch": lambda: self.run(self.on, lambda: self.model(images)),
             "reference (per batch, 77 tokens, MHA)": lambda: self.run(Levers.reference(), lambda: self.model(images)),
         }
 
@@ -116,6 +119,24 @@ def report(trainer_name, n_classes, batch_size, times, n_images):
           f"{times['cpu'][unshared] / times['cpu']['class features once']:.2f}x CPU faster")
 
 
+def eval_records(args, trainer_name, n_classes, batch_size, times):
+    """One JSON record per timed evaluation row (see --json); images/s for an evaluation of --eval-images."""
+    n_batches = math.ceil(args.eval_images / batch_size)
+    precision = resolved_precision(Levers(precision=args.precision), args.device)
+    records = []
+    for name, wall in times["wall"].items():
+        if name == "cached":
+            images_per_s = args.eval_images / (times["wall"]["class features once"] + n_batches * wall)
+        elif name.startswith("class features once"):
+            images_per_s = None
+        else:
+            images_per_s = args.eval_images / (n_batches * wall)
+        records.append({"benchmark": "eval", "device": harness.device_name(args.device), "trainer": trainer_name,
+                        "classes": n_classes, "batch": batch_size, "configuration": name, "precision": precision,
+                        "wall_s": wall, "cpu_s": times["cpu"][name], "images_per_s": images_per_s})
+    return records
+
+
 def measure_per_image(bench, batch_size, resolution, args):
     images = torch.randn(batch_size, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(args.device)
     times = harness.time_interleaved(bench.per_image_evaluators(images), args.repeats, args.warmup, args.device)
@@ -145,15 +166,17 @@ def main(argv=None):
         cfg = load_cfg(trainer_name, config_path(trainer_name, args.config), args.backbone, args.opts)
         for n_classes in args.classes:
             model = build_method(trainer_name, cfg, harness.imagenet_classnames(n_classes), clip_model).to(args.device)
-            bench = EvalBench(model, clip_model, args.device)
+            bench = EvalBench(model, clip_model, args.device, args.precision)
             if model.text_depends_on_image:  # CoCoOp: nothing to cache; the shared prefix on vs off per batch
                 for batch_size in args.batch:
                     times = measure_per_image(bench, batch_size, clip_model.visual.input_resolution, args)
                     report_per_image(trainer_name, n_classes, batch_size, times, args.eval_images)
+                    harness.append_records(args.json, eval_records(args, trainer_name, n_classes, batch_size, times))
                 continue
             for batch_size in args.batch:
                 times = measure(bench, n_classes, batch_size, clip_model.visual.input_resolution, args)
                 report(trainer_name, n_classes, batch_size, times, args.eval_images)
+                harness.append_records(args.json, eval_records(args, trainer_name, n_classes, batch_size, times))
 
 
 if __name__ == "__main__":

@@ -200,6 +200,19 @@ def measure_memory(args, trainer_name, n_classes, bench, configs):
     return harness.run_json_child("train_step.py", child_args)
 
 
+def step_records(args, trainer_name, n_classes, configs, times, memory):
+    """One JSON record per timed configuration (see --json)."""
+    records = []
+    for name, t in times.items():
+        levers = configs.get(name)
+        records.append({
+            "benchmark": "train_step", "device": harness.device_name(args.device), "trainer": trainer_name,
+            "classes": n_classes, "batch": args.batch, "configuration": name,
+            "precision": resolved_precision(levers, args.device) if levers else resolved_precision(Levers(), args.device),
+            "wall_s": harness.median(t["wall"]), "cpu_s": harness.median(t["cpu"]), "peak_bytes": memory.get(name)})
+    return records
+
+
 def report(trainer_name, n_classes, bench, times, memory):
     """Table of median wall / CPU time and peak memory per configuration, relative to "all on"."""
     wall = {name: harness.median(t["wall"]) for name, t in times.items()}
@@ -259,6 +272,7 @@ def main(argv=None):
             times = harness.time_interleaved(steps, args.repeats, args.warmup, args.device)
             memory = measure_memory(args, trainer_name, n_classes, bench, configs)
             report(trainer_name, n_classes, bench, times, memory)
+            harness.append_records(args.json, step_records(args, trainer_name, n_classes, configs, times, memory))
             del bench
 
 
