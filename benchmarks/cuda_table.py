@@ -59,7 +59,7 @@ def ordered_keys(records, key):
     return seen
 
 
-def step_table(records):
+def step_table(records, clock="wall_s"):
     steps = [r for r in records if r["benchmark"] == "train_step"]
     if not steps:
         return ""
@@ -69,12 +69,12 @@ def step_table(records):
                    if (r["trainer"], r["classes"], r["batch"]) == (trainer, classes, batch)}
         on = by_name.get("all on")
         row = [trainer, classes, batch]
-        row += [milliseconds(by_name[name]["wall_s"]) if name in by_name else "" for _, name in STEP_COLUMNS]
+        row += [milliseconds(by_name[name][clock]) if name in by_name else "" for _, name in STEP_COLUMNS]
         off = by_name.get("shared prefix off")
-        row.append(f"{off['wall_s'] / on['wall_s']:.2f}x" if on and off else "")
+        row.append(f"{off[clock] / on[clock]:.2f}x" if on and off else "")
         row.append(gib(on.get("peak_bytes")) if on else "")
         if on and all(part in by_name for part in LIMIT_PARTS):
-            row.append(f"{on['wall_s'] / sum(by_name[part]['wall_s'] for part in LIMIT_PARTS):.2f}x")
+            row.append(f"{on[clock] / sum(by_name[part][clock] for part in LIMIT_PARTS):.2f}x")
         else:
             row.append("")
         rows.append(row)
@@ -82,7 +82,8 @@ def step_table(records):
     headers = (["trainer", "classes", "batch"] + [f"{header} ({precision})" if header == "step, all on" else header
                                                   for header, _ in STEP_COLUMNS]
                + ["shared prefix speed-up", "peak memory (all on)", "step / physical limit"])
-    return f"Training step on {steps[0]['device']} (median wall time):\n\n" + markdown(headers, rows)
+    what = "median wall time" if clock == "wall_s" else "median CPU time of the process"
+    return f"Training step on {steps[0]['device']} ({what}):\n\n" + markdown(headers, rows)
 
 
 def eval_table(records):
@@ -104,9 +105,11 @@ def eval_table(records):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("records", nargs="+", help="JSON-lines files written by --json")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="step times from wall time (GPU) or the process' CPU time (a CPU shared with other work)")
     args = parser.parse_args(argv)
     records = read_records(args.records)
-    tables = [table for table in (step_table(records), eval_table(records)) if table]
+    tables = [table for table in (step_table(records, f"{args.clock}_s"), eval_table(records)) if table]
     if not tables:
         raise SystemExit(f"no train_step / eval records in {', '.join(args.records)}")
     print("\n\n".join(tables))
