@@ -111,6 +111,7 @@ class StepBench:
 
     def image_tower_alone(self):
         """The image tower on the batch: forward, and backward into the visual prompts if there are any."""
+        self.switch.install(Levers(), self.device)  # the configuration timed before may have switched levers off
         _, (prompts, remove) = self.tower_prompts()
         learns = any(p is not None for p in prompts or ())
         with torch.set_grad_enabled(learns), precision_context(Levers(), self.device):
@@ -123,6 +124,7 @@ class StepBench:
         (nothing when the text side learns nothing: PromptTrainer computes it once)."""
         if self.model.text_is_constant:
             return
+        self.switch.install(Levers(), self.device)  # the configuration timed before may have switched levers off
         (prompts, remove), _ = self.tower_prompts()
         encoder = self.model.text_encoder
         with precision_context(Levers(), self.device):
