@@ -13,7 +13,7 @@ usage() {
 usage: benchmarks/cuda_check.sh [--out DIR] [--trainers "T1 T2 ..."|all] [--classes "100 1000"] [--repeats N]
                                 [--skip-tests] [--skip-benchmarks] [--table-only] [--help]
   --out DIR          where logs, records.jsonl and table.md go (default benchmarks/results/cuda)
-  --trainers LIST    trainers to benchmark (default: all = benchmarks/models.py DEFAULT_CONFIGS)
+  --trainers LIST    trainers to benchmark (default: all = every declared method that trains)
   --classes LIST     class counts (default "100 1000")
   --repeats N        timed repeats per configuration (default 5, after 2 warm-up rounds)
   --skip-tests       benchmarks only;  --skip-benchmarks: tests only

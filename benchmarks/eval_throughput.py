@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.models import (TRAINERS, Levers, LeverSwitch, build_clip, build_method, config_path,  # noqa: E402
-                               load_cfg, precision_context, resolved_precision)
+from benchmarks.models import (Levers, LeverSwitch, build_clip, build_method, config_path,  # noqa: E402
+                               load_cfg, trainable_methods, precision_context, resolved_precision)
 
 
 def parse_args(argv=None):
@@ -162,12 +162,12 @@ def main(argv=None):
     print(f"machine: {harness.machine_line(args.device)}")
     print(f"backbone {args.backbone}, {args.repeats} repeats after {args.warmup} warm-up, device {args.device}")
     clip_model = build_clip(args.backbone).to(args.device)
-    for trainer_name in (TRAINERS if args.trainers == ["all"] else args.trainers):
+    for trainer_name in (trainable_methods() if args.trainers == ["all"] else args.trainers):
         cfg = load_cfg(trainer_name, config_path(trainer_name, args.config), args.backbone, args.opts)
         for n_classes in args.classes:
             model = build_method(trainer_name, cfg, harness.imagenet_classnames(n_classes), clip_model).to(args.device)
             bench = EvalBench(model, clip_model, args.device, args.precision)
-            if model.text_depends_on_image:  # CoCoOp: nothing to cache; the shared prefix on vs off per batch
+            if model.compute_prompts().depends_on_image:  # CoCoOp: nothing to cache; shared prefix on vs off
                 for batch_size in args.batch:
                     times = measure_per_image(bench, batch_size, clip_model.visual.input_resolution, args)
                     report_per_image(trainer_name, n_classes, batch_size, times, args.eval_images)

@@ -5,8 +5,8 @@
     python benchmarks/train_step.py --trainers all --classes 100 --only "shared prefix off" --limit --no-memory
 
 A step = zero_grad, forward (both towers), cross-entropy, backward (through the frozen towers to the prompts),
-SGD step, on random images and real ImageNet class names, with the method model built by the trainer's own
-`build_prompted_clip` on a random backbone (the architecture, not the weights, sets the cost). Configurations
+SGD step, on random images and real ImageNet class names, with the method model built by `mmpt.create_model`
+on a random backbone (the architecture, not the weights, sets the cost). Configurations
 run interleaved inside each repeat; the time is the median over repeats after warm-up. "all off" is the
 reference implementations' computation: 77-token text tower and CLIP's own nn.MultiheadAttention blocks
 (benchmarks/reference.py), fp32 on CPU / fp16 on CUDA. Peak memory: see benchmarks/harness.py.
@@ -26,8 +26,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.models import (TRAINERS, Levers, LeverSwitch, build_clip, build_method, config_path,  # noqa: E402
-                               load_cfg, precision_context, resolved_precision, trainable_parameters)
+from benchmarks.models import (Levers, LeverSwitch, build_clip, build_method, config_path,  # noqa: E402
+                               load_cfg, trainable_methods, precision_context, resolved_precision, trainable_parameters)
 
 
 def lever_configs(device, chunk_size, cpu_bf16):
@@ -68,9 +68,10 @@ class StepBench:
         self.n_trainable = trainable_parameters(self.model)
         # PromptTrainer computes the class features of a text side with nothing to learn (VPT) once: so here
         self.constant_features = {}
+        self.text_is_constant = self.model.compute_prompts().text_is_constant
 
     def class_features(self, levers):
-        if not self.model.text_is_constant:
+        if not self.text_is_constant:
             return None
         if levers not in self.constant_features:
             with torch.no_grad():
@@ -96,10 +97,12 @@ class StepBench:
         any timing (CoCoOp: the per-image contexts of the batch)."""
         model = self.model
         with torch.no_grad():
-            (text, text_remove), (visual, visual_remove) = model.prompts()
-            if model.text_depends_on_image:
-                text = [model.prompt_learner.conditioned_context(model.image_features(self.images))]
-        self._fixed_prompts = (text, text_remove), (visual, visual_remove)
+            prompts = model.compute_prompts()
+            text = prompts.text
+            if prompts.depends_on_image:
+                text = prompts.text_per_image(model.image_features(self.images, prompts))
+        self.text_per_image = prompts.depends_on_image
+        self._fixed_prompts = (text, prompts.text_remove), (prompts.vision, prompts.vision_remove)
 
     def tower_prompts(self):
         """The fixed prompts as fresh leaf tensors that require grad (what a tower alone backpropagates into)."""
@@ -122,17 +125,20 @@ class StepBench:
     def text_tower_alone(self):
         """The text tower on every class prompt with the prefix shared: forward + backward into the text prompts
         (nothing when the text side learns nothing: PromptTrainer computes it once)."""
-        if self.model.text_is_constant:
+        if self.text_is_constant:
             return
         self.switch.install(Levers(), self.device)  # the configuration timed before may have switched levers off
         (prompts, remove), _ = self.tower_prompts()
         encoder = self.model.text_encoder
         with precision_context(Levers(), self.device):
-            if self.model.text_depends_on_image:
-                features = encoder.per_prompt_set(self.model.token_ids, prompts, remove)
-            else:
-                features = encoder(self.model.token_ids, prompts, remove)
-        features.float().sum().backward()
+            # the class sentences' text passes (one, or one per class-name length: CoOp middle / front)
+            features = [
+                encoder.per_prompt_set(p.token_ids, p.prompts, remove, placeholders=p.placeholders)
+                if self.text_per_image else
+                encoder(p.token_ids, p.prompts, remove, placeholders=p.placeholders,
+                        shared_prompt_tokens=p.shared_prompt_tokens)
+                for p in self.model.sentences.passes(prompts)]
+        sum(f.float().sum() for f in features).backward()
 
     def limit_steps(self):
         self.switch.install(Levers(), self.device)
@@ -266,7 +272,7 @@ def main(argv=None):
     print(f"peak memory: {harness.memory_method(args.device)}")
     clip_model = build_clip(args.backbone).to(args.device)
     configs = selected_configs(args)
-    for trainer_name in (TRAINERS if args.trainers == ["all"] else args.trainers):
+    for trainer_name in (trainable_methods() if args.trainers == ["all"] else args.trainers):
         for n_classes in args.classes:
             bench = StepBench(trainer_name, n_classes, clip_model, args)
             steps = {**bench.steps(configs), **(bench.limit_steps() if args.limit else {})}

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 import mmpt.prompted_clip as prompted_clip
 from benchmarks.reference import ReferenceTextEncoder
 from mmpt.prompted_clip import PromptedTextEncoder, shared_prefix_length
+from mmpt.sentences import word_count as word_token_count
 from tests.e2e import small_clip_model, trainer_node
 from trainers import cocoop, coop, ivlp, maple, mpl, mudpt, vpt, zsclip
-from trainers.baseline_utils import word_token_count
 
 # names of 1 to 4 tokens (suffixes of different lengths); two share their first word, one has an apostrophe
 CLASSNAMES = ["dog", "great white shark", "great grey owl", "yellow lady's slipper", "cat"]
@@ -34,7 +34,8 @@ def perturbed(model):
 
 
 MODELS = {
-    "ZeroshotCLIP": lambda c: zsclip.ZeroshotCLIPModel(c, CLASSNAMES, "a photo of a {}."),
+    "ZeroshotCLIP": lambda c: zsclip.ZeroshotCLIPModel(c, CLASSNAMES, trainer_node(zsclip, "ZSCLIP",
+                                                                                  TEMPLATE="a photo of a {}.")),
     "CoOp end": lambda c: coop.CoOpCLIP(c, CLASSNAMES, trainer_node(coop, "COOP", N_CTX=4)),
     "CoOp middle": lambda c: coop.CoOpCLIP(c, CLASSNAMES, trainer_node(coop, "COOP", N_CTX=4,
                                                                        CLASS_TOKEN_POSITION="middle")),
@@ -206,6 +207,21 @@ def test_prompt_sets_equal_one_pass_per_set(small_clip):
         torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)
         for got, expected in zip(shared_grads, plain_grads):
             close_gradients(got, expected)
+
+
+def test_coop_middle_declares_its_shared_context_half(small_clip):
+    """CoOp middle: the sentence form (ClassNameInContext) declares the unified context's first half as shared
+    by every class of a pass, so SOS + that half form the prefix; CSC contexts (one per class) share nothing."""
+    unified = coop.CoOpCLIP(small_clip, CLASSNAMES, trainer_node(coop, "COOP", N_CTX=4, CLASS_TOKEN_POSITION="middle"))
+    csc = coop.CoOpCLIP(small_clip, CLASSNAMES, trainer_node(coop, "COOP", N_CTX=4, CSC=True,
+                                                             CLASS_TOKEN_POSITION="middle"))
+    for model, shared in ((unified, 2), (csc, 0)):
+        passes = model.sentences.passes(model.compute_prompts().text)
+        assert [p.shared_prompt_tokens for p in passes] == [shared] * len(passes)
+        for text_pass in passes:
+            length = shared_prefix_length(text_pass.token_ids, text_pass.prompts, None,
+                                          shared_prompt_tokens=text_pass.shared_prompt_tokens)
+            assert length == (1 + shared if len(text_pass.rows) > 1 else int(text_pass.token_ids.argmax(-1).min()))
 
 
 def test_shared_prompt_tokens_that_differ_are_refused(small_clip):
