@@ -11,7 +11,11 @@ Three ways to evaluate, timed interleaved per test batch (median over repeats, a
 - reference:      per batch on the 77-token nn.MultiheadAttention towers (benchmarks/reference.py) -- what the
                   reference codebases' `model_inference` does.
 Images/s are for an evaluation of --eval-images images: cached = N / (text once + batches x cached batch time),
-per batch = N / (batches x per-batch time), from the times measured in this run.
+per batch = N / (batches x per-batch time), from the times measured in this run. "class features once" is also
+timed with the shared prefix off (TEXT_SHARED_PREFIX False).
+
+CoCoOp (text features depend on the image: nothing to cache) is timed per test batch with the shared prefix on
+(one prefix per image, every class's suffix) and off (one plain text pass per image).
 """
 import argparse
 import math
@@ -23,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.models import Levers, LeverSwitch, build_clip, build_method, config_path, load_cfg, precision_context  # noqa: E402
+from benchmarks.models import (Levers, LeverSwitch, build_clip, build_method, config_path,  # noqa: E402
+                               load_cfg, trainable_methods, precision_context, resolved_precision)
 
 
 def parse_args(argv=None):
@@ -31,14 +36,17 @@ def parse_args(argv=None):
     harness.add_common_args(parser)
     parser.add_argument("--batch", nargs="+", type=int, default=[4], help="test batch size(s)")
     parser.add_argument("--eval-images", type=int, default=1000, help="size of the evaluation the images/s refer to")
+    parser.add_argument("--precision", default="default", choices=["default", "fp32", "bf16", "fp16"],
+                        help="autocast of our configurations (default: bf16 on CUDA, fp32 on CPU)")
     return parser.parse_args(argv)
 
 
 class EvalBench:
-    def __init__(self, model, clip_model, device):
+    def __init__(self, model, clip_model, device, precision="default"):
         self.model = model.eval()
         self.switch = LeverSwitch(model, clip_model)
         self.device = device
+        self.on = Levers(precision=precision)
 
     def run(self, levers, fn):
         self.switch.install(levers, self.device)
@@ -46,12 +54,22 @@ class EvalBench:
             return fn()
 
     def class_features(self):
-        return self.run(Levers(), self.model.class_features)
+        return self.run(self.on, self.model.class_features)
+
+    def class_features_unshared(self):
+        return self.run(self.on.but(share_prefix=False), self.model.class_features)
+
+    def per_image_evaluators(self, images):
+        """Text depends on the image (CoCoOp): every test batch runs the text tower, shared prefix on vs off."""
+        return {
+            "per batch, shared prefix on": lambda: self.run(self.on, lambda: self.model(images)),
+            "per batch, shared prefix off": lambda: self.run(self.on.but(share_prefix=False), lambda: self.model(images)),
+        }
 
     def evaluators(self, images, cached_features):
         return {
-            "cached": lambda: self.run(Levers(), lambda: self.model(images, class_features=cached_features)),
-            "per batch": lambda: self.run(Levers(), lambda: self.model(images)),
+            "cached": lambda: self.run(self.on, lambda: self.model(images, class_features=cached_features)),
+            "per batch": lambda: self.run(self.on, lambda: self.model(images)),
             "reference (per batch, 77 tokens, MHA)": lambda: self.run(Levers.reference(), lambda: self.model(images)),
         }
 
@@ -60,7 +78,8 @@ def measure(bench, n_classes, batch_size, resolution, args):
     images = torch.randn(batch_size, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(args.device)
     bench.class_features()  # warm-up
     cached_features = bench.class_features()
-    steps = {"class features once": bench.class_features, **bench.evaluators(images, cached_features)}
+    steps = {"class features once": bench.class_features, "class features once, shared prefix off":
+             bench.class_features_unshared, **bench.evaluators(images, cached_features)}
     times = harness.time_interleaved(steps, args.repeats, args.warmup, args.device)
     return {clock: {name: harness.median(t[clock]) for name, t in times.items()} for clock in ("wall", "cpu")}
 
@@ -70,7 +89,7 @@ def throughputs(times, batch_size, n_images):
     n_batches = math.ceil(n_images / batch_size)
     result = {"cached": n_images / (times["class features once"] + n_batches * times["cached"])}
     for name in times:
-        if name not in ("cached", "class features once"):
+        if not name.startswith("class features once") and name != "cached":
             result[name] = n_images / (n_batches * times[name])
     return result
 
@@ -94,6 +113,45 @@ def report(trainer_name, n_classes, batch_size, times, n_images):
           f"cached vs reference {wall['cached'] / wall[reference]:.2f}x wall / {cpu['cached'] / cpu[reference]:.2f}x CPU")
     print(f"   cached vs per batch by test batch size, extrapolated from the CPU times (image time linear in B): "
           f"{extrapolated}")
+    unshared = "class features once, shared prefix off"
+    print(f"=> {trainer_name} {n_classes} classes: class features once with the shared prefix on vs off: "
+          f"{times['wall'][unshared] / times['wall']['class features once']:.2f}x wall / "
+          f"{times['cpu'][unshared] / times['cpu']['class features once']:.2f}x CPU faster")
+
+
+def eval_records(args, trainer_name, n_classes, batch_size, times):
+    """One JSON record per timed evaluation row (see --json); images/s for an evaluation of --eval-images."""
+    n_batches = math.ceil(args.eval_images / batch_size)
+    precision = resolved_precision(Levers(precision=args.precision), args.device)
+    records = []
+    for name, wall in times["wall"].items():
+        if name == "cached":
+            images_per_s = args.eval_images / (times["wall"]["class features once"] + n_batches * wall)
+        elif name.startswith("class features once"):
+            images_per_s = None
+        else:
+            images_per_s = args.eval_images / (n_batches * wall)
+        records.append({"benchmark": "eval", "device": harness.device_name(args.device), "trainer": trainer_name,
+                        "classes": n_classes, "batch": batch_size, "configuration": name, "precision": precision,
+                        "wall_s": wall, "cpu_s": times["cpu"][name], "images_per_s": images_per_s})
+    return records
+
+
+def measure_per_image(bench, batch_size, resolution, args):
+    images = torch.randn(batch_size, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(args.device)
+    times = harness.time_interleaved(bench.per_image_evaluators(images), args.repeats, args.warmup, args.device)
+    return {clock: {name: harness.median(t[clock]) for name, t in times.items()} for clock in ("wall", "cpu")}
+
+
+def report_per_image(trainer_name, n_classes, batch_size, times, n_images):
+    n_batches = math.ceil(n_images / batch_size)
+    rows = [[name, f"{times['wall'][name]:.3f}", f"{times['cpu'][name]:.3f}",
+             f"{n_images / (n_batches * times['wall'][name]):.2f}"] for name in times["wall"]]
+    print(f"\n{trainer_name}, {n_classes} classes, test batch {batch_size} (text features per image)")
+    print(harness.format_table(["evaluation", "wall s per batch", "CPU s per batch", "images/s (wall)"], rows))
+    on, off = "per batch, shared prefix on", "per batch, shared prefix off"
+    print(f"=> {trainer_name} {n_classes} classes, batch {batch_size}: evaluation with the shared prefix on vs off: "
+          f"{times['wall'][off] / times['wall'][on]:.2f}x wall / {times['cpu'][off] / times['cpu'][on]:.2f}x CPU faster")
 
 
 def main(argv=None):
@@ -104,17 +162,21 @@ def main(argv=None):
     print(f"machine: {harness.machine_line(args.device)}")
     print(f"backbone {args.backbone}, {args.repeats} repeats after {args.warmup} warm-up, device {args.device}")
     clip_model = build_clip(args.backbone).to(args.device)
-    for trainer_name in args.trainers:
+    for trainer_name in (trainable_methods() if args.trainers == ["all"] else args.trainers):
         cfg = load_cfg(trainer_name, config_path(trainer_name, args.config), args.backbone, args.opts)
         for n_classes in args.classes:
             model = build_method(trainer_name, cfg, harness.imagenet_classnames(n_classes), clip_model).to(args.device)
-            if model.compute_prompts().depends_on_image:
-                print(f"\n{trainer_name}: text features depend on the image; nothing to cache (skipped)")
-                break
-            bench = EvalBench(model, clip_model, args.device)
+            bench = EvalBench(model, clip_model, args.device, args.precision)
+            if model.compute_prompts().depends_on_image:  # CoCoOp: nothing to cache; shared prefix on vs off
+                for batch_size in args.batch:
+                    times = measure_per_image(bench, batch_size, clip_model.visual.input_resolution, args)
+                    report_per_image(trainer_name, n_classes, batch_size, times, args.eval_images)
+                    harness.append_records(args.json, eval_records(args, trainer_name, n_classes, batch_size, times))
+                continue
             for batch_size in args.batch:
                 times = measure(bench, n_classes, batch_size, clip_model.visual.input_resolution, args)
                 report(trainer_name, n_classes, batch_size, times, args.eval_images)
+                harness.append_records(args.json, eval_records(args, trainer_name, n_classes, batch_size, times))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,22 @@ def add_common_args(parser):
                         "the CPU-time column free of thread spin-waiting on a machine shared with other work")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--json", default=None, help="append one JSON record per measured row to this file "
+                        "(benchmarks/cuda_table.py turns them into README's table)")
     return parser
+
+
+def append_records(path, records):
+    """Append `records` (dicts) to the JSON-lines file `path` (nothing when path is None)."""
+    if not path:
+        return
+    with open(path, "a") as out:
+        for record in records:
+            out.write(json.dumps(record) + "\n")
+
+
+def device_name(device):
+    return torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "cpu"
 
 
 def synchronize(device):

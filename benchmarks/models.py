@@ -28,6 +28,11 @@ def declared_methods():
     return declared()
 
 
+def trainable_methods():
+    """"--trainers all": every declared method that trains (zero-shot CLIP has no step to time)."""
+    return [name for name, method in declared_methods().items() if method.trains]
+
+
 def config_path(trainer_name, config=None):
     """The method's config file `config`; default: its declared main config, else its first vit_b16 one."""
     method = trainer_class(trainer_name)
@@ -93,6 +98,7 @@ class Levers:
     """One configuration of the levers. `reference()` is what CoOp / MaPLe compute."""
 
     truncate: bool = True  # lever 1: text tower on the shortest sufficient length (False: 77 tokens)
+    share_prefix: bool = True  # the class sentences' common prefix once, each suffix to its own EOT (TEXT_SHARED_PREFIX)
     sdpa: bool = True  # lever 3: F.scaled_dot_product_attention (False: CLIP's own nn.MultiheadAttention blocks)
     chunk_size: int = 0  # lever 5: text tower on this many classes at a time (0: all at once)
     checkpoint: bool = False  # lever 5: activation checkpointing in the text tower
@@ -100,7 +106,7 @@ class Levers:
 
     @staticmethod
     def reference():
-        return Levers(truncate=False, sdpa=False, precision="reference")
+        return Levers(truncate=False, share_prefix=False, sdpa=False, precision="reference")
 
     def but(self, **changes):
         return replace(self, **changes)
@@ -141,8 +147,10 @@ class LeverSwitch:
         text.truncate = levers.truncate
         if levers.sdpa:
             text.chunk_size, text.checkpoint = levers.chunk_size, levers.checkpoint
-        elif levers.chunk_size or levers.checkpoint:
-            raise ValueError("the reference (nn.MultiheadAttention) text encoder runs unchunked, without checkpointing")
+            text.share_prefix = levers.share_prefix
+        elif levers.chunk_size or levers.checkpoint or levers.share_prefix:
+            raise ValueError("the reference (nn.MultiheadAttention) text encoder runs unchunked, without checkpointing "
+                             "or a shared prefix")
         return self.model
 
 

@@ -62,7 +62,15 @@ class ReferenceTextEncoder(nn.Module):
         self.ln_final = clip_model.ln_final
         self.text_projection = clip_model.text_projection
 
-    def forward(self, token_ids, prompts=None, remove=None):
+    def per_prompt_set(self, token_ids, prompts, remove=None, placeholders=None):
+        """Every sequence under each of G prompt sets ([G, n, d] prompts) -> [G, N, E]: one pass per set, as the
+        reference CoCoOp loops over its images."""
+        n_sets = next(p.shape[0] for p in prompts if p is not None and p.dim() == 3)
+        return torch.stack([self(token_ids, [p[g] if p is not None and p.dim() == 3 else p for p in prompts], remove)
+                            for g in range(n_sets)])
+
+    def forward(self, token_ids, prompts=None, remove=None, placeholders=None, shared_prompt_tokens=0):
+        # placeholders / shared_prompt_tokens: checks and hints of our encoder's call; the result is the same
         dtype = self.text_projection.dtype
         if self.truncate:
             token_ids = token_ids[:, :int(token_ids.argmax(dim=-1).max()) + 1]

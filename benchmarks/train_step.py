@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                                   # MuDPT, 100 classes, batch 4, CPU-friendly
     python benchmarks/train_step.py --trainers MuDPT MaPLe CoOp --classes 10 100 1000 --repeats 5 --device cuda
+    python benchmarks/train_step.py --trainers all --classes 100 --only "shared prefix off" --limit --no-memory
 
 A step = zero_grad, forward (both towers), cross-entropy, backward (through the frozen towers to the prompts),
 SGD step, on random images and real ImageNet class names, with the method model built by `mmpt.create_model`
@@ -9,6 +10,10 @@ on a random backbone (the architecture, not the weights, sets the cost). Configu
 run interleaved inside each repeat; the time is the median over repeats after warm-up. "all off" is the
 reference implementations' computation: 77-token text tower and CLIP's own nn.MultiheadAttention blocks
 (benchmarks/reference.py), fp32 on CPU / fp16 on CUDA. Peak memory: see benchmarks/harness.py.
+
+--limit adds the physical limit of a step: the image tower's forward (+ backward where visual prompts learn) on
+the batch, plus the text tower's forward + backward on the class prompts with the prefix shared, each timed
+alone (prompts as leaf tensors, nothing else); the step is reported as a multiple of their sum.
 """
 import argparse
 import json
@@ -21,8 +26,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.models import (Levers, LeverSwitch, build_clip, build_method, config_path, load_cfg,  # noqa: E402
-                               precision_context, resolved_precision, trainable_parameters)
+from benchmarks.models import (Levers, LeverSwitch, build_clip, build_method, config_path,  # noqa: E402
+                               load_cfg, trainable_methods, precision_context, resolved_precision, trainable_parameters)
 
 
 def lever_configs(device, chunk_size, cpu_bf16):
@@ -30,8 +35,9 @@ def lever_configs(device, chunk_size, cpu_bf16):
     on = Levers()
     configs = {
         "all on": on,
-        "text truncation off (77 tokens)": on.but(truncate=False),
-        "SDPA off (nn.MultiheadAttention)": on.but(sdpa=False),
+        "shared prefix off": on.but(share_prefix=False),
+        "text truncation off (77 tokens)": on.but(truncate=False, share_prefix=False),
+        "SDPA off (nn.MultiheadAttention)": on.but(sdpa=False, share_prefix=False),
     }
     if torch.device(device).type == "cuda":
         configs["precision off (fp32)"] = on.but(precision="fp32")
@@ -60,12 +66,23 @@ class StepBench:
         self.device = device
         self.scaler = torch.amp.GradScaler(torch.device(device).type)
         self.n_trainable = trainable_parameters(self.model)
+        # PromptTrainer computes the class features of a text side with nothing to learn (VPT) once: so here
+        self.constant_features = {}
+        self.text_is_constant = self.model.compute_prompts().text_is_constant
+
+    def class_features(self, levers):
+        if not self.text_is_constant:
+            return None
+        if levers not in self.constant_features:
+            with torch.no_grad():
+                self.constant_features[levers] = self.model.class_features()
+        return self.constant_features[levers]
 
     def step(self, levers):
         self.switch.install(levers, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with precision_context(levers, self.device):
-            logits = self.model(self.images)
+            logits = self.model(self.images, class_features=self.class_features(levers))
         loss = F.cross_entropy(logits.float(), self.labels)
         if resolved_precision(levers, self.device) == "fp16" and levers.precision != "reference":
             self.scaler.scale(loss).backward()
@@ -74,6 +91,59 @@ class StepBench:
         else:
             loss.backward()
             self.optimizer.step()
+
+    def fixed_prompts(self):
+        """(text (prompts, remove), visual (prompts, remove)) of the current parameters, computed once, outside
+        any timing (CoCoOp: the per-image contexts of the batch)."""
+        model = self.model
+        with torch.no_grad():
+            prompts = model.compute_prompts()
+            text = prompts.text
+            if prompts.depends_on_image:
+                text = prompts.text_per_image(model.image_features(self.images, prompts))
+        self.text_per_image = prompts.depends_on_image
+        self._fixed_prompts = (text, prompts.text_remove), (prompts.vision, prompts.vision_remove)
+
+    def tower_prompts(self):
+        """The fixed prompts as fresh leaf tensors that require grad (what a tower alone backpropagates into)."""
+        def leaves(prompts):
+            return None if prompts is None else [
+                None if p is None else p.detach().requires_grad_(True) for p in prompts]
+        (text, text_remove), (visual, visual_remove) = self._fixed_prompts
+        return (leaves(text), text_remove), (leaves(visual), visual_remove)
+
+    def image_tower_alone(self):
+        """The image tower on the batch: forward, and backward into the visual prompts if there are any."""
+        self.switch.install(Levers(), self.device)  # the configuration timed before may have switched levers off
+        _, (prompts, remove) = self.tower_prompts()
+        learns = any(p is not None for p in prompts or ())
+        with torch.set_grad_enabled(learns), precision_context(Levers(), self.device):
+            features = self.model.image_encoder(self.images, prompts, remove)
+        if learns:
+            features.float().sum().backward()
+
+    def text_tower_alone(self):
+        """The text tower on every class prompt with the prefix shared: forward + backward into the text prompts
+        (nothing when the text side learns nothing: PromptTrainer computes it once)."""
+        if self.text_is_constant:
+            return
+        self.switch.install(Levers(), self.device)  # the configuration timed before may have switched levers off
+        (prompts, remove), _ = self.tower_prompts()
+        encoder = self.model.text_encoder
+        with precision_context(Levers(), self.device):
+            # the class sentences' text passes (one, or one per class-name length: CoOp middle / front)
+            features = [
+                encoder.per_prompt_set(p.token_ids, p.prompts, remove, placeholders=p.placeholders)
+                if self.text_per_image else
+                encoder(p.token_ids, p.prompts, remove, placeholders=p.placeholders,
+                        shared_prompt_tokens=p.shared_prompt_tokens)
+                for p in self.model.sentences.passes(prompts)]
+        sum(f.float().sum() for f in features).backward()
+
+    def limit_steps(self):
+        self.switch.install(Levers(), self.device)
+        self.fixed_prompts()
+        return {IMAGE_ALONE: self.image_tower_alone, TEXT_ALONE: self.text_tower_alone}
 
     def text_lengths(self):
         """"<truncated> / 77" tokens: the text tower's sequence length with and without lever 1."""
@@ -84,6 +154,11 @@ class StepBench:
         return {name: (lambda levers=levers: self.step(levers)) for name, levers in configs.items()}
 
 
+IMAGE_ALONE = "limit: image tower alone"
+TEXT_ALONE = "limit: text tower alone (prefix shared)"
+LIMIT = "physical limit (sum of the two)"
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     harness.add_common_args(parser)
@@ -92,6 +167,7 @@ def parse_args(argv=None):
     parser.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on CPU")
     parser.add_argument("--only", nargs="+", default=None, help="run only these configurations (names as printed)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--limit", action="store_true", help="also time the physical limit (each tower alone)")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the CPU memory child
     return parser.parse_args(argv)
 
@@ -132,22 +208,47 @@ def measure_memory(args, trainer_name, n_classes, bench, configs):
     return harness.run_json_child("train_step.py", child_args)
 
 
+def step_records(args, trainer_name, n_classes, configs, times, memory):
+    """One JSON record per timed configuration (see --json)."""
+    records = []
+    for name, t in times.items():
+        levers = configs.get(name)
+        records.append({
+            "benchmark": "train_step", "device": harness.device_name(args.device), "trainer": trainer_name,
+            "classes": n_classes, "batch": args.batch, "configuration": name,
+            "precision": resolved_precision(levers, args.device) if levers else resolved_precision(Levers(), args.device),
+            "wall_s": harness.median(t["wall"]), "cpu_s": harness.median(t["cpu"]), "peak_bytes": memory.get(name)})
+    return records
+
+
 def report(trainer_name, n_classes, bench, times, memory):
     """Table of median wall / CPU time and peak memory per configuration, relative to "all on"."""
     wall = {name: harness.median(t["wall"]) for name, t in times.items()}
     cpu = {name: harness.median(t["cpu"]) for name, t in times.items()}
+    limit_parts = [name for name in (IMAGE_ALONE, TEXT_ALONE) if name in times]
+    if limit_parts:
+        for clock in (wall, cpu):
+            clock[LIMIT] = sum(clock[name] for name in limit_parts)
     rows = []
-    for name in times:
+    for name in wall:
         row = [name, f"{wall[name]:.2f}", f"{wall[name] / wall['all on']:.2f}x", f"{cpu[name]:.2f}",
                f"{cpu[name] / cpu['all on']:.2f}x"]
         if memory:
-            row += [harness.mib(memory[name]), f"{memory[name] / max(memory['all on'], 1):.2f}x"]
+            row += ([harness.mib(memory[name]), f"{memory[name] / max(memory['all on'], 1):.2f}x"] if name in memory
+                    else ["", ""])
         rows.append(row)
     headers = ["configuration", "step wall s", "wall / all on", "step CPU s", "CPU / all on"]
     headers += ["peak memory", "memory / all on"] if memory else []
     print(f"\n{trainer_name}, {n_classes} classes, text length {bench.text_lengths()} "
           f"({bench.n_trainable:,} trainable parameters)")
     print(harness.format_table(headers, rows))
+    if "shared prefix off" in times:
+        print(f"=> {trainer_name} {n_classes} classes: shared prefix on is {wall['shared prefix off'] / wall['all on']:.2f}x "
+              f"faster than off (wall), {cpu['shared prefix off'] / cpu['all on']:.2f}x (CPU time)")
+    if limit_parts:
+        print(f"=> {trainer_name} {n_classes} classes: step = {wall['all on'] / wall[LIMIT]:.2f}x the physical limit "
+              f"(wall), {cpu['all on'] / cpu[LIMIT]:.2f}x (CPU time); limit = image tower alone "
+              f"{cpu[IMAGE_ALONE]:.2f} + text tower alone {cpu[TEXT_ALONE]:.2f} CPU s")
     reference = "all off (reference)"
     if reference in times:
         line = (f"=> {trainer_name} {n_classes} classes: all levers on / all off = {wall['all on'] / wall[reference]:.2f} "
@@ -171,13 +272,15 @@ def main(argv=None):
     print(f"peak memory: {harness.memory_method(args.device)}")
     clip_model = build_clip(args.backbone).to(args.device)
     configs = selected_configs(args)
-    for trainer_name in args.trainers:
+    for trainer_name in (trainable_methods() if args.trainers == ["all"] else args.trainers):
         for n_classes in args.classes:
             bench = StepBench(trainer_name, n_classes, clip_model, args)
-            print(f"\n{trainer_name}, {n_classes} classes: timing {len(configs)} configurations")
-            times = harness.time_interleaved(bench.steps(configs), args.repeats, args.warmup, args.device)
+            steps = {**bench.steps(configs), **(bench.limit_steps() if args.limit else {})}
+            print(f"\n{trainer_name}, {n_classes} classes: timing {len(steps)} configurations")
+            times = harness.time_interleaved(steps, args.repeats, args.warmup, args.device)
             memory = measure_memory(args, trainer_name, n_classes, bench, configs)
             report(trainer_name, n_classes, bench, times, memory)
+            harness.append_records(args.json, step_records(args, trainer_name, n_classes, configs, times, memory))
             del bench
 
 

@@ -9,4 +9,7 @@ def add_prompt_trainer_options(node):
     node.CACHE_TEXT_FEATURES = True  # class text features once per evaluation (unless text depends on the image)
     node.TEXT_CHUNK_SIZE = 0  # 0 = all classes in one text pass; k = k classes at a time (memory)
     node.TEXT_CHECKPOINT = False  # activation checkpointing in the text tower (memory for compute)
+    # the tokens every class sentence shares (SOS, context, fixed words) run once; each class's suffix runs to
+    # its own EOT, attending to them (exact under the causal mask); False = every sentence on all its tokens
+    node.TEXT_SHARED_PREFIX = True
     return node

@@ -80,7 +80,7 @@ class PromptTrainer(TrainerX):
         cls.check_node(node)
         model = cls.model_class(clip_model, classnames, node)
         model.set_text_options(truncate=node.TRUNCATE_TEXT, chunk_size=node.TEXT_CHUNK_SIZE,
-                               checkpoint=node.TEXT_CHECKPOINT)
+                               checkpoint=node.TEXT_CHECKPOINT, share_prefix=node.TEXT_SHARED_PREFIX)
         freeze_all_but_prompt_learner(model)
         return model
 

@@ -43,12 +43,15 @@ def placeholder_words(n):
 
 @dataclass
 class TextPass:
-    """One run of the text tower: classes `rows` (None = all, in order), their token ids and prompts."""
+    """One run of the text tower: classes `rows` (None = all, in order), their token ids and prompts.
+    `shared_prompt_tokens`: the first j tokens of a per-class shallow prompt [C_g, n, d] are one tensor shared
+    by every class of the pass (the text encoder may then run them once, in the shared prefix)."""
 
     rows: Optional[List[int]]
     token_ids: torch.Tensor
     prompts: Optional[list]
     placeholders: int
+    shared_prompt_tokens: int = 0
 
 
 class ClassSentences(nn.Module):
@@ -119,9 +122,11 @@ class ClassNameInContext(ClassSentences):
             else:  # middle: first half of the context, the name, second half
                 half = self.n_ctx // 2
                 span = torch.cat([group_ctx[:, :half], names, group_ctx[:, half:]], 1)
+            # a unified context's first half precedes every name in the middle: one tensor for all classes
+            shared = self.n_ctx // 2 if self.position == "middle" and ctx.dim() == 2 else 0
             rows = [p[indices] if p is not None and p.dim() == 3 else p for p in deeper]
             ids = getattr(self, f"ids_{length}").expand(len(indices), -1)
-            passes.append(TextPass(indices, ids, [span, *rows], self.n_ctx + length))
+            passes.append(TextPass(indices, ids, [span, *rows], self.n_ctx + length, shared))
         return passes
 
 

@@ -20,11 +20,24 @@ subsample="all", output_dir=None, dataset_kwargs=None, load_epoch=None, return_t
 - Returns the output directory (a `pathlib.Path`, default `tmp_path/output/<trainer>[_eval]`) and the text of
   its `log.txt` (the engine's stdout tee).
 """
+import os
 from pathlib import Path
 
 import torch
 from clip.model import CLIP
 
+
+
+def device_under_test():
+    """The device named by MMPT_TEST_DEVICE ("cuda", "cuda:1", "cpu"), or None when unset. Tests of the GPU paths
+    (AMP autocast, SDPA kernels, GradScaler; tests/test_device.py) run on it; benchmarks/cuda_check.sh sets it."""
+    name = os.environ.get("MMPT_TEST_DEVICE", "")
+    if not name:
+        return None
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"MMPT_TEST_DEVICE={name!r}, but torch {torch.__version__} sees no CUDA device")
+    return device
 
 
 def trainer_node(module, name, **overrides):

@@ -64,7 +64,7 @@ def text_setup(clip_model, per_sequence=None):
 
 def test_truncated_text_equals_77_tokens_with_deep_prompts(clip_model, token_ids):
     prompts = text_setup(clip_model)
-    encoder = PromptedTextEncoder(clip_model)
+    encoder = PromptedTextEncoder(clip_model, share_prefix=False)  # the plain pass (tests/test_shared_prefix.py: the other)
     with text_block_inputs(clip_model) as (shapes, _):
         truncated = encoder(token_ids, prompts, truncate=True)
     assert {shape[1] for shape in shapes} == {int(token_ids.argmax(-1).max()) + 1}  # the tower ran short
@@ -115,7 +115,7 @@ def test_sdpa_vision_tower_equals_clip_blocks(clip_model):
 
 @pytest.mark.parametrize("chunk_size, checkpoint", [(4, False), (0, True), (4, True), (1, True)])
 def test_chunked_checkpointed_text_equals_plain(clip_model, token_ids, chunk_size, checkpoint):
-    encoder = PromptedTextEncoder(clip_model)
+    encoder = PromptedTextEncoder(clip_model, share_prefix=False)  # block calls counted below: the plain pass
 
     def features_and_grads(**options):
         prompts = [p.clone().requires_grad_() for p in text_setup(clip_model)]

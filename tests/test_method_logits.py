@@ -8,8 +8,8 @@ import trainers  # noqa: F401  (declares the methods)
 from tests import record_logits as record
 
 # Shared options that every variant is built with. A lever that changes numerics within float tolerance (not
-# bit for bit) is switched off here, so the comparison keeps testing the prompt mechanics.
-COMMON_OVERRIDES = {}
+# bit for bit; the shared text prefix) is switched off here, so the comparison keeps testing the prompt mechanics.
+COMMON_OVERRIDES = {"TEXT_SHARED_PREFIX": False}
 
 
 @pytest.fixture(scope="module")
