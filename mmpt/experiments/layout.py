@@ -35,7 +35,7 @@ SOURCE_DATASET = "imagenet"
 
 # scripts/<folder>/ -> trainer (registry name)
 TRAINER_FOLDERS = {"mudpt": "MuDPT", "mpl": "MPL", "coop": "CoOp", "cocoop": "CoCoOp", "maple": "MaPLe",
-                   "ivlp": "IVLP", "vpt": "VPT", "zsclip": "ZeroshotCLIP"}
+                   "ivlp": "IVLP", "vpt": "VPT", "zsclip": "ZeroshotCLIP", "kgcoop": "KgCoOp"}
 ZERO_SHOT = "ZeroshotCLIP"
 
 # Default config per trainer and protocol ("b2n" = base-to-new, "fewshot", "xd" = cross-dataset and DG).
@@ -54,6 +54,7 @@ DEFAULT_CONFIGS = {
              "xd": "vit_b16_c2_ep5_batch4_2+2ctx"},
     "VPT": {"b2n": "vit_b16_c2_ep5_batch4_4", "fewshot": "vit_b16_c2_ep5_batch4_4", "xd": "vit_b16_c2_ep5_batch4_4"},
     "ZeroshotCLIP": {"b2n": "vit_b16", "fewshot": "vit_b16", "xd": "vit_b16"},
+    "KgCoOp": {"b2n": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1", "xd": "vit_b16_ep100_ctxv1"},
 }
 
 

@@ -1,0 +1,122 @@
+"""KgCoOp: Knowledge-guided Context Optimization (Yao, Zhang, Xu; CVPR 2023).
+
+CoOp's prompt (a shared shallow text context, "a photo of a" = 4 tokens, class name at the end; plain CLIP on
+the image side) trained with one more loss term: each class's prompted text feature t_c is kept close, in
+cosine, to the frozen CLIP feature t0_c of the dataset's hand-written prompt ("a photo of a {}, a type of pet."):
+
+    L = CE(logits, y) + W * (1 - mean_c cos(t_c, t0_c)),   W = 8 in every published run.
+
+t0 is computed once per class set (on first use, so an evaluation never computes it), in fp32 with the frozen
+CLIP the model already holds, and is not saved in checkpoints. Evaluation is CoOp's.
+"""
+import clip
+import torch
+import torch.nn.functional as F
+
+from dassl.engine import TRAINER_REGISTRY
+from dassl.metrics import compute_accuracy
+from yacs.config import CfgNode as CN
+from mmpt.config import add_prompt_trainer_options
+from mmpt.prompt_trainer import PromptTrainer
+from mmpt.templates import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE, class_prompts
+
+from trainers.coop import CoOpCLIP
+
+# KgCoOp's hand-written templates are CoOp's except for DTD (its release uses "a photo of a {}, a type of
+# texture." where CoOp uses "{} texture.")
+KGCOOP_TEMPLATES = {**CUSTOM_TEMPLATES, "DescribableTextures": "a photo of a {}, a type of texture."}
+COSINE_EPS = 1e-7  # the release's nn.CosineSimilarity(dim=1, eps=1e-07)
+
+
+def add_config(node):
+    """KgCoOp's keys (CoOp's, plus W and TEMPLATE); the defaults are the published setting."""
+    node.N_CTX = 4  # ignored when CTX_INIT is given
+    node.CSC = False  # class-specific context
+    node.CTX_INIT = "a photo of a"  # "" = N_CTX random tokens, N(0, 0.02)
+    node.CLASS_TOKEN_POSITION = "end"  # "end" (the release's only one) | "middle" | "front"
+    node.W = 8.0  # weight of the knowledge-guided term (8.0 in every published run)
+    node.TEMPLATE = ""  # hand-written prompt with one "{}"; "" = the dataset's (KGCOOP_TEMPLATES)
+    add_prompt_trainer_options(node)
+    return node
+
+
+def extend_cfg(cfg):
+    """Add cfg.TRAINER.KGCOOP."""
+    cfg.TRAINER.KGCOOP = add_config(CN())
+
+
+def hand_written_template(node, dataset_name):
+    """TRAINER.KGCOOP.TEMPLATE if set, else the dataset's KgCoOp template, else "a photo of a {}."."""
+    if node.TEMPLATE:
+        if not (isinstance(node.TEMPLATE, str) and node.TEMPLATE.count("{}") == 1):
+            raise ValueError(f"TRAINER.KGCOOP.TEMPLATE={node.TEMPLATE!r}: expected a sentence with one '{{}}' "
+                             f"for the class name")
+        return node.TEMPLATE
+    if dataset_name in KGCOOP_TEMPLATES:
+        return KGCOOP_TEMPLATES[dataset_name]
+    # the release raises KeyError here; a dataset of our own gets the generic template and says so
+    print(f"KgCoOp: no hand-written template for dataset {dataset_name!r}: using {DEFAULT_TEMPLATE!r} "
+          f"(set TRAINER.KGCOOP.TEMPLATE to choose one)")
+    return DEFAULT_TEMPLATE
+
+
+class KgCoOpCLIP(CoOpCLIP):
+    """CoOp's model plus the frozen hand-written class features and the knowledge-guided term."""
+
+    node_key = "TRAINER.KGCOOP"
+
+    def __init__(self, clip_model, classnames, node, dataset_name=""):
+        super().__init__(clip_model, classnames, node)
+        self.template = hand_written_template(node, dataset_name)
+        self.register_buffer("hand_written_token_ids",
+                             clip.tokenize(class_prompts(self.template, classnames), truncate=True), persistent=False)
+        # t0 [C, E]: filled on first use; a buffer (moves with the model), not persistent (not in checkpoints)
+        self.register_buffer("hand_written_features", None, persistent=False)
+
+    @torch.no_grad()
+    def hand_written_class_features(self):
+        """[C, E] fp32 L2-normalised frozen CLIP features of the hand-written prompts (computed once)."""
+        if self.hand_written_features is None:
+            token_ids = self.hand_written_token_ids
+            with torch.autocast(token_ids.device.type, enabled=False):  # fp32 whatever PREC is
+                self.hand_written_features = F.normalize(self.text_encoder(token_ids).float(), dim=-1)
+        return self.hand_written_features
+
+    def knowledge_guided_loss(self, class_features):
+        """1 - mean over classes of cos(t_c, t0_c), in fp32; `class_features` [C, E] are the prompted ones."""
+        similarity = F.cosine_similarity(class_features.float(), self.hand_written_class_features(), dim=-1,
+                                         eps=COSINE_EPS)
+        return 1.0 - similarity.mean()
+
+
+@TRAINER_REGISTRY.register()
+class KgCoOp(PromptTrainer):
+    cfg_node = "KGCOOP"
+    scripts_folder = "kgcoop"
+    # the release trains every protocol with its one config (100 epochs, batch 128)
+    default_configs = {"b2n": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1", "xd": "vit_b16_ep100_ctxv1"}
+    model_class = KgCoOpCLIP
+    add_config = staticmethod(add_config)
+
+    def check_cfg(self, cfg):
+        super().check_cfg(cfg)
+        weight = cfg.TRAINER.KGCOOP.W
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"TRAINER.KGCOOP.W={weight!r}: expected a number >= 0")
+
+    def build_prompted_clip(self, cfg, classnames, clip_model):
+        return KgCoOpCLIP(clip_model, classnames, cfg.TRAINER.KGCOOP, cfg.DATASET.NAME)
+
+    def forward_backward(self, batch):
+        images, labels = self.parse_batch_train(batch)
+        with self.precision.autocast():
+            class_features = self.model.class_features()  # once per step: the logits and the KG term share them
+            logits = self.model(images, class_features=class_features)
+        loss_ce = F.cross_entropy(logits.float(), labels)
+        loss_kg = self.model.knowledge_guided_loss(class_features)
+        loss = loss_ce + self.cfg.TRAINER.KGCOOP.W * loss_kg
+        self.backward_and_update(loss)
+        if self.batch_idx + 1 == self.num_batches:
+            self.update_lr()
+        return {"loss": loss.item(), "loss_ce": loss_ce.item(), "loss_kg": loss_kg.item(),
+                "acc": compute_accuracy(logits.float(), labels)[0].item()}
