@@ -163,3 +163,12 @@ def test_base_to_new_end_to_end(tmp_path):
     assert set(evaluator.dm.dataset.classnames).isdisjoint(base_names)
     torch.testing.assert_close(evaluator.model.prompt_learner.ctx, ctx)
     assert evaluator.model.hand_written_features is None
+
+    # a checkpoint of the release (its unused bias_vectors / meta_net and CoOp's class buffers) loads
+    width = ctx.shape[-1]
+    release = {"ctx": torch.full_like(ctx, 0.5), "bias_vectors": torch.zeros(1, width),
+               "meta_net.linear1.weight": torch.zeros(width, width), "token_prefix": torch.zeros(3, 1, width)}
+    evaluator.load_state_dict_into("prompt_learner", release, "release/model.pth.tar-100")
+    assert bool((evaluator.model.prompt_learner.ctx == 0.5).all())
+    with pytest.raises(RuntimeError, match="does not fit"):
+        evaluator.load_state_dict_into("prompt_learner", {"ctx": ctx, "adapter.fc": ctx}, "other.pth")

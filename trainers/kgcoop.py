@@ -26,6 +26,8 @@ from trainers.coop import CoOpCLIP
 # texture." where CoOp uses "{} texture.")
 KGCOOP_TEMPLATES = {**CUSTOM_TEMPLATES, "DescribableTextures": "a photo of a {}, a type of texture."}
 COSINE_EPS = 1e-7  # the release's nn.CosineSimilarity(dim=1, eps=1e-07)
+# modules the release builds in its prompt learner but never uses; they are in its checkpoints, not in ours
+RELEASE_UNUSED_MODULES = ("bias_vectors", "meta_net")
 
 
 def add_config(node):
@@ -106,6 +108,12 @@ class KgCoOp(PromptTrainer):
 
     def build_prompted_clip(self, cfg, classnames, clip_model):
         return KgCoOpCLIP(clip_model, classnames, cfg.TRAINER.KGCOOP, cfg.DATASET.NAME)
+
+    def load_state_dict_into(self, name, state_dict, model_path):
+        """The release's checkpoints load too: its unused modules' tensors are dropped."""
+        state_dict = {key: value for key, value in state_dict.items()
+                      if key.split(".")[0] not in RELEASE_UNUSED_MODULES}
+        super().load_state_dict_into(name, state_dict, model_path)
 
     def forward_backward(self, batch):
         images, labels = self.parse_batch_train(batch)
