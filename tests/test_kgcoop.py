@@ -44,9 +44,9 @@ def perturbed(model, scale=0.05):
 
 
 def test_knowledge_guided_term_matches_the_formula(small_clip):
-    model = perturbed(kgcoop.KgCoOpCLIP(small_clip, CLASSNAMES, trainer_node(kgcoop, "KGCOOP"),
-                                        "DescribableTextures"))
-    assert model.template == "a photo of a {}, a type of texture."  # KgCoOp's DTD template, not CoOp's
+    template = kgcoop.dataset_template("DescribableTextures")
+    assert template == "a photo of a {}, a type of texture."  # KgCoOp's DTD template, not CoOp's
+    model = perturbed(kgcoop.KgCoOpCLIP(small_clip, CLASSNAMES, trainer_node(kgcoop, "KGCOOP", TEMPLATE=template)))
     ctx = model.prompt_learner.ctx
     prompted = coop_reference_features(small_clip, ctx, CLASSNAMES, "end")
     hand_written = hand_written_reference(small_clip, model.template, CLASSNAMES)
@@ -62,7 +62,8 @@ def test_knowledge_guided_term_matches_the_formula(small_clip):
 
 
 def test_hand_written_features_fp32_once_and_not_saved(small_clip):
-    model = kgcoop.KgCoOpCLIP(small_clip, CLASSNAMES, trainer_node(kgcoop, "KGCOOP"), "OxfordPets")
+    model = kgcoop.KgCoOpCLIP(small_clip, CLASSNAMES, trainer_node(kgcoop, "KGCOOP",
+                                                                  TEMPLATE=kgcoop.dataset_template("OxfordPets")))
     assert model.hand_written_features is None  # nothing computed until a training step needs it
     with torch.autocast("cpu", dtype=torch.bfloat16):
         first = model.hand_written_class_features()
@@ -74,17 +75,34 @@ def test_hand_written_features_fp32_once_and_not_saved(small_clip):
     assert [name for name, p in model.named_parameters() if p.requires_grad] == ["prompt_learner.ctx"]
 
 
+def kgcoop_cfg(**node_values):
+    import trainers
+    from dassl.config import get_cfg_default
+
+    cfg = get_cfg_default()
+    trainers.extend_cfg(cfg)
+    cfg.MODEL.BACKBONE.NAME = "random-tiny-ViT"
+    for key, value in node_values.items():
+        cfg.TRAINER.KGCOOP[key] = value
+    return cfg
+
+
 def test_templates(small_clip, capsys):
-    def template(dataset, **overrides):
-        return kgcoop.KgCoOpCLIP(small_clip, CLASSNAMES, trainer_node(kgcoop, "KGCOOP", **overrides), dataset).template
+    """The trainer fills TEMPLATE in from DATASET.NAME unless the config sets it; the model reads TEMPLATE."""
+    def trainer_template(dataset, **node_values):
+        cfg = kgcoop_cfg(**node_values)
+        cfg.DATASET.NAME = dataset
+        cfg.freeze()
+        node = kgcoop.KgCoOp.__new__(kgcoop.KgCoOp).model_node(cfg)
+        return kgcoop.KgCoOpCLIP(small_clip, CLASSNAMES, node).template
 
     assert CUSTOM_TEMPLATES["DescribableTextures"] == "{} texture."  # zero-shot CLIP keeps CoOp's
-    assert template("EuroSAT") == "a centered satellite photo of {}."
-    assert template("ImageNetSketch") == "a photo of a {}."
-    assert template("EuroSAT", TEMPLATE="itap of a {}.") == "itap of a {}."
-    assert template("MyOwnDataset") == "a photo of a {}." and "MyOwnDataset" in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r"TRAINER.KGCOOP.TEMPLATE='a photo'"):
-        template("EuroSAT", TEMPLATE="a photo")
+    assert trainer_template("EuroSAT") == "a centered satellite photo of {}."
+    assert trainer_template("ImageNetSketch") == "a photo of a {}."
+    assert trainer_template("EuroSAT", TEMPLATE="itap of a {}.") == "itap of a {}."
+    assert trainer_template("MyOwnDataset") == "a photo of a {}." and "MyOwnDataset" in capsys.readouterr().out
+    # without a trainer (no dataset): the generic template
+    assert kgcoop.KgCoOpCLIP(small_clip, CLASSNAMES, trainer_node(kgcoop, "KGCOOP")).template == "a photo of a {}."
 
 
 def test_parameter_count_at_vit_b16():
@@ -98,15 +116,11 @@ def test_parameter_count_at_vit_b16():
     assert sum(p.numel() for p in random_init.prompt_learner.parameters()) == 8_192
 
 
-def test_bad_weight_is_one_clear_error():
-    import trainers
-    from dassl.config import get_cfg_default
-
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    cfg.MODEL.BACKBONE.NAME = "random-tiny-ViT"
-    cfg.TRAINER.KGCOOP.W = -1.0
-    with pytest.raises(ValueError, match=r"TRAINER.KGCOOP.W=-1.0"):
+@pytest.mark.parametrize("key,value", [("W", -1.0), ("W", "8"), ("TEMPLATE", "a photo"),
+                                       ("CLASS_TOKEN_POSITION", "start"), ("N_CTX", 0)])
+def test_bad_values_are_one_clear_error(key, value):
+    cfg = kgcoop_cfg(**{key: value}, **({"CTX_INIT": ""} if key == "N_CTX" else {}))
+    with pytest.raises(ValueError, match=rf"^TRAINER\.KGCOOP\.{key}={value!r}: expected"):
         kgcoop.KgCoOp.__new__(kgcoop.KgCoOp).check_cfg(cfg)
 
 
@@ -118,6 +132,7 @@ def test_base_to_new_end_to_end(tmp_path):
                                         return_trainer=True)
     assert "Finish training" in log and "* accuracy:" in log and "loss_kg" in log
     model = trainer.model
+    assert model.template == "a photo of a {}, a type of pet."
     clip_model = load_clip_by_name("random-tiny-ViT", seed=0)  # the weights the run started from
     base_names = trainer.dm.dataset.classnames
 

@@ -42,13 +42,11 @@ class CoOpPromptLearner(nn.Module):
 
 
 class CoOpCLIP(PromptedCLIP):
-    node_key = "TRAINER.COOP"  # the config node errors name (a derived method sets its own, e.g. KgCoOp)
-
     def __init__(self, clip_model, classnames, node):
         if node.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
-            raise ValueError(f"{self.node_key}.CLASS_TOKEN_POSITION={node.CLASS_TOKEN_POSITION!r}: "
+            raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION={node.CLASS_TOKEN_POSITION!r}: "
                              f"expected one of {CLASS_TOKEN_POSITIONS}")
-        context, prefix = coop_context(clip_model, node.N_CTX, node.CTX_INIT, f"{self.node_key}.N_CTX")
+        context, prefix = coop_context(clip_model, node.N_CTX, node.CTX_INIT, "TRAINER.COOP.N_CTX")
         super().__init__(clip_model, prompt_texts(classnames, prefix))
         self.prompt_learner = CoOpPromptLearner(context, len(classnames), node.CSC)
         self.class_token_position = node.CLASS_TOKEN_POSITION

@@ -20,7 +20,8 @@ from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.templates import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE, class_prompts
 
-from trainers.coop import CoOpCLIP
+from trainers.baseline_utils import check_positive
+from trainers.coop import CLASS_TOKEN_POSITIONS, CoOpCLIP
 
 # KgCoOp's hand-written templates are CoOp's except for DTD (its release uses "a photo of a {}, a type of
 # texture." where CoOp uses "{} texture.")
@@ -47,13 +48,22 @@ def extend_cfg(cfg):
     cfg.TRAINER.KGCOOP = add_config(CN())
 
 
-def hand_written_template(node, dataset_name):
-    """TRAINER.KGCOOP.TEMPLATE if set, else the dataset's KgCoOp template, else "a photo of a {}."."""
-    if node.TEMPLATE:
-        if not (isinstance(node.TEMPLATE, str) and node.TEMPLATE.count("{}") == 1):
-            raise ValueError(f"TRAINER.KGCOOP.TEMPLATE={node.TEMPLATE!r}: expected a sentence with one '{{}}' "
-                             f"for the class name")
-        return node.TEMPLATE
+def check_node(node):
+    """KgCoOp's own values, each a one-line error naming its TRAINER.KGCOOP key."""
+    if node.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
+        raise ValueError(f"TRAINER.KGCOOP.CLASS_TOKEN_POSITION={node.CLASS_TOKEN_POSITION!r}: "
+                         f"expected one of {CLASS_TOKEN_POSITIONS}")
+    if not node.CTX_INIT:
+        check_positive("TRAINER.KGCOOP.N_CTX", node.N_CTX)
+    if isinstance(node.W, bool) or not isinstance(node.W, (int, float)) or node.W < 0:
+        raise ValueError(f"TRAINER.KGCOOP.W={node.W!r}: expected a number >= 0")
+    if node.TEMPLATE and not (isinstance(node.TEMPLATE, str) and node.TEMPLATE.count("{}") == 1):
+        raise ValueError(f"TRAINER.KGCOOP.TEMPLATE={node.TEMPLATE!r}: expected a sentence with one '{{}}' for "
+                         f"the class name")
+
+
+def dataset_template(dataset_name):
+    """The dataset's KgCoOp template; "a photo of a {}." for a dataset outside the table."""
     if dataset_name in KGCOOP_TEMPLATES:
         return KGCOOP_TEMPLATES[dataset_name]
     # the release raises KeyError here; a dataset of our own gets the generic template and says so
@@ -65,11 +75,10 @@ def hand_written_template(node, dataset_name):
 class KgCoOpCLIP(CoOpCLIP):
     """CoOp's model plus the frozen hand-written class features and the knowledge-guided term."""
 
-    node_key = "TRAINER.KGCOOP"
-
-    def __init__(self, clip_model, classnames, node, dataset_name=""):
+    def __init__(self, clip_model, classnames, node):
+        check_node(node)
         super().__init__(clip_model, classnames, node)
-        self.template = hand_written_template(node, dataset_name)
+        self.template = node.TEMPLATE or DEFAULT_TEMPLATE  # the trainer fills TEMPLATE in from the dataset
         self.register_buffer("hand_written_token_ids",
                              clip.tokenize(class_prompts(self.template, classnames), truncate=True), persistent=False)
         # t0 [C, E]: filled on first use; a buffer (moves with the model), not persistent (not in checkpoints)
@@ -102,12 +111,20 @@ class KgCoOp(PromptTrainer):
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
-        weight = cfg.TRAINER.KGCOOP.W
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(f"TRAINER.KGCOOP.W={weight!r}: expected a number >= 0")
+        check_node(cfg.TRAINER.KGCOOP)
+
+    def model_node(self, cfg):
+        """TRAINER.KGCOOP with TEMPLATE filled in from DATASET.NAME when the config leaves it empty."""
+        node = cfg.TRAINER.KGCOOP
+        if node.TEMPLATE:
+            return node
+        node = node.clone()
+        node.defrost()
+        node.TEMPLATE = dataset_template(cfg.DATASET.NAME)
+        return node
 
     def build_prompted_clip(self, cfg, classnames, clip_model):
-        return KgCoOpCLIP(clip_model, classnames, cfg.TRAINER.KGCOOP, cfg.DATASET.NAME)
+        return KgCoOpCLIP(clip_model, classnames, self.model_node(cfg))
 
     def load_state_dict_into(self, name, state_dict, model_path):
         """The release's checkpoints load too: its unused modules' tensors are dropped."""
