@@ -1,4 +1,4 @@
-"""Published numbers (ViT-B/16, 16 shots, from the MuDPT paper) as data: /work/shared/docs/PROTOCOLS.md.
+"""Published numbers (ViT-B/16, 16 shots) as data: the "(paper)" rows of `python -m mmpt.results`.
 
 Keys are our dataset config names (mmpt.experiments.layout.DATASETS_11 ...) and trainer names; "CLIP" is zero-shot CLIP
 (our ZeroshotCLIP). Accuracies in percent.
