@@ -16,12 +16,11 @@ import sys
 
 import torch
 
-from dassl.config import ConfigKeyError, get_cfg_default
+from dassl.config import ConfigError, get_cfg_default
 from dassl.engine import build_trainer
-from dassl.utils import UnknownNameError, collect_env_info, distributed, set_random_seed, setup_logger
+from dassl.utils import collect_env_info, distributed, set_random_seed, setup_logger
 
 import datasets  # noqa: F401  (registers the datasets)
-import trainers  # registers the trainers; trainers.extend_cfg adds their config nodes
 
 
 def print_args(args, cfg):
@@ -62,6 +61,8 @@ def reset_cfg(cfg, args):
 
 def setup_cfg(args):
     """defaults -> trainers' nodes -> dataset config -> method config -> arguments -> KEY VALUE opts; frozen."""
+    import trainers  # declares every method (and MMPT_TRAINER_MODULES'); imported here, where a bad module name
+                     # is a ConfigError that main's caller prints as one line
     cfg = get_cfg_default()
     trainers.extend_cfg(cfg)
     if args.dataset_config_file:
@@ -74,7 +75,7 @@ def setup_cfg(args):
     return cfg
 
 
-class OutputDirInUseError(RuntimeError):
+class OutputDirInUseError(ConfigError):
     """Another live process is running into the same OUTPUT_DIR."""
 
 
@@ -161,22 +162,12 @@ def get_parser():
     return parser
 
 
-def _user_errors():
-    """Exception types that mean bad input: printed as one line, without a traceback (set MMPT_TRACEBACK=1 to
-    see it). ValueError is what every config-value check raises (a backbone name, PREC, a prompt depth, ...)."""
-    errors = [ConfigKeyError, UnknownNameError, FileNotFoundError, ValueError, OutputDirInUseError]
-    try:
-        from mmpt.clip_backbone import BackboneNotFoundError
-        errors.append(BackboneNotFoundError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
 if __name__ == "__main__":
     try:
         main(get_parser().parse_args())
-    except _user_errors() as e:
+    except ConfigError as e:
+        # a user mistake: one line (MMPT_TRACEBACK=1 shows the traceback); any other exception is a bug and
+        # keeps its traceback
         if os.environ.get("MMPT_TRACEBACK"):
             raise
         sys.exit(f"train.py: error: {e}")

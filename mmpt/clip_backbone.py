@@ -21,6 +21,8 @@ import clip.clip as openai_clip  # the module holding _MODELS and _download
 import torch
 from clip.model import CLIP, build_model
 
+from dassl.utils import ConfigError, MissingFileError
+
 RANDOM_PREFIX = "random-"
 TOY_NAME = "toy-ViT"  # mmpt.toy_clip.NAME (not imported here: the toy model loads only when asked for)
 DOWNLOAD_TIMEOUT_S = 30
@@ -42,7 +44,7 @@ ARCHITECTURES = {
 TINY_VIT_VISION_HEADS = 2  # clip.model.CLIP derives width // 64 = 1 head; the tiny model asks for 2
 
 
-class BackboneNotFoundError(FileNotFoundError):
+class BackboneNotFoundError(MissingFileError):
     """Real CLIP weights are neither at the given path nor in clip's cache, and could not be downloaded."""
 
 
@@ -59,9 +61,9 @@ def valid_backbone_names():
 
 
 def check_backbone_name(name, key="MODEL.BACKBONE.NAME"):
-    """Raise a one-line ValueError listing the valid names when `name` is none of them."""
+    """Raise a one-line ConfigError listing the valid names when `name` is none of them."""
     if name not in valid_backbone_names():
-        raise ValueError(f"{key}={name!r} is not a CLIP backbone; valid names: {', '.join(valid_backbone_names())}")
+        raise ConfigError(f"{key}={name!r} is not a CLIP backbone; valid names: {', '.join(valid_backbone_names())}")
 
 
 def load_clip(cfg):
@@ -142,7 +144,7 @@ def load_clip_file(path):
                                        for key, value in state_dict.items()})
     except (KeyError, RuntimeError, AttributeError, TypeError) as error:
         message = " ".join(str(error).split())
-        raise ValueError(f"{path} does not hold a CLIP state dict ({type(error).__name__}: {message})") from None
+        raise ConfigError(f"{path} does not hold a CLIP state dict ({type(error).__name__}: {message})") from None
     return model.eval()
 
 
@@ -151,7 +153,7 @@ def build_random_clip(name, seed=0):
     or just "ViT-B/16"), fp32, eval mode, CPU. Deterministic in `seed`; the global RNG state is left untouched."""
     arch = name[len(RANDOM_PREFIX):] if name.startswith(RANDOM_PREFIX) else name
     if arch not in ARCHITECTURES:
-        raise ValueError(f"no random CLIP architecture {name!r}; valid names: {', '.join(random_backbone_names())}")
+        raise ConfigError(f"no random CLIP architecture {name!r}; valid names: {', '.join(random_backbone_names())}")
     print(f"Backbone {RANDOM_PREFIX + arch}: RANDOM weights (seed {seed}); results test the pipeline, not accuracy")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

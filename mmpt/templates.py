@@ -24,8 +24,3 @@ CUSTOM_TEMPLATES = {
 def template_for(dataset_name):
     """The template of a dataset registry name; DEFAULT_TEMPLATE for datasets without one."""
     return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
-
-
-def class_prompts(template, classnames):
-    """One sentence per class name; underscores in class names become spaces (as in CoOp)."""
-    return [template.format(name.replace("_", " ")) for name in classnames]

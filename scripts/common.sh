@@ -1,11 +1,12 @@
 # shellcheck shell=bash
 # Shared logic of every scripts/<trainer>/*.sh (sourced; each of those only names its trainer, then calls
-# one run_* function below; the default config per trainer and protocol is mmpt/experiments/layout.py's DEFAULT_CONFIGS). The output layout and the train.py command line come from
-# mmpt/experiments/layout.py, the same code the sweep runner (python -m mmpt.sweep) uses.
+# one run_* function below; the default config per protocol is the one the method declares in its trainer
+# class). The output layout and the train.py command line come from mmpt/experiments/layout.py, the same code
+# the sweep runner (python -m mmpt.sweep) uses.
 #
 # Environment:
 #   DATA        dataset root (required; the folder that holds caltech-101/, oxford_pets/, imagenet/, ...)
-#   CFG         config name under configs/trainers/<Trainer>/ (default: mmpt/experiments/layout.py DEFAULT_CONFIGS, the sweep's)
+#   CFG         config name under configs/trainers/<Trainer>/ (default: the method's declared default, the sweep's)
 #   OUTPUT      output root (default: output, relative to the current folder)
 #   OPTS        extra KEY VALUE config options, shell-quoted, e.g. OPTS="OPTIM.MAX_EPOCH 1 INPUT.SIZE '(32, 32)'"
 #               (KEY VALUE pairs after the script's positional arguments are appended too)

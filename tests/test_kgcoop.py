@@ -6,6 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mmpt
+import trainers  # noqa: F401  (declares the methods)
+from dassl.utils import ConfigError
 from mmpt.clip_backbone import build_random_clip, load_clip_by_name
 from mmpt.templates import CUSTOM_TEMPLATES
 from tests.e2e import run_train, small_clip_model, trainer_node
@@ -120,8 +123,22 @@ def test_parameter_count_at_vit_b16():
                                        ("CLASS_TOKEN_POSITION", "start"), ("N_CTX", 0)])
 def test_bad_values_are_one_clear_error(key, value):
     cfg = kgcoop_cfg(**{key: value}, **({"CTX_INIT": ""} if key == "N_CTX" else {}))
-    with pytest.raises(ValueError, match=rf"^TRAINER\.KGCOOP\.{key}={value!r}: expected"):
+    with pytest.raises(ConfigError, match=rf"^TRAINER\.KGCOOP\.{key}={value!r}: expected"):
         kgcoop.KgCoOp.__new__(kgcoop.KgCoOp).check_cfg(cfg)
+
+
+def test_create_model_gives_coops_model(small_clip):
+    """Built without a trainer: CoOp's prompts and logits (same context -> same logits), one trainable tensor;
+    a bad value is the same one-line ConfigError as from a config file."""
+    model = mmpt.create_model("KgCoOp", small_clip, CLASSNAMES, PREC="fp32", TEMPLATE="itap of a {}.")
+    coop = mmpt.create_model("CoOp", small_clip, CLASSNAMES, PREC="fp32", N_CTX=4, CTX_INIT="a photo of a")
+    assert isinstance(model, kgcoop.CoOpCLIP) and model.template == "itap of a {}."
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["prompt_learner.ctx"]
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(images), coop(images))
+    with pytest.raises(ConfigError, match=r"^TRAINER\.KGCOOP\.W=-2\.0: expected"):
+        mmpt.create_model("KgCoOp", small_clip, CLASSNAMES, W=-2.0)
 
 
 def test_base_to_new_end_to_end(tmp_path):

@@ -133,7 +133,7 @@ def test_real_grid_local_resume_and_submitit(data_root, tmp_path):
     assert len(jobs) == 8 and {j["status"] for j in jobs.values()} == {"done"}
     cells = results.collect(str(out))
     for trainer in ("CoOp", "MuDPT"):
-        cfg = layout.DEFAULT_CONFIGS[trainer]["b2n"]
+        cfg = layout.default_config(trainer, "base2new_train", "caltech101", 16)
         for metric in ("base", "new"):
             assert cells[("base2new", trainer, cfg, "caltech101", 16, metric)].n == 2
 

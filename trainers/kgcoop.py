@@ -6,22 +6,21 @@ cosine, to the frozen CLIP feature t0_c of the dataset's hand-written prompt ("a
 
     L = CE(logits, y) + W * (1 - mean_c cos(t_c, t0_c)),   W = 8 in every published run.
 
-t0 is computed once per class set (on first use, so an evaluation never computes it), in fp32 with the frozen
-CLIP the model already holds, and is not saved in checkpoints. Evaluation is CoOp's.
+The model is CoOp's; t_c are the class features of its one forward path, computed once per step and shared by
+the logits and the term. t0 is computed once per class set (on first use, so an evaluation never computes it),
+in fp32 with the frozen CLIP the model already holds, and is not saved in checkpoints. Evaluation is CoOp's.
 """
-import clip
 import torch
 import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
-from yacs.config import CfgNode as CN
-from mmpt.config import add_prompt_trainer_options
+from dassl.utils import ConfigError
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.templates import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE, class_prompts
+from mmpt.sentences import CLASS_POSITIONS, check_positive, template_sentences
+from mmpt.templates import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
 
-from trainers.baseline_utils import check_positive
-from trainers.coop import CLASS_TOKEN_POSITIONS, CoOpCLIP
+from trainers.coop import CoOp, CoOpCLIP
 
 # KgCoOp's hand-written templates are CoOp's except for DTD (its release uses "a photo of a {}, a type of
 # texture." where CoOp uses "{} texture.")
@@ -29,37 +28,6 @@ KGCOOP_TEMPLATES = {**CUSTOM_TEMPLATES, "DescribableTextures": "a photo of a {},
 COSINE_EPS = 1e-7  # the release's nn.CosineSimilarity(dim=1, eps=1e-07)
 # modules the release builds in its prompt learner but never uses; they are in its checkpoints, not in ours
 RELEASE_UNUSED_MODULES = ("bias_vectors", "meta_net")
-
-
-def add_config(node):
-    """KgCoOp's keys (CoOp's, plus W and TEMPLATE); the defaults are the published setting."""
-    node.N_CTX = 4  # ignored when CTX_INIT is given
-    node.CSC = False  # class-specific context
-    node.CTX_INIT = "a photo of a"  # "" = N_CTX random tokens, N(0, 0.02)
-    node.CLASS_TOKEN_POSITION = "end"  # "end" (the release's only one) | "middle" | "front"
-    node.W = 8.0  # weight of the knowledge-guided term (8.0 in every published run)
-    node.TEMPLATE = ""  # hand-written prompt with one "{}"; "" = the dataset's (KGCOOP_TEMPLATES)
-    add_prompt_trainer_options(node)
-    return node
-
-
-def extend_cfg(cfg):
-    """Add cfg.TRAINER.KGCOOP."""
-    cfg.TRAINER.KGCOOP = add_config(CN())
-
-
-def check_node(node):
-    """KgCoOp's own values, each a one-line error naming its TRAINER.KGCOOP key."""
-    if node.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
-        raise ValueError(f"TRAINER.KGCOOP.CLASS_TOKEN_POSITION={node.CLASS_TOKEN_POSITION!r}: "
-                         f"expected one of {CLASS_TOKEN_POSITIONS}")
-    if not node.CTX_INIT:
-        check_positive("TRAINER.KGCOOP.N_CTX", node.N_CTX)
-    if isinstance(node.W, bool) or not isinstance(node.W, (int, float)) or node.W < 0:
-        raise ValueError(f"TRAINER.KGCOOP.W={node.W!r}: expected a number >= 0")
-    if node.TEMPLATE and not (isinstance(node.TEMPLATE, str) and node.TEMPLATE.count("{}") == 1):
-        raise ValueError(f"TRAINER.KGCOOP.TEMPLATE={node.TEMPLATE!r}: expected a sentence with one '{{}}' for "
-                         f"the class name")
 
 
 def dataset_template(dataset_name):
@@ -73,22 +41,23 @@ def dataset_template(dataset_name):
 
 
 class KgCoOpCLIP(CoOpCLIP):
-    """CoOp's model plus the frozen hand-written class features and the knowledge-guided term."""
+    """CoOp's model (prompts and forward path unchanged) plus the frozen hand-written class features."""
 
     def __init__(self, clip_model, classnames, node):
-        check_node(node)
         super().__init__(clip_model, classnames, node)
         self.template = node.TEMPLATE or DEFAULT_TEMPLATE  # the trainer fills TEMPLATE in from the dataset
-        self.register_buffer("hand_written_token_ids",
-                             clip.tokenize(class_prompts(self.template, classnames), truncate=True), persistent=False)
+        self.hand_written = template_sentences(self.template, classnames, "TRAINER.KGCOOP.TEMPLATE")
         # t0 [C, E]: filled on first use; a buffer (moves with the model), not persistent (not in checkpoints)
         self.register_buffer("hand_written_features", None, persistent=False)
+
+    def describe(self):
+        return f"KgCoOp hand-written template: {self.template!r}"
 
     @torch.no_grad()
     def hand_written_class_features(self):
         """[C, E] fp32 L2-normalised frozen CLIP features of the hand-written prompts (computed once)."""
         if self.hand_written_features is None:
-            token_ids = self.hand_written_token_ids
+            token_ids = self.hand_written.token_ids
             with torch.autocast(token_ids.device.type, enabled=False):  # fp32 whatever PREC is
                 self.hand_written_features = F.normalize(self.text_encoder(token_ids).float(), dim=-1)
         return self.hand_written_features
@@ -105,26 +74,43 @@ class KgCoOp(PromptTrainer):
     cfg_node = "KGCOOP"
     scripts_folder = "kgcoop"
     # the release trains every protocol with its one config (100 epochs, batch 128)
-    default_configs = {"b2n": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1", "xd": "vit_b16_ep100_ctxv1"}
+    default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_ep100_ctxv1")
     model_class = KgCoOpCLIP
-    add_config = staticmethod(add_config)
 
-    def check_cfg(self, cfg):
-        super().check_cfg(cfg)
-        check_node(cfg.TRAINER.KGCOOP)
+    @staticmethod
+    def add_config(node):
+        """CoOp's keys with the published defaults, plus W and TEMPLATE."""
+        CoOp.add_config(node)
+        node.N_CTX = 4  # ignored when CTX_INIT is given
+        node.CTX_INIT = "a photo of a"  # "" = N_CTX random tokens, N(0, 0.02)
+        node.W = 8.0  # weight of the knowledge-guided term (8.0 in every published run)
+        node.TEMPLATE = ""  # hand-written prompt with one "{}"; "" = the dataset's (KGCOOP_TEMPLATES)
+
+    @classmethod
+    def check_node(cls, node):
+        """KgCoOp's own values, each a one-line ConfigError naming its TRAINER.KGCOOP key (checked before
+        CoOp's model, whose own errors would name TRAINER.COOP)."""
+        super().check_node(node)
+        if node.CLASS_TOKEN_POSITION not in CLASS_POSITIONS:
+            raise ConfigError(f"TRAINER.KGCOOP.CLASS_TOKEN_POSITION={node.CLASS_TOKEN_POSITION!r}: "
+                              f"expected one of {CLASS_POSITIONS}")
+        if not node.CTX_INIT:
+            check_positive("TRAINER.KGCOOP.N_CTX", node.N_CTX)
+        if isinstance(node.W, bool) or not isinstance(node.W, (int, float)) or node.W < 0:
+            raise ConfigError(f"TRAINER.KGCOOP.W={node.W!r}: expected a number >= 0")
+        if node.TEMPLATE and not (isinstance(node.TEMPLATE, str) and node.TEMPLATE.count("{}") == 1):
+            raise ConfigError(f"TRAINER.KGCOOP.TEMPLATE={node.TEMPLATE!r}: expected a sentence with one '{{}}' "
+                              f"for the class name")
 
     def model_node(self, cfg):
         """TRAINER.KGCOOP with TEMPLATE filled in from DATASET.NAME when the config leaves it empty."""
-        node = cfg.TRAINER.KGCOOP
+        node = self.trainer_cfg(cfg)
         if node.TEMPLATE:
             return node
         node = node.clone()
         node.defrost()
         node.TEMPLATE = dataset_template(cfg.DATASET.NAME)
         return node
-
-    def build_prompted_clip(self, cfg, classnames, clip_model):
-        return KgCoOpCLIP(clip_model, classnames, self.model_node(cfg))
 
     def load_state_dict_into(self, name, state_dict, model_path):
         """The release's checkpoints load too: its unused modules' tensors are dropped."""
@@ -134,12 +120,14 @@ class KgCoOp(PromptTrainer):
 
     def forward_backward(self, batch):
         images, labels = self.parse_batch_train(batch)
+        model = self.model
         with self.precision.autocast():
-            class_features = self.model.class_features()  # once per step: the logits and the KG term share them
-            logits = self.model(images, class_features=class_features)
+            prompts = model.compute_prompts()
+            class_features = model.class_features(prompts)  # once per step: the logits and the term share them
+            logits = model(images, prompts=prompts, class_features=class_features)
         loss_ce = F.cross_entropy(logits.float(), labels)
-        loss_kg = self.model.knowledge_guided_loss(class_features)
-        loss = loss_ce + self.cfg.TRAINER.KGCOOP.W * loss_kg
+        loss_kg = model.knowledge_guided_loss(class_features)
+        loss = loss_ce + self.trainer_cfg().W * loss_kg
         self.backward_and_update(loss)
         if self.batch_idx + 1 == self.num_batches:
             self.update_lr()

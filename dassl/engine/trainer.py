@@ -1,6 +1,6 @@
 """TrainerBase / SimpleTrainer / TrainerX: Dassl's trainer lifecycle and printed lines.
 
-Our additions over upstream (see notes/readme_engine.md):
+Our additions over upstream (docs/ENGINE.md):
 - a resumable checkpoint (model + optimizer + scheduler + RNG states) is written at the end of EVERY epoch
   (TRAIN.CHECKPOINT_FREQ = 0: the previous per-epoch file is removed once the new one is in place;
   k > 0: files of every k-th epoch are kept; -1: no per-epoch checkpoints, only the final model);
@@ -25,6 +25,7 @@ from dassl.utils import (
     AverageMeter, MetricMeter, get_random_rng_state, load_checkpoint, save_checkpoint,
     set_random_rng_state, tolist_if_not,
 )
+from dassl.utils.registry import MissingFileError
 from dassl.utils.torchtools import POINTER_FILE, restore_checkpoint
 
 _EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
@@ -136,7 +137,7 @@ class TrainerBase:
         for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}" (check --model-dir / --load-epoch)')
+                raise MissingFileError(f'Model not found at "{model_path}" (check --model-dir / --load-epoch)')
             checkpoint = load_checkpoint(model_path)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             self.load_state_dict_into(name, checkpoint["state_dict"], model_path)

@@ -1,4 +1,4 @@
-from .registry import Registry, UnknownNameError, check_availability
+from .registry import ConfigError, MissingFileError, Registry, UnknownNameError, check_availability
 from .logger import setup_logger, Logger
 from .tools import (
     set_random_seed, collect_env_info, mkdir_if_missing, check_isfile, listdir_nohidden,

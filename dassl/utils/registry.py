@@ -2,6 +2,15 @@
 import difflib
 
 
+class ConfigError(ValueError):
+    """A user mistake (a config value, a name, a path): train.py prints it as one line, without a traceback.
+    Internal invariants raise other exceptions and keep their tracebacks."""
+
+
+class MissingFileError(FileNotFoundError, ConfigError):
+    """A file the user named or provided (a model directory, an image, a dataset folder) is not there."""
+
+
 class PlainKeyError(KeyError):
     """A KeyError whose str() is the plain one-line message (KeyError's own str() quotes it)."""
 
@@ -9,7 +18,7 @@ class PlainKeyError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(ConfigError):
     """A name (trainer, dataset, ...) that is not registered; the message suggests the closest one."""
 
 

@@ -20,10 +20,12 @@ With --nproc N > 1 (or --nnodes M > 1) the command starts train.py through torch
 on this node, or on each of M nodes meeting at the rendezvous endpoint (docs/DISTRIBUTED.md).
 """
 import argparse
+import importlib
 import os
 import os.path as osp
 import shlex
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -37,40 +39,39 @@ SHOTS = [1, 2, 4, 8, 16]
 SEEDS = [1, 2, 3]
 SOURCE_DATASET = "imagenet"
 
-# scripts/<folder>/ -> trainer (registry name)
-TRAINER_FOLDERS = {"mudpt": "MuDPT", "mpl": "MPL", "coop": "CoOp", "cocoop": "CoCoOp", "maple": "MaPLe",
-                   "ivlp": "IVLP", "vpt": "VPT", "zsclip": "ZeroshotCLIP", "kgcoop": "KgCoOp"}
-ZERO_SHOT = "ZeroshotCLIP"
-
-# Default config per trainer and protocol ("b2n" = base-to-new, "fewshot", "xd" = cross-dataset and DG).
-# The per-trainer scripts name the same files (tests/test_scripts.py checks that they agree).
-DEFAULT_CONFIGS = {
-    "MuDPT": {"b2n": "vit_b16_c4_ep10_batch4_joint", "fewshot": "vit_b16_c4_ep10_batch4_joint",
-              "xd": "vit_b16_c4_ep10_batch4_joint"},  # the paper trains every protocol with its one setting
-    "MPL": {"b2n": "vit_b4_c1_add2_rm1", "fewshot": "vit_b4_c1_add2_rm1",
-            "xd": "vit_b4_c1_add2_rm1_cross_datasets"},
-    "CoOp": {"b2n": "vit_b16_ep50_ctxv1", "fewshot": "vit_b16", "xd": "vit_b16_ep50"},
-    "CoCoOp": {"b2n": "vit_b16_c4_ep10_batch1_ctxv1", "fewshot": "vit_b16_c4_ep10_batch1_ctxv1",
-               "xd": "vit_b16_c4_ep10_batch1_ctxv1"},
-    "MaPLe": {"b2n": "vit_b16_c2_ep5_batch4_2ctx", "fewshot": "vit_b16_c2_ep5_batch4_2ctx",
-              "xd": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
-    "IVLP": {"b2n": "vit_b16_c2_ep5_batch4_2+2ctx", "fewshot": "vit_b16_c2_ep5_batch4_2+2ctx",
-             "xd": "vit_b16_c2_ep5_batch4_2+2ctx"},
-    "VPT": {"b2n": "vit_b16_c2_ep5_batch4_4", "fewshot": "vit_b16_c2_ep5_batch4_4", "xd": "vit_b16_c2_ep5_batch4_4"},
-    "ZeroshotCLIP": {"b2n": "vit_b16", "fewshot": "vit_b16", "xd": "vit_b16"},
-    "KgCoOp": {"b2n": "vit_b16_ep100_ctxv1", "fewshot": "vit_b16_ep100_ctxv1", "xd": "vit_b16_ep100_ctxv1"},
-}
+# the repository's method package: importing it declares every method (mmpt.methods); mmpt itself never
+# imports it, this tooling loads it by name
+METHOD_PACKAGE = "trainers"
+ZERO_SHOT = "ZeroshotCLIP"  # the published tables' CLIP row
 
 
-def coop_fewshot_config(dataset, shots):
-    """CoOp's schedule: 50 epochs for 1-2 shots (and always on ImageNet), 100 for 4-8, 200 for 16."""
-    if dataset == SOURCE_DATASET or shots <= 2:
-        return "vit_b16_ep50"
-    return "vit_b16_ep100" if shots <= 8 else "vit_b16"
+def declared_methods():
+    """{trainer name: trainer class} of every declared method (the repository's and MMPT_TRAINER_MODULES')."""
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    with warnings.catch_warnings():  # clip's import warns about pkg_resources: noise on the scripts' stderr
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        importlib.import_module(METHOD_PACKAGE)
+    from mmpt.methods import declared_methods as declared
+
+    return declared()
+
+
+def method(trainer):
+    """The declaration of `trainer` (a one-line error naming the declared ones otherwise)."""
+    methods = declared_methods()
+    if trainer not in methods:
+        raise KeyError(f"mmpt.experiments.layout: unknown trainer '{trainer}' (known: {', '.join(methods)})")
+    return methods[trainer]
+
+
+def trainer_folders():
+    """{scripts/<folder>: trainer name} of the methods that declare a scripts folder."""
+    return {cls.scripts_folder: name for name, cls in declared_methods().items() if cls.scripts_folder}
 
 
 STAGES = {
-    # stage: (protocol key of DEFAULT_CONFIGS, trains?, subsample, end signal kind)
+    # stage: (protocol of the methods' default_configs, trains?, subsample)
     "base2new_train": ("b2n", True, "base"),
     "base2new_test_new": ("b2n", False, "new"),
     "base2new_test_base": ("b2n", False, "base"),
@@ -82,13 +83,8 @@ TRAIN_STAGE_OF = {"base2new_test_new": "base2new_train", "xd_test": "xd_train"}
 
 
 def default_config(trainer, stage, dataset, shots):
-    protocol = STAGES[stage][0]
-    if trainer == "CoOp" and protocol == "fewshot":
-        return coop_fewshot_config(dataset, shots)
-    try:
-        return DEFAULT_CONFIGS[trainer][protocol]
-    except KeyError:
-        raise KeyError(f"mmpt.experiments.layout: unknown trainer '{trainer}' (known: {', '.join(DEFAULT_CONFIGS)})") from None
+    """The method's declared default config for the stage's protocol."""
+    return method(trainer).default_config(STAGES[stage][0], dataset, shots)
 
 
 def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
@@ -100,7 +96,7 @@ def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
         return osp.join("base2new", "test_" + STAGES[stage][2], tail)
     if stage == "fewshot":
         return osp.join("fewshot", tail)
-    tag = cfg if trainer == ZERO_SHOT else f"{cfg}_{shots}shots"
+    tag = f"{cfg}_{shots}shots" if method(trainer).trains else cfg
     if stage == "xd_train":
         return osp.join(SOURCE_DATASET, trainer, tag, f"seed{seed}")
     if stage == "xd_test":
@@ -109,7 +105,7 @@ def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
 
 
 def is_training_stage(stage, trainer):
-    return STAGES[stage][1] and trainer != ZERO_SHOT
+    return STAGES[stage][1] and method(trainer).trains
 
 
 def parser_module():
@@ -204,7 +200,7 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     trains = is_training_stage(stage, trainer)
     rel = run_dir(stage, trainer, cfg, dataset, seed, shots)
     output_dir = osp.join(output_root, rel)
-    config_file = osp.join(repo_root, "configs", "trainers", trainer, f"{cfg}.yaml")
+    config_file = method(trainer).config_file(cfg, repo_root)
     dataset_file = osp.join(repo_root, "configs", "datasets", f"{dataset}.yaml")
     for path in (config_file, dataset_file):
         if not osp.isfile(path):
@@ -218,7 +214,7 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     depends_on = []
     if not trains:
         argv.append("--eval-only")
-        if trainer != ZERO_SHOT:
+        if method(trainer).trains:
             train_stage = TRAIN_STAGE_OF[stage]
             model_rel = run_dir(train_stage, trainer, cfg, dataset if stage != "xd_test" else SOURCE_DATASET,
                                 seed, shots)

@@ -1,4 +1,5 @@
-"""Published numbers (ViT-B/16, 16 shots) as data: the "(paper)" rows of `python -m mmpt.results`.
+"""Published numbers (ViT-B/16, 16 shots; the MuDPT paper's, KgCoOp's from its release) as data: the "(paper)"
+rows of `python -m mmpt.results`.
 
 Keys are our dataset config names (mmpt.experiments.layout.DATASETS_11 ...) and trainer names; "CLIP" is zero-shot CLIP
 (our ZeroshotCLIP). Accuracies in percent.

@@ -41,17 +41,18 @@ PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
 # ----------------------------------------------------------------------------- grid
 def resolve_trainer(name):
     """Registry name from a registry or script-folder name, case-insensitive (mudpt -> MuDPT)."""
-    names = {n.lower(): n for n in layout.DEFAULT_CONFIGS}
-    names.update(layout.TRAINER_FOLDERS)
+    declared = layout.declared_methods()
+    names = {n.lower(): n for n in declared}
+    names.update(layout.trainer_folders())
     try:
         return names[name.lower()]
     except KeyError:
-        raise ValueError(f"mmpt.sweep: unknown trainer '{name}' (known: {', '.join(layout.DEFAULT_CONFIGS)})") from None
+        raise ValueError(f"mmpt.sweep: unknown trainer '{name}' (known: {', '.join(declared)})") from None
 
 
 def protocol_stages(protocol, trainer, datasets, shots_list):
     """[(stage, dataset, shots)] of one protocol for one trainer, in dependency order."""
-    zero_shot = trainer == layout.ZERO_SHOT
+    zero_shot = not layout.method(trainer).trains  # evaluation only
     if protocol == "base2new":
         datasets = datasets or layout.DATASETS_11
         stages = ["base2new_test_base", "base2new_test_new"] if zero_shot else ["base2new_train", "base2new_test_new"]
