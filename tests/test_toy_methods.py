@@ -74,7 +74,7 @@ def test_no_method_forgets_new_classes(results, trainer):
     assert results[(trainer, "new")] > 3 * CHANCE, results
 
 
-@pytest.mark.parametrize("trainer", ["ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "MuDPT", "MPL", "IVLP", "VPT"])
+@pytest.mark.parametrize("trainer", ["ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "MuDPT", "MPL", "IVLP", "VPT", "KgCoOp"])
 def test_toy_demo_configs_fit_toy_vit(trainer):
     """Every toy_demo config names toy-ViT, 32 px, no loader workers, and prompt depths within its 4 layers."""
     from dassl.config import get_cfg_default
@@ -86,4 +86,4 @@ def test_toy_demo_configs_fit_toy_vit(trainer):
     assert (cfg.MODEL.BACKBONE.NAME, cfg.INPUT.SIZE, cfg.DATALOADER.NUM_WORKERS) == ("toy-ViT", (32, 32), 0)
     node = cfg.TRAINER.get({"MaPLe": "MAPLE", "MuDPT": "MUDPT"}.get(trainer, trainer.upper()), {})
     depths = [value for key, value in node.items() if "DEPTH" in key]
-    assert all(1 <= depth <= 4 for depth in depths) and (depths or trainer in ("ZeroshotCLIP", "CoOp", "CoCoOp"))
+    assert all(1 <= depth <= 4 for depth in depths) and (depths or trainer in ("ZeroshotCLIP", "CoOp", "CoCoOp", "KgCoOp"))

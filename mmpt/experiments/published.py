@@ -1,4 +1,5 @@
-"""Published numbers (ViT-B/16, 16 shots, from the MuDPT paper) as data.
+"""Published numbers (ViT-B/16, 16 shots; the MuDPT paper's, KgCoOp's from its release) as data: the "(paper)"
+rows of `python -m mmpt.results`.
 
 Keys are our dataset config names (mmpt.experiments.layout.DATASETS_11 ...) and trainer names; "CLIP" is zero-shot CLIP
 (our ZeroshotCLIP). Accuracies in percent.
@@ -6,9 +7,11 @@ Keys are our dataset config names (mmpt.experiments.layout.DATASETS_11 ...) and 
 from mmpt.experiments.layout import DATASETS_11, DG_TARGETS, XD_TARGETS, ZERO_SHOT
 
 SOURCE = "MuDPT paper (Miao et al., ICME 2023), ViT-B/16, 16 shots"
+# rows taken from elsewhere than SOURCE: row name -> where its numbers come from
+ROW_SOURCES = {"KgCoOp": "KgCoOp's official repository readme (Yao et al., CVPR 2023), ViT-B/16, 16 shots"}
 
 # trainer name in our results -> the row name the paper uses
-PAPER_NAMES = {ZERO_SHOT: "CLIP", "CoOp": "CoOp", "CoCoOp": "CoCoOp", "MuDPT": "MuDPT"}
+PAPER_NAMES = {ZERO_SHOT: "CLIP", "CoOp": "CoOp", "CoCoOp": "CoCoOp", "MuDPT": "MuDPT", "KgCoOp": "KgCoOp"}
 
 
 def _row(datasets, values, average):
@@ -48,7 +51,13 @@ BASE2NEW_AVERAGE = {
     "CoOp": {"base": 82.69, "new": 63.22, "hm": 71.66},
     "CoCoOp": {"base": 80.47, "new": 71.69, "hm": 75.83},
     "MuDPT": {"base": 82.71, "new": 74.5, "hm": 78.39},
+    "KgCoOp": {"base": 80.73, "new": 73.6, "hm": 77.0},  # ROW_SOURCES (only its base-to-new average is published there)
 }
+
+
+def sources_note():
+    """Where the "(paper)" rows come from, one sentence."""
+    return "; ".join([SOURCE] + [f"{name} (paper): {source}" for name, source in ROW_SOURCES.items()])
 
 
 def paper_name(trainer):

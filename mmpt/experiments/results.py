@@ -413,7 +413,7 @@ def write_report(output_root, out_dir=None, hm_convention="avg", echo=print):
     cells = collect(output_root)
     tables, summary = build_tables(cells, hm_convention)
     header = (f"## Results of {output_root}\n\nmean ± std over seeds (std: numpy, ddof 0); `(paper)` rows: "
-              f"{published.SOURCE}.\n")
+              f"{published.sources_note()}.\n")
     markdown = header + "\n" + ("\n".join(t.markdown() for t in tables) if tables else
                                 "No finished runs found (no log.txt with '* accuracy:').\n")
     files = {"markdown": osp.join(out_dir, "results.md"), "csv": osp.join(out_dir, "results.csv")}
