@@ -202,5 +202,5 @@ def test_base_to_new_end_to_end(tmp_path):
                "meta_net.linear1.weight": torch.zeros(width, width), "token_prefix": torch.zeros(3, 1, width)}
     evaluator.load_state_dict_into("prompt_learner", release, "release/model.pth.tar-100")
     assert bool((evaluator.model.prompt_learner.ctx == 0.5).all())
-    with pytest.raises(RunError, match="does not fit")  # a one-line train.py error:
+    with pytest.raises(RunError, match="does not fit"):  # a one-line train.py error
         evaluator.load_state_dict_into("prompt_learner", {"ctx": ctx, "adapter.fc": ctx}, "other.pth")
