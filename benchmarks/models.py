@@ -25,6 +25,7 @@ DEFAULT_CONFIGS = {
     "CoCoOp": "vit_b16_c4_ep10_batch1_ctxv1.yaml",
     "IVLP": "vit_b16_c2_ep5_batch4_2+2ctx.yaml",
     "VPT": "vit_b16_c2_ep5_batch4_4.yaml",
+    "PromptSRC": "vit_b16_c2_ep20_batch4_4+4ctx.yaml",
 }
 
 

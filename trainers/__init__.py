@@ -15,6 +15,7 @@ TRAINER_MODULES = [
     "maple",
     "mudpt",
     "mpl",
+    "promptsrc",
 ]
 
 _modules = [importlib.import_module(f"{__name__}.{name}") for name in TRAINER_MODULES]
