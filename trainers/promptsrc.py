@@ -29,6 +29,10 @@ from mmpt.templates import PROMPTSRC_TEMPLATES
 from trainers.ivlp import IVLPCLIP
 
 
+# the template ensemble runs several templates per text-tower pass, up to this many sentences (memory bound)
+ENSEMBLE_SEQUENCES_PER_PASS = 2048
+
+
 class SelfConsistencyOutputs(NamedTuple):
     """One training forward pass. Features are L2-normalised and fp32; the frozen ones carry no gradient."""
 
@@ -54,11 +58,16 @@ class PromptSRCCLIP(IVLPCLIP):
         fp32 whatever the precision policy. Computed on first use (training only) and kept."""
         device = self.token_ids.device
         if self._frozen_class_features is None or self._frozen_class_features.device != device:
+            n_classes = len(self.classnames)
+            per_pass = max(1, ENSEMBLE_SEQUENCES_PER_PASS // n_classes)  # templates per text-tower pass
+            features = []
             with torch.autocast(device.type, enabled=False):
-                per_template = [self.text_encoder(clip.tokenize([t.replace("{}", c) for c in self.classnames],
-                                                                truncate=True).to(device)).float()
-                                for t in PROMPTSRC_TEMPLATES]
-            self._frozen_class_features = F.normalize(torch.stack(per_template, 1).mean(1), dim=-1)
+                for begin in range(0, len(PROMPTSRC_TEMPLATES), per_pass):
+                    sentences = [t.replace("{}", c) for t in PROMPTSRC_TEMPLATES[begin:begin + per_pass]
+                                 for c in self.classnames]
+                    ids = clip.tokenize(sentences, truncate=True).to(device)
+                    features.append(self.text_encoder(ids).float().unflatten(0, (-1, n_classes)))  # [T, C, E]
+            self._frozen_class_features = F.normalize(torch.cat(features).mean(0), dim=-1)
         return self._frozen_class_features
 
     @torch.no_grad()

@@ -1,14 +1,15 @@
-"""Published numbers (ViT-B/16, 16 shots, from the MuDPT paper) as data: /work/shared/docs/PROTOCOLS.md.
+"""Published numbers (ViT-B/16, 16 shots) as data: the MuDPT paper's tables, and PromptSRC's README for its row.
 
 Keys are our dataset config names (mmpt.experiments.layout.DATASETS_11 ...) and trainer names; "CLIP" is zero-shot CLIP
 (our ZeroshotCLIP). Accuracies in percent.
 """
 from mmpt.experiments.layout import DATASETS_11, DG_TARGETS, XD_TARGETS, ZERO_SHOT
 
-SOURCE = "MuDPT paper (Miao et al., ICME 2023), ViT-B/16, 16 shots"
+SOURCE = ("MuDPT paper (Miao et al., ICME 2023), ViT-B/16, 16 shots; the PromptSRC row: PromptSRC's official "
+          "README (Khattak et al., ICCV 2023), ViT-B/16, 16 shots, 3 seeds")
 
 # trainer name in our results -> the row name the paper uses
-PAPER_NAMES = {ZERO_SHOT: "CLIP", "CoOp": "CoOp", "CoCoOp": "CoCoOp", "MuDPT": "MuDPT"}
+PAPER_NAMES = {ZERO_SHOT: "CLIP", "CoOp": "CoOp", "CoCoOp": "CoCoOp", "MuDPT": "MuDPT", "PromptSRC": "PromptSRC"}
 
 
 def _row(datasets, values, average):
@@ -48,6 +49,7 @@ BASE2NEW_AVERAGE = {
     "CoOp": {"base": 82.69, "new": 63.22, "hm": 71.66},
     "CoCoOp": {"base": 80.47, "new": 71.69, "hm": 75.83},
     "MuDPT": {"base": 82.71, "new": 74.5, "hm": 78.39},
+    "PromptSRC": {"base": 84.26, "new": 76.10, "hm": 79.97},  # PromptSRC's README (its CLIP row agrees with ours)
 }
 
 
