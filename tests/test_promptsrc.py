@@ -282,7 +282,8 @@ def test_config_files(config, epochs, depth, gpa):
         ("sgd", 0.0025, epochs, 4)
     assert (cfg.OPTIM.LR_SCHEDULER, cfg.OPTIM.WARMUP_EPOCH, cfg.OPTIM.WARMUP_TYPE, cfg.OPTIM.WARMUP_CONS_LR) == \
         ("cosine", 1, "constant", 1e-5)
-    assert (cfg.MODEL.BACKBONE.NAME, cfg.INPUT.INTERPOLATION, tuple(cfg.INPUT.SIZE)) == ("ViT-B/16", "bicubic", (224, 224))
+    assert (cfg.MODEL.BACKBONE.NAME, cfg.INPUT.INTERPOLATION, tuple(cfg.INPUT.SIZE)) == \
+        ("ViT-B/16", "bicubic", (224, 224))
 
 
 def test_declaration_matches_the_layout():
