@@ -101,7 +101,7 @@ def test_frozen_text_ensemble_is_computed_once_and_never_saved(small_clip, monke
     assert model._frozen_class_features is None  # not at construction: evaluation never needs it
     first = model.frozen_class_features()  # all 60 templates in one pass (5 classes)
     assert model.frozen_class_features() is first and first.dtype == torch.float32
-    monkeypatch.setattr(promptsrc, "ENSEMBLE_SEQUENCES_PER_PASS", 7 * len(CLASSNAMES))  # 8 x 7 templates + 4
+    monkeypatch.setattr(promptsrc, "ENSEMBLE_SEQUENCES_PER_PASS", 25 * len(CLASSNAMES))  # 25 + 25 + 10 templates
     model._frozen_class_features = None
     torch.testing.assert_close(model.frozen_class_features(), first, atol=1e-6, rtol=0)
     assert not any("frozen" in key for key in model.state_dict())
