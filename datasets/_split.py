@@ -2,7 +2,9 @@
 split_trainval / subsample_classes, DTD.read_and_split_data and the few-shot cache of every CoOp loader).
 
 `SplitDataset` is the common loader flow: find the dataset folder, read `split_zhou_<Name>.json` (or make the
-split once with a fixed seed and save it), take the cached few-shot subset, then the base/new half.
+split once and save it), take the cached few-shot subset, then the base/new half. Like CoOp, a split made here
+draws from the global `random` (seeded by train.py with the run's seed) before the few-shot subset does, and
+lists folders in `os.listdir` order, so on the same disk it selects what CoOp selects (docs/DATA_FIDELITY.md).
 A subclass sets `dataset_dir`, `image_subdir`, `split_file` and implements `make_split()`.
 """
 import json
@@ -18,7 +20,6 @@ from PIL import Image
 from dassl.data.datasets import DatasetBase, Datum
 from dassl.utils import atomic_write, listdir_nohidden, read_json
 
-SPLIT_SEED = 1  # the fixed seed of every split this repository makes (saved, so it is used once per dataset)
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 
 
@@ -117,20 +118,19 @@ def save_split(train, val, test, filepath, path_prefix):
     print(f"Saved split to {filepath}")
 
 
-def split_trainval(trainval, p_val=0.2, seed=SPLIT_SEED):
-    """Per class, hold out round(n * p_val) (at least 1) items of trainval as val (CoOp's split_trainval)."""
-    rng = random.Random(seed)
+def split_trainval(trainval, p_val=0.2):
+    """CoOp's OxfordPets.split_trainval: per class, in order of first appearance, shuffle the class's items with
+    the global `random` and hold out the first round(n * p_val) as val (at least 1: CoOp stops there instead)."""
     tracker = defaultdict(list)
     for idx, item in enumerate(trainval):
         tracker[item.label].append(idx)
     train, val = [], []
-    for label in sorted(tracker):
-        idxs = tracker[label]
+    for idxs in tracker.values():
         if len(idxs) < 2:
             raise DatasetContentError(f"class '{trainval[idxs[0]].classname}' has {len(idxs)} train+val image(s); "
                                       "need at least 2 to hold one out for validation")
         n_val = max(1, round(len(idxs) * p_val))
-        rng.shuffle(idxs)
+        random.shuffle(idxs)
         val.extend(trainval[idx] for idx in idxs[:n_val])
         train.extend(trainval[idx] for idx in idxs[n_val:])
     return train, val
@@ -145,14 +145,13 @@ def partition_sizes(n_total, p_trn=0.5, p_val=0.2):
     return n_train, n_val, n_test
 
 
-def split_per_class(class_images, p_trn=0.5, p_val=0.2, seed=SPLIT_SEED, shuffle=True, source=""):
-    """{(label, classname): [impath]} -> (train, val, test) with p_trn / p_val / rest of each class."""
-    rng = random.Random(seed)
+def split_per_class(class_images, p_trn=0.5, p_val=0.2, source=""):
+    """{(label, classname): [impath]} -> (train, val, test): each class in the dict's order is shuffled with the
+    global `random` (CoOp) and cut p_trn / p_val / rest."""
     train, val, test = [], [], []
-    for (label, classname), images in sorted(class_images.items()):
-        images = sorted(images)
-        if shuffle:
-            rng.shuffle(images)
+    for (label, classname), images in class_images.items():
+        images = list(images)
+        random.shuffle(images)
         sizes = partition_sizes(len(images), p_trn, p_val)
         if sizes is None:
             raise DatasetContentError(f"{source}: class '{classname}' has {len(images)} image(s); need at least 3 "
@@ -164,24 +163,26 @@ def split_per_class(class_images, p_trn=0.5, p_val=0.2, seed=SPLIT_SEED, shuffle
     return train, val, test
 
 
-def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=None, seed=SPLIT_SEED):
-    """One folder per class (sorted names = labels, as CoOp's DTD.read_and_split_data); split each class."""
+def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=None):
+    """CoOp's DTD.read_and_split_data: one folder per class (sorted names = labels); each class's images, in
+    `os.listdir` order, shuffled with the global `random` and split p_trn / p_val / rest."""
     categories = sorted(c for c in listdir_nohidden(image_dir) if c not in ignored)
     if not categories:
         raise DatasetContentError(f"no class folders in {image_dir}")
     class_images = {}
     for label, category in enumerate(categories):
         category_dir = osp.join(image_dir, category)
-        images = [osp.join(category_dir, name) for name in listdir_nohidden(category_dir)]
+        images = [osp.join(category_dir, name) for name in listdir_nohidden(category_dir)]  # unsorted, as CoOp
         if not images:
             raise DatasetContentError(f"empty class folder (no images): {category_dir}")
         classname = (new_cnames or {}).get(category, category)
         class_images[(label, classname)] = images
-    return split_per_class(class_images, p_trn, p_val, seed=seed, source=image_dir)
+    return split_per_class(class_images, p_trn, p_val, source=image_dir)
 
 
 def read_class_folders(image_dir, folder_to_name, ignored=()):
-    """Test-only datasets: sorted class folders -> labels 0..C-1, class names from `folder_to_name`."""
+    """ImageNet and its variants (CoOp's read_data): sorted class folders -> labels 0..C-1, class names from
+    `folder_to_name`; each folder's images in `os.listdir` order, as CoOp (few-shot sampling depends on it)."""
     folders = sorted(f for f in listdir_nohidden(image_dir) if f not in ignored and osp.isdir(osp.join(image_dir, f)))
     if not folders:
         raise DatasetContentError(f"no class folders in {image_dir}")
@@ -190,7 +191,7 @@ def read_class_folders(image_dir, folder_to_name, ignored=()):
         if folder not in folder_to_name:
             raise DatasetContentError(f"unknown class folder {osp.join(image_dir, folder)} (not in the class list)")
         folder_dir = osp.join(image_dir, folder)
-        images = listdir_nohidden(folder_dir, sort=True)
+        images = listdir_nohidden(folder_dir)
         if not images:
             raise DatasetContentError(f"empty class folder (no images): {folder_dir}")
         rows.extend((osp.join(folder_dir, name), label, folder_to_name[folder]) for name in images)

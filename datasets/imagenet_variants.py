@@ -51,7 +51,7 @@ class ImageNetV2(ImageNetVariant):
         rows = []
         for label in sorted(int(f) for f in folders):
             folder = osp.join(self.image_dir, str(label))
-            images = listdir_nohidden(folder, sort=True)
+            images = listdir_nohidden(folder)  # os.listdir order, as CoOp
             if not images:
                 raise DatasetContentError(f"empty class folder (no images): {folder}")
             rows.extend((osp.join(folder, im), label, classnames[wnids[label]]) for im in images)

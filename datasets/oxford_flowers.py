@@ -17,7 +17,8 @@ class OxfordFlowers(SplitDataset):
     required = ("imagelabels.mat", "cat_to_name.json")
 
     def make_split(self):
-        """Image i+1 has label labels[i] (1-based); each class is split 50/20/30 in file order (no shuffle)."""
+        """Image i+1 has label labels[i] (1-based); classes in order of first appearance in imagelabels.mat, each
+        shuffled with the global `random` and split 50/20/30 (CoOp's OxfordFlowers.read_data)."""
         from scipy.io import loadmat
 
         labels = loadmat(osp.join(self.dataset_dir, "imagelabels.mat"))["labels"][0]
@@ -27,4 +28,4 @@ class OxfordFlowers(SplitDataset):
             label = int(label)
             impath = osp.join(self.image_dir, f"image_{i + 1:05d}.jpg")
             class_images[(label - 1, lab2cname[str(label)])].append(impath)
-        return split_per_class(class_images, shuffle=False, source=self.dataset_dir)
+        return split_per_class(class_images, source=self.dataset_dir)

@@ -20,6 +20,21 @@ from mmpt.data.data_prep import DATASET_FOLDERS, SOURCES
 from mmpt.data.fixtures import make_dataset
 
 DOWNLOADABLE = sorted(name for name, source in SOURCES.items() if source.resources)
+TABLE = dict(SOURCES)  # the real table, before any test replaces its entries
+
+
+def without_checksums(resource):
+    return dataclasses.replace(resource, size=None, md5=None, sha256=None,
+                               alternatives=tuple(without_checksums(alt) for alt in resource.alternatives))
+
+
+@pytest.fixture(autouse=True)
+def fixture_archives_have_no_published_checksums(monkeypatch):
+    """The mirrors here serve archives built from fixtures, not the real files: drop the table's sizes and hashes
+    (a test that checks them sets its own)."""
+    for name, source in list(SOURCES.items()):
+        monkeypatch.setitem(SOURCES, name, dataclasses.replace(
+            source, resources=tuple(without_checksums(r) for r in source.resources)))
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -164,7 +179,7 @@ def test_interrupted_download_keeps_part_and_resumes(tmp_path, mirror, monkeypat
     monkeypatch.setattr(RangeHandler, "send_header", original)
     archive.write_bytes(full)
     assert data_prep.main(argv) == 0
-    assert requests[-2][1] == "bytes=1000-"
+    assert [r for p, r in requests if p.endswith(".tar.gz")][-1] == "bytes=1000-"
     assert build(tmp_path / "data", "Caltech101").num_classes == 6
 
 
@@ -185,10 +200,12 @@ def test_offline_fails_at_once_naming_url_and_folder(tmp_path, capsys, monkeypat
         port = s.getsockname()[1]
     monkeypatch.setenv(data_prep.BASE_URL_ENV, f"http://127.0.0.1:{port}")
     assert data_prep.main(["--root", str(tmp_path), "--datasets", "oxford_pets"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err
-    assert f"http://127.0.0.1:{port}/oxford_pets/images.tar.gz" in err
-    assert str(tmp_path / "oxford_pets" / "images.tar.gz") in err
+    lines = capsys.readouterr().err.strip().splitlines()
+    # every file of the dataset is tried and reported, one line each, naming the URL and where to put the file
+    assert len(lines) == len(SOURCES["OxfordPets"].resources) and all(l.startswith("error: ") for l in lines)
+    for line, resource in zip(lines, SOURCES["OxfordPets"].resources):
+        assert f"http://127.0.0.1:{port}/oxford_pets/{resource.filename}" in line
+        assert str(tmp_path / "oxford_pets" / resource.filename) in line
 
 
 def test_manual_steps_and_unknown_names(tmp_path, capsys):
@@ -209,6 +226,8 @@ def test_source_table_matches_loaders():
         provided = {p for r in SOURCES[name].resources for p in r.provides}
         needed = {getattr(loader, "image_subdir", "")} | set(getattr(loader, "required", ()))
         assert {p.split("/")[0] for p in needed - {""}} <= {p.split("/")[0] for p in provided}, name
+        for resource in SOURCES[name].resources:
+            assert all(alt.provides == resource.provides for alt in resource.alternatives), name
 
 
 @pytest.mark.parametrize("name,filename,wrapper", [("EuroSAT", "EuroSAT.zip", "EuroSAT_RGB"),
@@ -237,3 +256,117 @@ def test_error_page_instead_of_json_is_rejected(tmp_path, mirror, capsys):
     assert data_prep.main(["--root", str(tmp_path / "data"), "--datasets", "caltech101", "--base-url", base_url]) == 2
     assert "split_zhou_Caltech101.json: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "data" / "caltech-101" / "split_zhou_Caltech101.json").exists()
+
+
+# ------------------------------------------------------------------------------ one pass, --check, alternatives
+def test_every_failed_file_is_reported_in_one_pass(tmp_path, mirror, capsys):
+    mirror_dir, base_url, requests = mirror
+    make_mirror("Caltech101", mirror_dir, tmp_path / "src")
+    make_mirror("OxfordPets", mirror_dir, tmp_path / "src")
+    held_back = [mirror_dir / "caltech-101" / "split_zhou_Caltech101.json", mirror_dir / "oxford_pets" / "annotations.tar.gz"]
+    for path in held_back:
+        path.rename(path.with_name(path.name + ".held"))
+    root = tmp_path / "data"
+    argv = ["--root", str(root), "--datasets", "caltech101", "oxford_pets", "--base-url", base_url]
+    assert data_prep.main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all("HTTP 404" in l for l in lines)
+    assert "/caltech-101/split_zhou_Caltech101.json" in lines[0] and "/oxford_pets/annotations.tar.gz" in lines[1]
+    assert "Ready: none" in out and "Could not prepare 2 file(s)" in out
+    # the files that could be fetched were laid out in the same pass; the next run fetches only the two others
+    assert (root / "caltech-101" / "101_ObjectCategories").is_dir() and (root / "oxford_pets" / "images").is_dir()
+    for path in held_back:
+        path.with_name(path.name + ".held").rename(path)
+    n_before = len(requests)
+    assert data_prep.main(argv) == 0
+    assert sorted(p for p, _ in requests[n_before:]) == ["/caltech-101/split_zhou_Caltech101.json",
+                                                         "/oxford_pets/annotations.tar.gz"]
+    assert build(root, "Caltech101").num_classes == build(root, "OxfordPets").num_classes == 6
+
+
+def test_check_lists_every_unreadable_and_missing_image(tmp_path, capsys):
+    from mmpt.data.image_check import find_unreadable, image_files
+
+    make_dataset("Caltech101", str(tmp_path))
+    ds = build(tmp_path, "Caltech101")  # writes the split json
+    make_dataset("DescribableTextures", str(tmp_path))
+    truncated, garbage, missing = ds.train_x[0].impath, ds.test[1].impath, ds.val[2].impath
+    Path(truncated).write_bytes(Path(truncated).read_bytes()[:300])  # a cut-off JPEG: the header still parses
+    Path(garbage).write_bytes(b"<html>not an image</html>")
+    os.remove(missing)
+    ignored = tmp_path / "caltech-101" / "101_ObjectCategories" / "BACKGROUND_Google"  # on disk: checked too
+    unused = str(next(ignored.iterdir()))
+    Path(unused).write_bytes(b"")
+    argv = ["--root", str(tmp_path), "--datasets", "caltech101", "dtd", "--check", "--workers", "2"]
+    assert data_prep.main(argv) == 1
+    out = capsys.readouterr().out
+    problems = out.split("problem(s):\n", 1)[1].splitlines()
+    assert len(problems) == 4
+    assert problems[0].strip() == f"{missing} is referenced by {ds.split_path} but missing"
+    assert sorted(p.split(":")[0].split()[-1] for p in problems[1:]) == sorted([truncated, garbage, unused])
+    assert "DescribableTextures" in out and "0 unreadable" in out  # the clean dataset is checked as well
+    # in-process and pooled decoding agree, in the order of the paths
+    paths = image_files(str(tmp_path / "caltech-101"))
+    assert find_unreadable(paths, workers=1, progress=False) == find_unreadable(paths, workers=2, progress=False)
+    assert [p for p, _ in find_unreadable(paths, workers=2, progress=False)] == sorted([truncated, garbage, unused])
+    shutil.rmtree(tmp_path / "caltech-101")
+    assert data_prep.main(["--root", str(tmp_path), "--datasets", "dtd", "--check"]) == 0
+
+
+def caltechdata_zip(src_dir, out_path):
+    """The CaltechDATA packaging: caltech-101.zip holding caltech-101/101_ObjectCategories.tar.gz."""
+    inner = out_path.parent / "101_ObjectCategories.tar.gz"
+    with tarfile.open(inner, "w:gz") as tf:
+        tf.add(src_dir / "101_ObjectCategories", arcname="101_ObjectCategories")
+    with zipfile.ZipFile(out_path, "w") as zf:
+        zf.write(inner, "caltech-101/101_ObjectCategories.tar.gz")
+        zf.writestr("caltech-101/Annotations.tar", b"")
+    inner.unlink()
+
+
+@pytest.mark.parametrize("original", ["404", "html page", "unreachable"])
+def test_alternative_source_after_the_original_fails(tmp_path, mirror, monkeypatch, capsys, original):
+    mirror_dir, base_url, requests = mirror
+    reference = make_mirror("Caltech101", mirror_dir, tmp_path / "src")
+    hosts = mirror_dir / "hosts"
+    hosts.mkdir()
+    caltechdata_zip(tmp_path / "src" / "caltech-101", hosts / "caltech-101.zip")
+    (hosts / "moved.tar.gz").write_text("<html>This page has moved</html>")
+    (hosts / "split.json").write_bytes((mirror_dir / "caltech-101" / "split_zhou_Caltech101.json").read_bytes())
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/101_ObjectCategories.tar.gz"
+    table, split_json = SOURCES["Caltech101"].resources
+    alternative = dataclasses.replace(table.alternatives[0], url=f"{base_url}/hosts/caltech-101.zip",
+                                      md5=data_prep.file_digest(str(hosts / "caltech-101.zip"), "md5"))
+    first_url = {"404": f"{base_url}/hosts/gone.tar.gz", "html page": f"{base_url}/hosts/moved.tar.gz",
+                 "unreachable": dead}[original]
+    monkeypatch.setitem(SOURCES, "Caltech101", data_prep.Source((
+        dataclasses.replace(table, url=first_url, alternatives=(alternative,)),
+        dataclasses.replace(split_json, url=f"{base_url}/hosts/split.json"))))
+    root = tmp_path / "data"
+    assert data_prep.main(["--root", str(root), "--datasets", "caltech101"]) == 0
+    out = capsys.readouterr().out
+    assert f"trying {base_url}/hosts/caltech-101.zip" in out
+    ds = build(root, "Caltech101")
+    assert relative(ds.test, root) == relative(reference.test, tmp_path / "src")
+    assert not list((root / "caltech-101").glob("*.zip")) and not list((root / "caltech-101").glob("*.part"))
+    # an alternative that fails too: both failures, in one line
+    shutil.rmtree(root)
+    monkeypatch.setitem(SOURCES, "Caltech101", data_prep.Source((
+        dataclasses.replace(table, url=first_url, alternatives=(dataclasses.replace(alternative, md5="0" * 32),)),)))
+    assert data_prep.main(["--root", str(root), "--datasets", "caltech101"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and first_url in err and "caltech-101.zip: md5 differs" in err
+
+
+def test_published_checksums_and_alternatives_in_the_table():
+    """What the real table holds (values from torchvision's dataset classes for these exact files)."""
+    table = TABLE
+    caltech = table["Caltech101"].resources[0].alternatives[0]
+    assert caltech.url == "https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip"
+    assert caltech.md5 == "3138e1922a9193bfa496528edbbc45d0"
+    assert table["EuroSAT"].resources[0].alternatives[0].md5 == "c8fa014336c82ac7804f0398fcb19387"
+    assert table["UCF101"].resources[-1].url == "gdrive:1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y"
+    assert table["StanfordCars"].if_failed

@@ -132,7 +132,7 @@ def test_loader_reads_fixture(tmp_path, name):
 @pytest.mark.parametrize("name", ["Caltech101", "OxfordPets", "StanfordCars", "SUN397"])
 def test_split_file_is_written_once_and_read(tmp_path, name):
     make_dataset(name, str(tmp_path))
-    random.seed(123)  # the split does not depend on the global RNG
+    random.seed(123)  # the split draws from the global RNG, as CoOp's (train.py seeds it with the run's seed)
     first = build(tmp_path, name)
     split_path = Path(first.split_path)
     split = json.loads(split_path.read_text())
@@ -140,12 +140,13 @@ def test_split_file_is_written_once_and_read(tmp_path, name):
     impath, label, classname = split["train"][0]
     assert not osp.isabs(impath) and osp.join(first.image_dir, impath) == first.train_x[0].impath
     assert (label, classname) == (first.train_x[0].label, first.train_x[0].classname)
-    # the same split on a fresh copy, whatever the global RNG
-    other = tmp_path / "other"
-    make_dataset(name, str(other))
-    random.seed(999)
-    build(other, name)
-    assert json.loads((other / DATASET_FOLDERS[name] / split_path.name).read_text()) == split
+    # the same split on a fresh copy with the same seed, another with another seed
+    for seed, same in ((123, True), (999, False)):
+        other = tmp_path / f"other{seed}"
+        make_dataset(name, str(other))
+        random.seed(seed)
+        build(other, name)
+        assert (json.loads((other / DATASET_FOLDERS[name] / split_path.name).read_text()) == split) == same
     # a present split file is what the loader reads: move one test image into train
     moved = split["test"].pop(0)
     split["train"].append(moved)

@@ -191,6 +191,7 @@ def test_joint_parameter_count_formula_vit_b16(vit_b16):
     (dict(INJECTION="none", FUSE_SHALLOW="t2v"), "needs an injection model"),
     (dict(PROMPT_DEPTH=0), "PROMPT_DEPTH=0"),
     (dict(PROMPT_DEPTH=5), r"PROMPT_DEPTH=5: expected an int in 1\.\.4"),
+    (dict(PROMPT_DEPTH=2, SENTENCE="paper"), "SENTENCE='paper'"),
 ])
 def test_bad_config_one_line_errors(small_clip, overrides, message):
     with pytest.raises(ValueError, match=message) as info:
@@ -220,8 +221,8 @@ def test_config_files_merge_and_build_plans():
     import trainers
     expected = {  # file -> (n, J, injection, FUSE_SHALLOW, lr, epochs)
         "vit_b16_c4_ep10_batch4_joint.yaml": (4, 12, "joint", "none", 0.0025, 10),
-        "vit_b16_c2_ep5_batch4_linear.yaml": (2, 9, "linear", "t2v", 0.0035, 5),
-        "vit_b16_c2_ep5_batch4_separate.yaml": (2, 9, "separate", "t2v", 0.0035, 5),
+        "vit_b16_c2_ep5_batch4_linear.yaml": (2, 9, "linear", "t2v", 0.0025, 10),
+        "vit_b16_c2_ep5_batch4_separate.yaml": (2, 9, "separate", "t2v", 0.0025, 10),
         "vit_b16_c2_ep2_batch4_linear_cross_datasets.yaml": (2, 3, "linear", "t2v", 0.0026, 2),
     }
     assert sorted(p.name for p in CONFIG_DIR.glob("*.yaml")) == sorted(expected)
@@ -239,6 +240,89 @@ def test_config_files_merge_and_build_plans():
         assert (cfg.MODEL.BACKBONE.NAME, cfg.INPUT.INTERPOLATION, node.CTX_INIT) == \
             ("ViT-B/16", "bicubic", "a photo of a"), name
         mudpt.FusionPlan.from_cfg(node)  # valid
+
+
+# ---------------------------------------------------------------- the class sentence (TRAINER.MUDPT.SENTENCE)
+def merged_config(name):
+    from dassl.config import get_cfg_default
+    import trainers
+    cfg = get_cfg_default()
+    trainers.extend_cfg(cfg)
+    cfg.merge_from_file(str(CONFIG_DIR / name))
+    return cfg
+
+
+def sentence_model(clip_model, node):
+    torch.manual_seed(1)
+    return mudpt.MuDPTCLIP(clip_model, CLASSNAMES, node)
+
+
+def assert_sentences(model, clip_model, sentences, init_words):
+    """token ids = the tokenised `sentences`; T_0 = the embeddings of the first n tokens of `init_words`."""
+    import clip
+    assert torch.equal(model.token_ids, clip.tokenize(sentences))
+    shallow = model.prompt_learner.text_ctx[0].detach()
+    if init_words:
+        ids = clip.tokenize(init_words)[0, 1:1 + shallow.shape[0]]
+        with torch.no_grad():
+            assert torch.equal(shallow, clip_model.token_embedding(ids).float())
+
+
+# the sentences of the official MuDPT / UUMuDPT trainers for CLASSNAMES, written out by hand
+OFFICIAL_SENTENCES = ["a photo dog.", "a photo golden retriever.", "a photo a very long class name of a thing.",
+                      "a photo cat."]
+
+
+@pytest.mark.parametrize("name", ["vit_b16_c2_ep5_batch4_linear.yaml", "vit_b16_c2_ep5_batch4_separate.yaml",
+                                  "vit_b16_c2_ep2_batch4_linear_cross_datasets.yaml"])
+def test_official_configs_build_the_official_sentences(small_clip, name):
+    node = merged_config(name).TRAINER.MUDPT
+    node.PROMPT_DEPTH = 2  # the tiny backbone has 4 layers; depth does not touch the sentence
+    assert node.SENTENCE == "official"
+    model = sentence_model(small_clip, node)
+    assert_sentences(model, small_clip, OFFICIAL_SENTENCES, "a photo")
+    # the same model as MaPLe's rule with CTX_INIT "a photo" (the check that made the official logits match)
+    node.SENTENCE, node.CTX_INIT = "maple", "a photo"
+    same = sentence_model(small_clip, node)
+    assert torch.equal(same.token_ids, model.token_ids)
+    assert torch.equal(same.prompt_learner.text_ctx, model.prompt_learner.text_ctx)
+
+
+def test_paper_config_keeps_the_whole_ctx_init(small_clip):
+    node = merged_config("vit_b16_c4_ep10_batch4_joint.yaml").TRAINER.MUDPT
+    node.PROMPT_DEPTH, node.INJECTION_WIDTH, node.INJECTION_HEADS = 2, 32, 2
+    assert node.SENTENCE == "maple"
+    model = sentence_model(small_clip, node)
+    assert_sentences(model, small_clip, [f"a photo of a {c.replace('_', ' ')}." for c in CLASSNAMES], "a photo of a")
+
+
+# (N_CTX, CTX_INIT, rule) -> the sentence for "dog" and the words T_0 starts from ("" = random)
+SENTENCE_CASES = [
+    (1, "a photo of a", "official", "a dog.", "a"),
+    (2, "a photo of a", "official", "a photo dog.", "a photo"),
+    (3, "a photo of a", "official", "a photo of dog.", "a photo of"),
+    (4, "a photo of a", "official", "a photo of a dog.", "a photo of a"),
+    (5, "a photo of a", "official", "X X X X X dog.", ""),
+    (2, "a_photo_of_a", "official", "a photo dog.", "a photo"),
+    (2, "", "official", "X X dog.", ""),
+    (1, "a photo of a", "maple", "a photo of a dog.", "a"),
+    (2, "a photo of a", "maple", "a photo of a dog.", "a photo"),
+    (5, "a photo of a", "maple", "X X X X X dog.", ""),
+    (2, "", "maple", "X X dog.", ""),
+]
+
+
+@pytest.mark.parametrize("n_ctx, ctx_init, rule, sentence, init_words", SENTENCE_CASES)
+def test_sentence_rules(small_clip, n_ctx, ctx_init, rule, sentence, init_words):
+    node = mudpt_node(PROMPT_DEPTH=1, N_CTX_TEXT=n_ctx, N_CTX_VISION=n_ctx, INJECTION="linear",
+                      CTX_INIT=ctx_init, SENTENCE=rule)
+    model = mudpt.MuDPTCLIP(small_clip, ["dog"], node)
+    assert_sentences(model, small_clip, [sentence], init_words)
+    if not init_words:  # random start: not the embedding of the X placeholders
+        import clip
+        with torch.no_grad():
+            x_embedding = small_clip.token_embedding(clip.tokenize("X")[0, 1:2]).float()
+        assert not torch.allclose(model.prompt_learner.text_ctx[0, :1], x_embedding)
 
 
 TINY_OPTS = ("TRAINER.MUDPT.PROMPT_DEPTH", "2", "TRAINER.MUDPT.INJECTION_WIDTH", "32",

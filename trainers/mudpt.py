@@ -17,13 +17,14 @@ from dassl.engine import TRAINER_REGISTRY
 from yacs.config import CfgNode as CN
 from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP
+from mmpt.prompted_clip import PromptedCLIP, context_prefix, init_text_context
 
-from trainers.baseline_utils import (check_depth, check_positive, layer_counts, maple_context, prompt_texts,
-                                     text_width, vision_width)
+from trainers.baseline_utils import (check_depth, check_positive, layer_counts, prompt_texts, text_width,
+                                     vision_width, word_token_count)
 from trainers.mudpt_injection import INJECTION_FORMS, InjectionModel
 
 FUSE_SHALLOW_CHOICES = ("none", "t2v", "both")
+SENTENCE_RULES = ("maple", "official")
 
 
 def extend_cfg(cfg):
@@ -32,15 +33,33 @@ def extend_cfg(cfg):
     node.N_CTX_TEXT = 4  # n text prompt tokens per layer
     node.N_CTX_VISION = 4  # n visual prompt tokens per layer (must equal N_CTX_TEXT when any level is fused)
     node.PROMPT_DEPTH = 12  # J: layers 0..J-1 receive prompts in both towers
-    # sentence "a photo of a <class>.", T_0 = the embeddings of its first n words (MaPLe's rule); "" or fewer
-    # words than n: "X ... X <class>." with T_0 ~ N(0, 0.02)
-    node.CTX_INIT = "a photo of a"
+    node.CTX_INIT = "a photo of a"  # T_0 starts from the embeddings of its first n tokens
+    node.SENTENCE = "maple"  # "maple" | "official": how the class sentence uses CTX_INIT (see sentence_prefix)
     node.INJECTION = "joint"  # "joint" | "separate" | "linear" | "none" (no coupling)
     node.FUSE_SHALLOW = "none"  # "none" | "t2v" | "both": fusion at the shallow level l = 0
     node.INJECTION_WIDTH = 512  # width of the joint block
     node.INJECTION_HEADS = 8  # heads of the joint block
     add_prompt_trainer_options(node)
     cfg.TRAINER.MUDPT = node
+
+
+def sentence_prefix(n_ctx, ctx_init, rule):
+    """(prefix, init words) of the class sentence "<prefix> <class>."; T_0 replaces the prefix's first n_ctx
+    tokens and starts from the embeddings of the first n_ctx tokens of `init words` ("": N(0, 0.02)).
+
+    "maple": the whole CTX_INIT is the prefix ("a photo of a dog." at n = 2: "a photo" learnable, "of a" kept);
+    "official": the official MuDPT / UUMuDPT trainers keep only the first n_ctx words ("a photo dog.").
+    A CTX_INIT with fewer than n_ctx tokens (or words) gives "X ... X <class>." with a random T_0.
+    """
+    check_positive("TRAINER.MUDPT.N_CTX_TEXT", n_ctx)
+    if rule not in SENTENCE_RULES:
+        raise ValueError(f"TRAINER.MUDPT.SENTENCE={rule!r}: expected one of {SENTENCE_RULES}")
+    words = ctx_init.replace("_", " ")
+    if rule == "official":
+        words = " ".join(words.split()[:n_ctx])
+    if words.strip() and word_token_count(words) >= n_ctx:
+        return words, words
+    return context_prefix(n_ctx), ""
 
 
 class FusionPlan:
@@ -132,9 +151,8 @@ class MuDPTCLIP(PromptedCLIP):
         plan = FusionPlan.from_cfg(node)
         d_text, d_vision = text_width(clip_model), vision_width(clip_model)  # vision_width: ViT only
         check_depth("TRAINER.MUDPT.PROMPT_DEPTH", plan.depth, min(layer_counts(clip_model)))
-        # MaPLe's template (the official code derives from it): "a photo of a <class>." with the first n words
-        # learnable (n = 2 learns "a photo", keeps "of a"); without CTX_INIT "X ... X <class>."
-        shallow, prefix = maple_context(clip_model, node.N_CTX_TEXT, node.CTX_INIT, "TRAINER.MUDPT.N_CTX_TEXT")
+        prefix, init_words = sentence_prefix(node.N_CTX_TEXT, node.CTX_INIT, node.SENTENCE)
+        shallow = init_text_context(clip_model, node.N_CTX_TEXT, init_words)
         super().__init__(clip_model, prompt_texts(classnames, prefix))
         self.prompt_learner = MuDPTPromptLearner(shallow, plan, node.N_CTX_VISION, d_text, d_vision,
                                                  node.INJECTION_WIDTH, node.INJECTION_HEADS)

