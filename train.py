@@ -5,6 +5,8 @@
 
 In-process: `train.main(train.get_parser().parse_args([...]))` returns the trainer (its `test_result` holds the
 final accuracy when a test ran).
+
+Several GPUs or nodes: `torchrun --nproc_per_node N train.py <the same arguments>` (docs/DISTRIBUTED.md).
 """
 import argparse
 import contextlib
@@ -16,7 +18,7 @@ import torch
 
 from dassl.config import ConfigKeyError, get_cfg_default
 from dassl.engine import build_trainer
-from dassl.utils import UnknownNameError, collect_env_info, set_random_seed, setup_logger
+from dassl.utils import UnknownNameError, collect_env_info, distributed, set_random_seed, setup_logger
 
 import datasets  # noqa: F401  (registers the datasets)
 import trainers  # registers the trainers; trainers.extend_cfg adds their config nodes
@@ -102,6 +104,10 @@ def exclusive_output_dir(output_dir):
 def main(args):
     """Run training and/or evaluation; returns the trainer (trainer.test_result: the last test accuracy)."""
     cfg = setup_cfg(args)
+    distributed.init_from_env(use_cuda=cfg.USE_CUDA)  # under torchrun / SLURM tasks; a plain run: no-op
+    if not distributed.is_main_process():  # rank 0 holds the lock and writes the log; the others stay silent
+        with distributed.quiet():
+            return run(cfg, args)
     with exclusive_output_dir(cfg.OUTPUT_DIR):
         return run(cfg, args)
 
@@ -110,7 +116,7 @@ def run(cfg, args):
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    setup_logger(cfg.OUTPUT_DIR if distributed.is_main_process() else None)
     try:
         if torch.cuda.is_available() and cfg.USE_CUDA:
             torch.backends.cudnn.benchmark = True

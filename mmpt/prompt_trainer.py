@@ -109,6 +109,7 @@ class PromptTrainer(TrainerX):
             # non-finite loss is a bug and stops the run
             self.detect_anomaly(loss)
         self.scaler.scale(loss).backward()
+        self.sync_gradients()  # distributed: the global batch's gradient (scaled alike on every rank)
         self.scaler.step(self.optim)
         self.scaler.update()
 

@@ -12,6 +12,9 @@
 #   SHOTS       shots for base-to-new and cross-dataset training (default 16)
 #   LOAD_EPOCH  epoch an evaluation loads (default: OPTIM.MAX_EPOCH of the config after OPTS)
 #   PYTHON      python interpreter (default: python)
+#   NGPUS       processes (GPUs) per run on this node (default 1); > 1 starts train.py through torchrun
+#   NNODES      nodes per run (default 1); > 1: run the same command on every node, with RDZV_ENDPOINT
+#   RDZV_ENDPOINT  HOST:PORT every node reaches (a node of the run), for NNODES > 1 (docs/DISTRIBUTED.md)
 #   DRY_RUN=1   print the command instead of running it
 set -euo pipefail
 
@@ -54,7 +57,8 @@ _run_stage() {
     local plan
     plan=$("$PYTHON" -m mmpt.experiments.layout plan --stage "$stage" --trainer "$TRAINER" --cfg "${CFG:-}" \
         --dataset "$dataset" --seed "$seed" --shots "$shots" --data "$DATA" --output "$OUTPUT" \
-        --python "$PYTHON" ${LOAD_EPOCH:+--load-epoch "$LOAD_EPOCH"} -- "${opts[@]}") || exit 2
+        --python "$PYTHON" ${LOAD_EPOCH:+--load-epoch "$LOAD_EPOCH"} --nproc "${NGPUS:-1}" --nnodes "${NNODES:-1}" \
+        --rdzv-endpoint "${RDZV_ENDPOINT:-}" -- "${opts[@]}") || exit 2
     local RUN_DIR RUN_DONE
     local -a RUN_CMD
     eval "$plan"

@@ -3,7 +3,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 from torchvision.transforms import Compose, Normalize, Resize, ToTensor
 
-from dassl.utils import read_image
+from dassl.utils import distributed, read_image
 
 from .datasets import build_dataset
 from .samplers import build_sampler
@@ -14,12 +14,17 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
                       n_ins=2, tfm=None, is_train=True, dataset_wrapper=None):
     """A DataLoader over `data_source` (a list of Datum) wrapped by `dataset_wrapper` (default DatasetWrapper).
 
-    Training drops the last incomplete batch when the set holds at least one full batch.
+    Training drops the last incomplete batch when the set holds at least one full batch. In a distributed run a
+    training loader yields the global batches on every rank (the trainer keeps each rank's slice) and an
+    evaluation loader yields this rank's contiguous shard, in order (its sampler_type is not used).
     """
     if not data_source:
         raise ValueError(f"Cannot build a {'training' if is_train else 'test'} data loader: the data source is empty")
-    sampler = build_sampler(sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size,
-                            n_domain=n_domain, n_ins=n_ins)
+    if not is_train and distributed.get_world_size() > 1:  # each image evaluated once, on one rank
+        sampler = distributed.ShardSampler(data_source)
+    else:
+        sampler = build_sampler(sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size,
+                                n_domain=n_domain, n_ins=n_ins)
     dataset_wrapper = DatasetWrapper if dataset_wrapper is None else dataset_wrapper
     return DataLoader(
         dataset_wrapper(cfg, data_source, transform=tfm, is_train=is_train),

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from dassl.data import DataManager
 from dassl.evaluation import build_evaluator
+from dassl.utils import distributed
 from dassl.utils import (
     AverageMeter, MetricMeter, get_random_rng_state, load_checkpoint, save_checkpoint,
     set_random_rng_state, tolist_if_not,
@@ -70,7 +71,13 @@ class TrainerBase:
 
     # ---------------------------------------------------------------- checkpoints
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name="", rng_state=None):
-        """Save every registered model as directory/<name>/model.pth.tar-<epoch+1> (or `model_name`)."""
+        """Save every registered model as directory/<name>/model.pth.tar-<epoch+1> (or `model_name`); in a
+        distributed run rank 0 writes and every rank returns once the files are in place."""
+        if distributed.is_main_process():
+            self._save_models(epoch, directory, is_best, val_result, model_name, rng_state)
+        distributed.barrier()
+
+    def _save_models(self, epoch, directory, is_best, val_result, model_name, rng_state):
         for name in self.get_model_names():
             optim = self._optims[name]
             sched = self._scheds[name]
@@ -190,11 +197,20 @@ class TrainerBase:
     def model_backward_and_update(self, loss, names=None):
         self.model_zero_grad(names)
         self.model_backward(loss)
+        self.sync_gradients(names)
         self.model_update(names)
+
+    def sync_gradients(self, names=None):
+        """Distributed runs: every rank's gradients become those of the loss over the global batch (a no-op in a
+        single process). Call it between backward and the optimizer step."""
+        self.gradients_synced = True
+        if distributed.is_distributed():
+            distributed.all_reduce_gradients([self._models[name] for name in self.get_model_names(names)],
+                                             self.__dict__.get("batch_share", 1.0))
 
     # ---------------------------------------------------------------- tensorboard (optional)
     def init_writer(self, log_dir):
-        if self.__dict__.get("_writer") is not None:
+        if self.__dict__.get("_writer") is not None or not distributed.is_main_process():
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -266,8 +282,12 @@ class SimpleTrainer(TrainerBase):
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self.output_dir = cfg.OUTPUT_DIR
         self.cfg = cfg
-        self.build_data_loader()
+        distributed.sync_random_state()  # every rank starts from rank 0's random state (also with SEED -1)
+        with distributed.main_process_first():  # rank 0 writes the split files and few-shot caches
+            self.build_data_loader()
+        distributed.sync_random_state()  # reading a cache draws nothing, writing it does: rank 0's state wins
         self.build_model()
+        distributed.broadcast_parameters(self._models.values())
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
 
@@ -294,6 +314,8 @@ class SimpleTrainer(TrainerBase):
         super().train(self.start_epoch, self.max_epoch)
 
     def before_train(self):
+        distributed.check_global_batch(self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE, len(self.dm.dataset.train_x),
+                                       distributed.get_world_size())
         directory = self.cfg.RESUME if self.cfg.RESUME else self.cfg.OUTPUT_DIR
         self.start_epoch = self.resume_model_if_exist(directory)
         writer_dir = osp.join(self.output_dir, "tensorboard")
@@ -330,7 +352,13 @@ class SimpleTrainer(TrainerBase):
             self._save_resumable(completed)
 
     def _save_resumable(self, completed):
-        """Save model.pth.tar-<completed> with the RNG states, then drop the previous non-kept epoch file."""
+        """Save model.pth.tar-<completed> with the RNG states, then drop the previous non-kept epoch file (rank 0
+        writes; rank 0's RNG states are every rank's)."""
+        if distributed.is_main_process():
+            self._save_resumable_files(completed)
+        distributed.barrier()
+
+    def _save_resumable_files(self, completed):
         names = self.get_model_names()
         previous = {}
         for name in names:
@@ -338,7 +366,7 @@ class SimpleTrainer(TrainerBase):
             if osp.exists(osp.join(model_dir, POINTER_FILE)):
                 previous[name] = _read_pointer(model_dir)
         # captured after any validation pass, right where the next epoch's random draws begin
-        self.save_model(self.epoch, self.output_dir, rng_state=get_random_rng_state())
+        self._save_models(self.epoch, self.output_dir, False, None, "", get_random_rng_state())
         # only once every model's new file and pointer are in place
         for name, fname in previous.items():
             match = _EPOCH_FILE.match(fname)
@@ -361,11 +389,11 @@ class SimpleTrainer(TrainerBase):
             split = "test"
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
-        for batch in tqdm(data_loader):
+        for batch in tqdm(data_loader, disable=not distributed.is_main_process()):  # each rank: its shard
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
             self.evaluator.process(output, label)
-        results = self.evaluator.evaluate()
+        results = distributed.evaluate_gathered(self.evaluator)
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
         return list(results.values())[0]
@@ -392,9 +420,17 @@ class TrainerX(SimpleTrainer):
         self.num_batches = len(self.train_loader_x)
         print_freq = self.cfg.TRAIN.PRINT_FREQ
         end = time.time()
+        distributed.sync_random_state()  # the ranks draw the same global batches whatever the model drew
         for self.batch_idx, batch in enumerate(self.train_loader_x):
             data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch)
+            # distributed: this rank trains on its slice of the global batch (sync_gradients weighs it)
+            batch, self.batch_share = distributed.local_batch(batch)
+            self.gradients_synced = False
+            loss_summary = distributed.average_summary(self.forward_backward(batch), self.batch_share)
+            if distributed.is_distributed() and not self.gradients_synced:
+                raise RuntimeError(f"{type(self).__name__}.forward_backward stepped without sync_gradients(): "
+                                   f"call it between backward and the optimizer step (or use "
+                                   f"model_backward_and_update), else the processes train apart")
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:

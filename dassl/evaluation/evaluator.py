@@ -30,6 +30,16 @@ class EvaluatorBase:
     def evaluate(self):
         raise NotImplementedError
 
+    def shard_state(self):
+        """What process() accumulated, as plain values (distributed evaluation gathers it from every rank)."""
+        raise NotImplementedError(f"evaluator {type(self).__name__} cannot evaluate across processes: it needs "
+                                  f"shard_state() and merge_shards()")
+
+    def merge_shards(self, states):
+        """Replace the accumulated results by the concatenation of `states` (one shard_state() per rank)."""
+        raise NotImplementedError(f"evaluator {type(self).__name__} cannot evaluate across processes: it needs "
+                                  f"shard_state() and merge_shards()")
+
 
 def macro_f1_score(y_true, y_pred):
     """Macro F1 over the labels present in y_true (= sklearn's f1_score(average='macro', labels=unique(y_true)))."""
@@ -71,15 +81,25 @@ class Classification(EvaluatorBase):
 
     def process(self, mo, gt):
         """mo: [B, C] model outputs; gt: [B] labels."""
-        pred = mo.max(1)[1]
-        matches = pred.eq(gt).float()
-        self._correct += int(matches.sum().item())
-        self._total += gt.shape[0]
-        self._y_true.extend(gt.detach().cpu().tolist())
-        self._y_pred.extend(pred.detach().cpu().tolist())
+        self._add(gt.detach().cpu().tolist(), mo.max(1)[1].detach().cpu().tolist())
+
+    def _add(self, y_true, y_pred):
+        matches = [int(t == p) for t, p in zip(y_true, y_pred)]
+        self._correct += sum(matches)
+        self._total += len(y_true)
+        self._y_true.extend(y_true)
+        self._y_pred.extend(y_pred)
         if self._per_class_res is not None:
-            for label, match in zip(gt.tolist(), matches.tolist()):
-                self._per_class_res[label].append(int(match))
+            for label, match in zip(y_true, matches):
+                self._per_class_res[label].append(match)
+
+    def shard_state(self):
+        return {"y_true": list(self._y_true), "y_pred": list(self._y_pred)}
+
+    def merge_shards(self, states):
+        self.reset()
+        for state in states:
+            self._add(state["y_true"], state["y_pred"])
 
     def evaluate(self):
         results = OrderedDict()

@@ -13,7 +13,11 @@ of the same (stage, trainer, config, dataset, shots, seed) are the same command 
 Shell use (what common.sh does; prints bash assignments RUN_DIR, RUN_DONE, RUN_CMD=(...)):
 
     python -m mmpt.experiments.layout plan --stage base2new_train --trainer MuDPT --cfg CFG --dataset caltech101 \
-        --seed 1 --shots 16 --data DATA [--output output] [--python python] [--load-epoch E] -- KEY VALUE ...
+        --seed 1 --shots 16 --data DATA [--output output] [--python python] [--load-epoch E] \
+        [--nproc N [--nnodes M --rdzv-endpoint HOST:PORT]] -- KEY VALUE ...
+
+With --nproc N > 1 (or --nnodes M > 1) the command starts train.py through torchrun: N processes (one per GPU)
+on this node, or on each of M nodes meeting at the rendezvous endpoint (docs/DISTRIBUTED.md).
 """
 import argparse
 import os
@@ -161,6 +165,24 @@ def config_max_epoch(config_file, opts=()):
         return 10  # the engine's default OPTIM.MAX_EPOCH
 
 
+def launch_command(python, nproc=1, nnodes=1, rdzv_endpoint="", rdzv_id="mmpt"):
+    """The start of a train.py command line: `python`, or torchrun (`python -m torch.distributed.run`) with nproc
+    processes per node, standalone on one node or meeting at rdzv_endpoint (HOST:PORT) across nnodes nodes."""
+    for name, value in (("nproc", nproc), ("nnodes", nnodes)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"mmpt.experiments.layout: {name}={value!r}: expected an int >= 1")
+    if nproc == 1 and nnodes == 1:
+        return [python]
+    command = [python, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    if nnodes == 1:
+        return command + ["--standalone"]  # a free local port: several runs can share the node
+    if not rdzv_endpoint:
+        raise ValueError(f"mmpt.experiments.layout: {nnodes} nodes need a rendezvous endpoint HOST:PORT (a host "
+                         f"every node reaches; RDZV_ENDPOINT for the scripts)")
+    return command + ["--nnodes", str(nnodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", rdzv_endpoint,
+                      "--rdzv_id", rdzv_id]
+
+
 @dataclass
 class Job:
     """One train.py run. `id` is its folder relative to the output root."""
@@ -176,6 +198,8 @@ class Job:
     argv: list
     trains: bool
     depends_on: list = field(default_factory=list)
+    nproc: int = 1  # processes (GPUs) per node; > 1 or nnodes > 1: argv starts with torchrun
+    nnodes: int = 1
 
     def to_dict(self):
         return asdict(self)
@@ -185,8 +209,9 @@ class Job:
 
 
 def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", output_root="output",
-              opts=(), python="python", load_epoch=None, repo_root=REPO_ROOT):
-    """The Job (command line and folders) of one run; cfg=None takes the default config."""
+              opts=(), python="python", load_epoch=None, repo_root=REPO_ROOT, nproc=1, nnodes=1, rdzv_endpoint=""):
+    """The Job (command line and folders) of one run; cfg=None takes the default config; nproc / nnodes /
+    rdzv_endpoint: launch_command's."""
     if stage not in STAGES:
         raise KeyError(f"mmpt.experiments.layout: unknown stage '{stage}' (known: {', '.join(STAGES)})")
     cfg = cfg or default_config(trainer, stage, dataset, shots)
@@ -201,7 +226,8 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
             folder = osp.dirname(path)
             known = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if osp.isdir(folder) else []
             raise FileNotFoundError(f"mmpt.experiments.layout: no config file {path} (known: {', '.join(known)})")
-    argv = [python, osp.join(repo_root, "train.py"), "--root", data_root, "--seed", str(seed),
+    launcher = launch_command(python, nproc, nnodes, rdzv_endpoint, rdzv_id=rel.replace(os.sep, "."))
+    argv = launcher + [osp.join(repo_root, "train.py"), "--root", data_root, "--seed", str(seed),
             "--trainer", trainer, "--dataset-config-file", dataset_file, "--config-file", config_file,
             "--output-dir", output_dir]
     depends_on = []
@@ -222,7 +248,7 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     argv += dataset_opts(trainer, stage, dataset)
     argv += [str(o) for o in opts]
     return Job(id=rel, stage=stage, trainer=trainer, cfg=cfg, dataset=dataset, seed=seed, shots=shots,
-               output_dir=output_dir, argv=argv, trains=trains, depends_on=depends_on)
+               output_dir=output_dir, argv=argv, trains=trains, depends_on=depends_on, nproc=nproc, nnodes=nnodes)
 
 
 def main(argv=None):
@@ -238,13 +264,17 @@ def main(argv=None):
     parser.add_argument("--output", default="output")
     parser.add_argument("--python", default="python")
     parser.add_argument("--load-epoch", default=None, type=int)
+    parser.add_argument("--nproc", default=1, type=int, help="processes (GPUs) per node: > 1 launches torchrun")
+    parser.add_argument("--nnodes", default=1, type=int, help="nodes (each runs the same command)")
+    parser.add_argument("--rdzv-endpoint", default="", help="HOST:PORT the nodes meet at (--nnodes > 1)")
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = argv[argv.index("--") + 1:] if "--" in argv else []  # KEY VALUE pairs for train.py
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     try:
         job = build_job(args.stage, args.trainer, args.dataset, args.seed, args.shots, cfg=args.cfg or None,
                         data_root=args.data, output_root=args.output, opts=opts, python=args.python,
-                        load_epoch=args.load_epoch)
+                        load_epoch=args.load_epoch, nproc=args.nproc, nnodes=args.nnodes,
+                        rdzv_endpoint=args.rdzv_endpoint)
     except (KeyError, FileNotFoundError, ValueError) as e:
         sys.exit(str(e).strip("'\""))
     print(f"RUN_DIR={shlex.quote(job.output_dir)}")

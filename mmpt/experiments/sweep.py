@@ -3,13 +3,16 @@
     python -m mmpt.sweep --trainers MuDPT CoOp --protocol base2new --datasets all --seeds 1 2 3 --data $DATA
     python -m mmpt.sweep --trainers MuDPT --protocol fewshot --shots 1 2 4 8 16 --gpus 0,1 --data $DATA
     python -m mmpt.sweep --trainers MuDPT --protocol xd dg --launcher slurm --partition gpu --time 240 --data $DATA
+    python -m mmpt.sweep ... --gpus 0,1,2,3 --gpus-per-run 2        # each run on 2 GPUs (torchrun), 2 runs at a time
+    python -m mmpt.sweep ... --launcher slurm --gpus-per-run 4 --nodes 2   # each run on 2 nodes x 4 GPUs
     python -m mmpt.sweep ... --dry-run          # list the jobs (and which are finished) without running anything
 
 Every job is one train.py command built by mmpt.experiments.layout (the same commands and folders as scripts/<trainer>/).
 Finished runs (their log.txt holds `* accuracy:`) are skipped, so re-running a sweep resumes it: killed or
 failed jobs run again (a killed training resumes from its last checkpoint). Jobs run in parallel, one per GPU
-(--gpus, through CUDA_VISIBLE_DEVICES) or N at a time (--jobs); each writes its stdout to `stdout.log` in its
-run folder. A failing job is reported with its log and does not stop the others; jobs that depend on it (the
+(--gpus, through CUDA_VISIBLE_DEVICES; with --gpus-per-run N, one job per group of N GPUs, started with torchrun)
+or N at a time (--jobs); each writes its stdout to `stdout.log` in its run folder. On SLURM a job of
+--gpus-per-run N GPUs runs as N tasks per node on --nodes nodes, one train.py process per GPU. A failing job is reported with its log and does not stop the others; jobs that depend on it (the
 evaluations of a model that failed to train) fail with "dependency failed". `<output>/sweep_manifest.json`
 records each job's command, status (pending / running / done / failed / skipped), return code and log.
 """
@@ -66,8 +69,8 @@ def protocol_stages(protocol, trainer, datasets, shots_list):
 
 
 def expand_grid(trainers, protocols, datasets=None, seeds=(1, 2, 3), shots=(1, 2, 4, 8, 16), cfg=None,
-                data_root="", output_root="output", opts=(), python=None):
-    """The jobs of a grid, each once, every job after the jobs it depends on."""
+                data_root="", output_root="output", opts=(), python=None, nproc=1):
+    """The jobs of a grid, each once, every job after the jobs it depends on; nproc > 1: torchrun commands."""
     python = python or sys.executable
     datasets = None if not datasets or list(datasets) == ["all"] else list(datasets)
     jobs = OrderedDict()
@@ -76,7 +79,7 @@ def expand_grid(trainers, protocols, datasets=None, seeds=(1, 2, 3), shots=(1, 2
             for seed in seeds:
                 for stage, dataset, k in protocol_stages(protocol, trainer, datasets, shots):
                     job = layout.build_job(stage, trainer, dataset, seed, k, cfg=cfg, data_root=data_root,
-                                           output_root=output_root, opts=opts, python=python)
+                                           output_root=output_root, opts=opts, python=python, nproc=nproc)
                     jobs.setdefault(job.id, job)
     return list(jobs.values())
 
@@ -130,13 +133,13 @@ PROGRESS_LINE = re.compile(r"^(epoch \[|\* accuracy|Finish training|Trainable pa
                            r"Evaluate on|Traceback|\w*Error)")
 
 
-def start_job(job, cuda_devices=None, progress=None):
+def start_job(job, cuda_devices=None, progress=None, extra_env=None):
     """Start the job's command as its own process group, appending its stdout/stderr to its log.
 
     progress: a callable that receives the job's progress lines (epoch lines, accuracy, errors) as they come.
     """
     os.makedirs(job.output_dir, exist_ok=True)
-    env = dict(os.environ)
+    env = dict(os.environ, **(extra_env or {}))
     env["PYTHONPATH"] = layout.REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     if cuda_devices is not None:
@@ -176,11 +179,27 @@ def finished_status(job, returncode):
     return "failed", f"exit code {returncode}"
 
 
+def distributed_task_env(index):
+    """In a SLURM job of several tasks (one per GPU): the env:// variables that make the train.py of every task one
+    process of the same run (rank = the task's global rank); the port moves with the chain's job index, so that
+    consecutive runs never meet an old rendezvous. None in a job of one task."""
+    import submitit
+
+    environment = submitit.JobEnvironment()
+    if environment.num_tasks == 1:
+        return None
+    dist_env = submitit.helpers.TorchDistributedEnvironment()
+    return {"MASTER_ADDR": dist_env.master_addr, "MASTER_PORT": str(dist_env.master_port + index),
+            "RANK": str(dist_env.rank), "WORLD_SIZE": str(dist_env.world_size),
+            "LOCAL_RANK": str(dist_env.local_rank), "LOCAL_WORLD_SIZE": str(dist_env.local_world_size)}
+
+
 def run_chain(job_dicts):
-    """Run dependent jobs one after another in this process (one SLURM job per chain); returns their results."""
+    """Run dependent jobs one after another in this process (one SLURM job per chain; every task of a
+    multi-GPU job runs the chain as one rank); returns their results."""
     results = []
     failed = set()
-    for job in [layout.Job(**d) for d in job_dicts]:
+    for index, job in enumerate([layout.Job(**d) for d in job_dicts]):
         if layout.is_done(job.output_dir, job.trains):
             results.append({"id": job.id, "status": "skipped", "returncode": None, "error": None})
             continue
@@ -188,7 +207,7 @@ def run_chain(job_dicts):
             failed.add(job.id)
             results.append({"id": job.id, "status": "failed", "returncode": None, "error": "dependency failed"})
             continue
-        returncode = start_job(job).wait()
+        returncode = start_job(job, extra_env=distributed_task_env(index)).wait()
         status, error = finished_status(job, returncode)
         if status == "failed":
             failed.add(job.id)
@@ -256,8 +275,11 @@ class LocalRunner:
 
 
 def run_submitit(manifest, jobs, folder, cluster=None, partition=None, time_min=240, gpus_per_job=1,
-                 cpus_per_job=8, wait=True, echo=print):
-    """Submit one submitit job per dependency chain (a training and the evaluations of its model)."""
+                 cpus_per_job=8, wait=True, echo=print, gpus_per_run=1, nodes=1):
+    """Submit one submitit job per dependency chain (a training and the evaluations of its model).
+
+    gpus_per_run > 1 or nodes > 1: the job holds gpus_per_run tasks (one GPU each) on each of `nodes` nodes;
+    every task runs the chain as one rank of each run (distributed_task_env). Task 0's results are reported."""
     import submitit
 
     pending = [job for job in jobs if manifest.status(job.id) == "pending"]
@@ -270,8 +292,12 @@ def run_submitit(manifest, jobs, folder, cluster=None, partition=None, time_min=
     if layout.REPO_ROOT not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([layout.REPO_ROOT] + [p for p in paths if p])
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    executor.update_parameters(timeout_min=int(time_min), gpus_per_node=int(gpus_per_job),
-                               cpus_per_task=int(cpus_per_job), name="mmpt-sweep", slurm_partition=partition)
+    if gpus_per_run > 1 or nodes > 1:
+        resources = dict(nodes=int(nodes), tasks_per_node=int(gpus_per_run), gpus_per_node=int(gpus_per_run))
+    else:
+        resources = dict(gpus_per_node=int(gpus_per_job))
+    executor.update_parameters(timeout_min=int(time_min), cpus_per_task=int(cpus_per_job), name="mmpt-sweep",
+                               slurm_partition=partition, **resources)
     with executor.batch():
         submitted = [(chain, executor.submit(run_chain, chain)) for chain in chains.values()]
     for chain, sub in submitted:
@@ -283,7 +309,7 @@ def run_submitit(manifest, jobs, folder, cluster=None, partition=None, time_min=
         return
     for chain, sub in submitted:
         try:
-            results = sub.result()
+            results = sub.results()[0]  # task 0 (rank 0); the same as the others
         except Exception as e:  # the whole submitit job failed (timeout, node failure, ...)
             results = [{"id": d["id"], "status": "failed", "returncode": None,
                         "error": f"submitit job {sub.job_id} failed: {str(e).splitlines()[0] if str(e) else e}"}
@@ -322,6 +348,18 @@ def summarize(manifest, jobs, echo=print):
     return len(failed)
 
 
+def gpu_slots(gpus, gpus_per_run=1, nodes=1, launcher="local"):
+    """--gpus "0,1,2,3" with --gpus-per-run 2 -> ["0,1", "2,3"]: the CUDA_VISIBLE_DEVICES of each parallel job."""
+    if gpus_per_run < 1 or nodes < 1:
+        raise ValueError(f"--gpus-per-run {gpus_per_run} / --nodes {nodes}: expected integers >= 1")
+    if nodes > 1 and launcher != "slurm":
+        raise ValueError(f"--nodes {nodes} needs --launcher slurm (or scripts/ with NNODES and RDZV_ENDPOINT)")
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    if len(ids) % gpus_per_run:
+        raise ValueError(f"--gpus {gpus} does not split into groups of --gpus-per-run {gpus_per_run}")
+    return [",".join(ids[i:i + gpus_per_run]) for i in range(0, len(ids), gpus_per_run)]
+
+
 def get_parser():
     p = argparse.ArgumentParser(prog="python -m mmpt.sweep", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -342,7 +380,10 @@ def get_parser():
     p.add_argument("--launcher", choices=["local", "slurm"], default="local")
     p.add_argument("--partition", default=None, help="SLURM partition")
     p.add_argument("--time", type=int, default=240, help="SLURM time limit per job, minutes")
-    p.add_argument("--gpus-per-job", type=int, default=1)
+    p.add_argument("--gpus-per-job", type=int, default=1, help="slurm: GPUs requested for a one-process run")
+    p.add_argument("--gpus-per-run", type=int, default=1, help="processes (GPUs) per run: > 1 trains each run "
+                   "with torch.distributed (local: groups of this many --gpus, torchrun; slurm: tasks per node)")
+    p.add_argument("--nodes", type=int, default=1, help="slurm: nodes per run (each with --gpus-per-run GPUs)")
     p.add_argument("--cpus-per-job", type=int, default=8)
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and exit (re-running the sweep while its "
                    "jobs are queued submits them again; train.py's output-dir lock stops a copy that overlaps)")
@@ -358,8 +399,12 @@ def main(argv=None, echo=print):
         sys.exit("mmpt.sweep: error: no dataset root: pass --data DIR or set DATA")
     output_root = osp.abspath(args.output)
     try:
+        slots = gpu_slots(args.gpus, args.gpus_per_run, args.nodes, args.launcher) or [None] * max(1, args.jobs)
+        # locally a run starts through torchrun; on SLURM its tasks are the processes (plain train.py commands)
+        nproc = args.gpus_per_run if args.launcher == "local" else 1
         jobs = expand_grid(args.trainers, args.protocol, args.datasets, args.seeds, args.shots, cfg=args.cfg,
-                           data_root=args.data, output_root=output_root, opts=args.opts, python=args.python)
+                           data_root=args.data, output_root=output_root, opts=args.opts, python=args.python,
+                           nproc=nproc)
     except (ValueError, KeyError, FileNotFoundError) as e:
         sys.exit(f"mmpt.sweep: error: {str(e).strip(chr(39))}")
     if args.dry_run:
@@ -377,11 +422,11 @@ def main(argv=None, echo=print):
     if args.launcher == "slurm":
         run_submitit(manifest, jobs, osp.join(output_root, "sweep_submitit"), cluster=args.submitit_cluster,
                      partition=args.partition, time_min=args.time, gpus_per_job=args.gpus_per_job,
-                     cpus_per_job=args.cpus_per_job, wait=not args.no_wait, echo=echo)
+                     cpus_per_job=args.cpus_per_job, wait=not args.no_wait, echo=echo,
+                     gpus_per_run=args.gpus_per_run, nodes=args.nodes)
         if args.no_wait:
             return 0
     else:
-        slots = [g.strip() for g in args.gpus.split(",") if g.strip()] or [None] * max(1, args.jobs)
         LocalRunner(manifest, slots, echo=echo, progress=args.progress).run(jobs)
     return 1 if summarize(manifest, jobs, echo) else 0
 
