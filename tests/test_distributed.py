@@ -1,7 +1,7 @@
 """torch.distributed on CPU (gloo, 2 processes through torchrun) against single-process runs.
 
 The launches are shared by the tests (one module fixture): two torchrun launches of tests/dist_worker.py run
-MuDPT, MaPLe and CoCoOp with a global batch of 5 (slices of 3 and 2 images), a refused batch, a run killed
+MuDPT, MaPLe, CoCoOp and PromptSRC with a global batch of 5 (slices of 3 and 2 images), a refused batch, a run killed
 mid-epoch and its resume, and an evaluation of an odd number of test images.
 """
 import contextlib
@@ -26,12 +26,15 @@ CONFIGS = {
     "MuDPT": "configs/trainers/MuDPT/vit_b16_c4_ep10_batch4_joint.yaml",
     "MaPLe": "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
     "CoCoOp": "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
+    "PromptSRC": "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",  # per-slice losses, GPA
 }
 TRAINER_OPTS = {
     "MuDPT": ("TRAINER.MUDPT.PROMPT_DEPTH", "2", "TRAINER.MUDPT.INJECTION_WIDTH", "32",
               "TRAINER.MUDPT.INJECTION_HEADS", "2"),
     "MaPLe": ("TRAINER.MAPLE.PROMPT_DEPTH", "2"),
     "CoCoOp": (),
+    "PromptSRC": ("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2",
+                  "TRAINER.PROMPTSRC.GPA_MEAN", "1.5"),
 }
 # 5 classes x 9 images: CoOp's split leaves 4 train / 2 val / 3 test images per class -> 15 test images (odd);
 # 3 shots -> 15 training images = 3 global batches of 5 per epoch. The configs' random crops and flips stay on.
