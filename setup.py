@@ -13,6 +13,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["dassl", "dassl.*", "mmpt", "mmpt.*"]),
+    # the toy world's pretrained tiny CLIP (mmpt.toy_clip, MODEL.BACKBONE.NAME toy-ViT)
+    package_data={"mmpt": ["weights/*.pt"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

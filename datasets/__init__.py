@@ -15,6 +15,7 @@ DATASET_MODULES = [
     "dtd",
     "eurosat",
     "ucf101",
+    "toy_world",
 ]
 
 for _name in DATASET_MODULES:

@@ -7,6 +7,8 @@ Real names (clip's own list, e.g. RN50, RN101, ViT-B/32, ViT-B/16, ViT-L/14) loa
   1. `path` (a checkpoint file, or a folder holding clip's file name such as ViT-B-16.pt),
   2. clip's cache `~/.cache/clip/<file>`,
   3. clip's own download (needs the internet).
+`toy-ViT` is the tiny CLIP pretrained on the toy world and shipped with the package (mmpt.toy_clip); `path`, when
+given, is another file of that format.
 Random names (`random-tiny-ViT`, `random-tiny-RN`, `random-<real name>`) build the real `clip.model.CLIP` class
 with seeded random weights: their numbers test the pipeline, never accuracy.
 """
@@ -20,6 +22,7 @@ import torch
 from clip.model import CLIP, build_model
 
 RANDOM_PREFIX = "random-"
+TOY_NAME = "toy-ViT"  # mmpt.toy_clip.NAME (not imported here: the toy model loads only when asked for)
 DOWNLOAD_TIMEOUT_S = 30
 
 # clip.model.CLIP's constructor arguments for the architectures the random backbones reproduce
@@ -52,7 +55,7 @@ def random_backbone_names():
 
 
 def valid_backbone_names():
-    return real_backbone_names() + random_backbone_names()
+    return real_backbone_names() + [TOY_NAME] + random_backbone_names()
 
 
 def check_backbone_name(name, key="MODEL.BACKBONE.NAME"):
@@ -73,6 +76,10 @@ def load_clip_by_name(name, path="", seed=0):
     check_backbone_name(name)
     if name.startswith(RANDOM_PREFIX):
         return build_random_clip(name, seed)
+    if name == TOY_NAME:
+        from mmpt.toy_clip import load_toy_clip
+
+        return load_toy_clip(path)
     return load_clip_file(find_clip_file(name, path))
 
 

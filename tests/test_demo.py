@@ -1,57 +1,68 @@
-"""mmpt.demo in pieces (a full demo run costs ~1 min of CPU: tests/test_sweep.py runs the same runner for real)."""
+"""mmpt.demo in pieces (a full demo run costs minutes of CPU: tests/test_toy_methods.py trains the same configs)."""
 import os
 
-from mmpt.experiments import demo, layout, sweep
+from mmpt.data import toy_world
+from mmpt.experiments import demo, layout
 
 
-def demo_jobs(tmp_path, epochs=1):
-    return sweep.expand_grid(demo.DEMO_TRAINERS, ["base2new"], [demo.DEMO_DATASET[1]], seeds=[1],
-                             data_root=str(tmp_path / "data"), output_root=str(tmp_path / "output"),
-                             opts=demo.tiny_opts(epochs))
+def demo_jobs(tmp_path, epochs=None):
+    return demo.demo_jobs(str(tmp_path / "data"), str(tmp_path / "output"), epochs)
 
 
-def test_demo_commands_are_valid_tiny_configs(tmp_path):
-    import train  # the repository's train.py: the commands must parse into configs on the tiny backbone
+def test_demo_commands_are_the_toy_configs(tmp_path):
+    import train  # the repository's train.py: the commands must parse into configs on the toy backbone
 
     jobs = demo_jobs(tmp_path, epochs=3)
-    assert [(j.trainer, j.stage) for j in jobs] == [("MuDPT", "base2new_train"), ("MuDPT", "base2new_test_new"),
-                                                     ("CoOp", "base2new_train"), ("CoOp", "base2new_test_new")]
+    expected = [("ZeroshotCLIP", "base2new_test_base"), ("ZeroshotCLIP", "base2new_test_new")]
+    for trainer in demo.DEMO_TRAINERS[1:]:
+        expected += [(trainer, "base2new_train"), (trainer, "base2new_test_new")]
+    assert [(j.trainer, j.stage) for j in jobs] == expected
     for job in jobs:
         cfg = train.setup_cfg(train.get_parser().parse_args(job.argv[2:]))
-        assert cfg.MODEL.BACKBONE.NAME == "random-tiny-ViT" and cfg.OPTIM.MAX_EPOCH == 3
-        assert cfg.INPUT.SIZE == (32, 32) and cfg.DATALOADER.NUM_WORKERS == 0
-        assert cfg.TRAINER.MUDPT.PROMPT_DEPTH == 2  # the tiny backbone has 2 layers
-        if not job.trains:
+        assert cfg.MODEL.BACKBONE.NAME == "toy-ViT" and cfg.DATASET.NAME == "ToyWorld"
+        assert cfg.OPTIM.MAX_EPOCH == 3 and cfg.INPUT.SIZE == (32, 32) and cfg.DATALOADER.NUM_WORKERS == 0
+        assert job.cfg == demo.DEMO_CONFIG
+        if job.trains:
+            assert job.argv[job.argv.index("DATASET.SUBSAMPLE_CLASSES") + 1] == "base"
+        elif job.trainer != "ZeroshotCLIP":
             assert job.argv[job.argv.index("--load-epoch") + 1] == "3"
+    # without --epochs the configs' own schedules apply
+    assert all("OPTIM.MAX_EPOCH" not in job.argv for job in demo_jobs(tmp_path))
 
 
-def test_demo_data_is_made_once(tmp_path):
-    root = demo.make_demo_data(str(tmp_path / "data"))
-    folder = os.path.join(root, "caltech-101", "101_ObjectCategories")
-    classes = sorted(os.listdir(folder))
-    assert len(classes) >= 4
-    before = os.path.getmtime(os.path.join(folder, classes[0]))
-    demo.make_demo_data(str(tmp_path / "data"))
-    assert os.path.getmtime(os.path.join(folder, classes[0])) == before
+def test_demo_data_is_the_toy_world_made_once(tmp_path):
+    root = str(tmp_path / "data")
+    folder = demo.make_demo_data(root)
+    assert sorted(os.listdir(os.path.join(folder, "images"))) == sorted(
+        toy_world.folder_name(*c) for c in toy_world.all_classes())
+    split = os.path.join(folder, toy_world.SPLIT_FILE)
+    before = os.path.getmtime(split)
+    demo.make_demo_data(root)
+    assert os.path.getmtime(split) == before
 
 
 def test_demo_orchestration_on_finished_runs(tmp_path):
-    """With every run already finished, the demo skips them and prints the banner, the sweep and the tables."""
-    accuracy = {"MuDPT": (80.0, 60.0), "CoOp": (70.0, 40.0)}
-    for job in demo_jobs(tmp_path, epochs=2):
+    """With every run already finished, the demo skips them and prints the banner, the sweep, table and chart."""
+    accuracy = {"ZeroshotCLIP": (50.0, 40.0), "CoOp": (70.0, 30.0), "CoCoOp": (65.0, 38.0), "MaPLe": (72.0, 41.0),
+                "MuDPT": (80.0, 60.0), "MPL": (71.0, 42.0)}
+    jobs = demo_jobs(tmp_path)
+    for job in jobs:
         os.makedirs(job.output_dir)
         base, new = accuracy[job.trainer]
-        text = f"Finish training\n=> result\n* accuracy: {base}%\n" if job.trains else f"=> result\n* accuracy: {new}%\n"
+        value = new if job.stage == "base2new_test_new" else base
+        head = "Finish training\n" if job.trains else ""
         with open(os.path.join(job.output_dir, "log.txt"), "w") as f:
-            f.write(text)
+            f.write(f"{head}=> result\n* accuracy: {value}%\n")
     lines = []
-    code, report = demo.run_demo(str(tmp_path), epochs=2, echo=lines.append)
+    code, report = demo.run_demo(str(tmp_path), echo=lines.append)
     assert code == 0
-    assert lines[0] == demo.BANNER and lines[-1] == demo.BANNER and "RANDOM" in demo.BANNER
-    assert any("4 runs (4 already finished)" in line for line in lines)
+    assert lines[0] == demo.BANNER
+    assert any(f"{len(jobs)} runs ({len(jobs)} already finished)" in line for line in lines)
     assert report["summary"]["MuDPT"]["average"]["hm"] == 2 * 80 * 60 / 140
     assert any("| MuDPT | 1 | 80.00 | 60.00 | 68.57 |" in line for line in lines)
+    chart = [line for line in lines if line.rstrip().endswith("68.57") and "hm" in line]
+    assert chart and chart[0].count("#") == round(68.57 / 100 * demo.CHART_WIDTH)
     assert os.path.getsize(report["files"]["base2new_bars"]) > 1024
-    first = demo_jobs(tmp_path, epochs=2)[0]
+    first = jobs[0]
     assert layout.is_done(first.output_dir, first.trains)  # skipped, not rerun: the fake log is still there
     assert "stdout.log" not in os.listdir(first.output_dir)

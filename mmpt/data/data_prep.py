@@ -52,6 +52,9 @@ DATASET_FOLDERS = {
     "ImageNetSketch": "imagenet-sketch",
     "ImageNetA": "imagenet-adversarial",
     "ImageNetR": "imagenet-rendition",
+    "ToyWorld": "toy_world",
+    "ToyWorldSketch": "toy_world_sketch",
+    "ToyWorldNoisy": "toy_world_noisy",
 }
 # registry name -> configs/datasets/<name>.yaml (also accepted on the command line)
 CONFIG_NAMES = {
@@ -59,6 +62,7 @@ CONFIG_NAMES = {
     "OxfordFlowers": "oxford_flowers", "Food101": "food101", "FGVCAircraft": "fgvc_aircraft", "SUN397": "sun397",
     "DescribableTextures": "dtd", "EuroSAT": "eurosat", "UCF101": "ucf101", "ImageNetV2": "imagenetv2",
     "ImageNetSketch": "imagenet_sketch", "ImageNetA": "imagenet_a", "ImageNetR": "imagenet_r",
+    "ToyWorld": "toy_world", "ToyWorldSketch": "toy_world_sketch", "ToyWorldNoisy": "toy_world_noisy",
 }
 
 
@@ -210,6 +214,10 @@ SOURCES = {
         Resource("https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar", "imagenet-r.tar", ("imagenet-r",),
                  archive_prefix=""),
     )),
+    # generated here, nothing to fetch (mmpt.data.toy_world; the loaders also generate them when missing)
+    "ToyWorld": Source(()),
+    "ToyWorldSketch": Source(()),
+    "ToyWorldNoisy": Source(()),
 }
 
 
@@ -445,6 +453,10 @@ def prepare(name, root, base_url=None, keep_archives=False):
     dataset_dir = osp.join(root, folder)
     source = SOURCES[name]
     print(f"{name} -> {dataset_dir}")
+    from mmpt.data import toy_world
+
+    if name in toy_world.DATASETS:
+        toy_world.make_dataset(name, root)
     if source.resources:
         os.makedirs(dataset_dir, exist_ok=True)
     failures = []

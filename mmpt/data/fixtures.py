@@ -263,7 +263,13 @@ def make_dataset(name, root, num_classes=6, images_per_class=6, image_size=32, s
     wnids of the class list / the -A, -R subsets). Returns the dataset folder (`root/<folder>`).
     Datasets without an ImageNet class list take any number of classes (real names first, then made-up
     ones). At least 4 images per class are needed (CoOp's 50/20/30 rounding leaves 3 without a test image).
+    The toy worlds (ToyWorld, ToyWorldSketch, ToyWorldNoisy) are generated whole (mmpt.data.toy_world); the
+    size arguments do not apply to them.
     """
+    from mmpt.data import toy_world
+
+    if name in toy_world.DATASETS:
+        return toy_world.make_dataset(name, root)
     if name not in WRITERS:
         raise KeyError(f"make_dataset: unknown dataset name {name!r}; choose from {sorted(WRITERS)}")
     if images_per_class < 4:

@@ -1,15 +1,18 @@
-"""The first command to run: `python -m mmpt.demo` (no weights, no data, CPU, about a minute).
+"""The first command to run: `python -m mmpt.demo` (no downloads, CPU, a few minutes).
 
-It generates a small image dataset (mmpt.data.fixtures, Caltech101's real layout), runs MuDPT and CoOp through
-the base-to-new protocol (train on the base half, test on the new half) with the sweep runner -- the same
-train.py commands and output folders as scripts/<trainer>/base2new_*.sh -- on a RANDOM tiny CLIP
-(`random-tiny-ViT`), then prints the results tables (python -m mmpt.results). The backbone is random: the
-numbers test the pipeline, not the method.
+It generates the toy world (mmpt.data.toy_world: 36 colour-shape classes, 18 base and 18 new combinations),
+then runs zero-shot CLIP and every prompt-tuning method through the base-to-new protocol (train on the base
+classes with 16 shots, test on base and on new) with the sweep runner -- the same train.py commands and output
+folders as scripts/<trainer>/base2new_*.sh -- on `toy-ViT`, the tiny CLIP pretrained on the toy world's base
+combinations and shipped with the package (mmpt.toy_clip). It prints the results table (python -m mmpt.results)
+and a text chart of it; the same chart is saved as a PNG.
 
-    python -m mmpt.demo [--output DIR] [--epochs N]
+Each trainer runs its `configs/trainers/<Trainer>/toy_demo.yaml`: the paper's prompt settings with a short
+schedule, 32 px input and no data-loader workers (see docs/TOY_WORLD.md).
+
+    python -m mmpt.demo [--output DIR] [--epochs N] [--trainers CoOp MaPLe ...]
 """
 import argparse
-import os
 import os.path as osp
 import sys
 import tempfile
@@ -17,59 +20,75 @@ import time
 
 from mmpt.experiments import results, sweep
 
-DEMO_DATASET = ("Caltech101", "caltech101")  # (registry name for the fixture, dataset config name)
-DEMO_TRAINERS = ["MuDPT", "CoOp"]
-BANNER = ("NOTE: this demo uses a RANDOM tiny CLIP (random-tiny-ViT, 32 px) on a generated dataset: "
-          "its accuracies test the pipeline, not the method.")
+DEMO_DATASET = ("ToyWorld", "toy_world")  # (registry name, dataset config name)
+DEMO_CONFIG = "toy_demo"  # configs/trainers/<Trainer>/toy_demo.yaml
+DEMO_TRAINERS = ["ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "MuDPT", "MPL"]
+BANNER = ("Base-to-new on the toy world with toy-ViT, a tiny CLIP pretrained on the base colour-shape "
+          "combinations only: 'new' classes are combinations it has never seen.")
+CHART_WIDTH = 40
 
 
-def tiny_opts(epochs):
-    """Config overrides that make every trainer run in seconds on a CPU."""
-    return ["MODEL.BACKBONE.NAME", "random-tiny-ViT", "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", str(epochs),
-            "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "32",
-            "TRAIN.PRINT_FREQ", "1", "VERBOSE", "False", "TRAINER.MUDPT.PROMPT_DEPTH", "2",
-            "TRAINER.MUDPT.INJECTION_WIDTH", "64", "TRAINER.MUDPT.INJECTION_HEADS", "2"]
+def demo_opts(epochs=None):
+    """Overrides on top of the toy_demo configs (none but the epoch count, when asked for)."""
+    return ["OPTIM.MAX_EPOCH", str(epochs)] if epochs else []
 
 
-def make_demo_data(data_root, num_classes=10, images_per_class=20):
-    from mmpt.data.fixtures import make_dataset
-
-    marker = osp.join(data_root, ".mmpt-demo-data")
-    if not osp.exists(marker):
-        os.makedirs(data_root, exist_ok=True)
-        make_dataset(DEMO_DATASET[0], data_root, num_classes=num_classes, images_per_class=images_per_class)
-        open(marker, "w").close()
-    return data_root
+def demo_jobs(data_root, output_root, epochs=None, trainers=None):
+    jobs = []
+    for trainer in trainers or DEMO_TRAINERS:
+        jobs += sweep.expand_grid([trainer], ["base2new"], [DEMO_DATASET[1]], seeds=[1], cfg=DEMO_CONFIG,
+                                  data_root=data_root, output_root=output_root, opts=demo_opts(epochs))
+    return jobs
 
 
-def run_demo(output=None, epochs=5, echo=print):
+def make_demo_data(data_root):
+    from mmpt.data import toy_world
+
+    return toy_world.make_dataset(DEMO_DATASET[0], data_root)
+
+
+def text_chart(summary, width=CHART_WIDTH):
+    """Base / new / HM of each method as bars of '#' (100% = `width` characters)."""
+    lines = []
+    for method, entry in summary.items():
+        average = entry["average"]
+        for key in ("base", "new", "hm"):
+            value = average[key]
+            lines.append(f"{method if key == 'base' else '':>12} {key:>4} {'#' * round(value / 100 * width):<{width}} "
+                         f"{value:6.2f}")
+    return lines
+
+
+def run_demo(output=None, epochs=None, trainers=None, echo=print):
     """Generate the data, run the grid, print the tables; returns (exit code, the results dict)."""
     start = time.time()
     output = osp.abspath(output or tempfile.mkdtemp(prefix="mmpt-demo-"))
     echo(BANNER)
-    data_root = make_demo_data(osp.join(output, "data"))
-    echo(f"Generated a {DEMO_DATASET[0]}-layout dataset in {data_root}")
+    data_root = osp.join(output, "data")
+    echo(f"The toy world is in {make_demo_data(data_root)}")
     output_root = osp.join(output, "output")
-    jobs = sweep.expand_grid(DEMO_TRAINERS, ["base2new"], [DEMO_DATASET[1]], seeds=[1], data_root=data_root,
-                             output_root=output_root, opts=tiny_opts(epochs))
-    manifest = sweep.Manifest(output_root, command=f"python -m mmpt.demo --output {output} --epochs {epochs}")
+    jobs = demo_jobs(data_root, output_root, epochs, trainers)
+    command = f"python -m mmpt.demo --output {output}" + (f" --epochs {epochs}" if epochs else "")
+    manifest = sweep.Manifest(output_root, command=command)
     skipped, pending = sweep.prepare(jobs, manifest)
-    echo(f"Base-to-new with {' and '.join(DEMO_TRAINERS)}: {len(jobs)} runs ({skipped} already finished), "
-         f"each one train.py command (see {manifest.path})")
+    echo(f"Base-to-new with {', '.join(trainers or DEMO_TRAINERS)}: {len(jobs)} runs ({skipped} already "
+         f"finished), each one train.py command (see {manifest.path})")
     sweep.LocalRunner(manifest, [None], echo=echo, progress=True).run(jobs)
     failed = sweep.summarize(manifest, jobs, echo)
     report = results.write_report(output_root, echo=echo)
+    for line in text_chart(report["summary"]):
+        echo(line)
     echo(f"Done in {time.time() - start:.0f} s; everything is in {output}")
-    echo(BANNER)
     return (1 if failed else 0), report
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mmpt.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default=None, help="folder for the data and outputs (default: a new temp folder)")
-    p.add_argument("--epochs", type=int, default=5, help="training epochs per run (default 5)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per run (default: the toy_demo configs')")
+    p.add_argument("--trainers", nargs="+", default=None, help=f"default: {' '.join(DEMO_TRAINERS)}")
     args = p.parse_args(argv)
-    code, _ = run_demo(args.output, args.epochs)
+    code, _ = run_demo(args.output, args.epochs, args.trainers)
     return code
 
 
