@@ -9,19 +9,24 @@ final accuracy when a test ran).
 Several GPUs or nodes: `torchrun --nproc_per_node N train.py <the same arguments>` (docs/DISTRIBUTED.md).
 """
 import argparse
-import contextlib
 import os
-import os.path as osp
+import signal
 import sys
 
 import torch
 
-from dassl.config import ConfigKeyError, get_cfg_default
+from dassl.config import ConfigError, get_cfg_default
 from dassl.engine import build_trainer
-from dassl.utils import UnknownNameError, collect_env_info, distributed, set_random_seed, setup_logger
+from dassl.utils import (
+    collect_env_info, distributed, remove_temp_files, set_random_seed, setup_logger,
+)
+from mmpt.data.image_check import check_run_images
+from mmpt.run_folder import (  # noqa: F401  (OutputDirInUseError: train.OutputDirInUseError for callers)
+    OutputDirInUseError, RunInterrupted, check_config, interrupt_on_stop_signals, locked_output_dir, record_config,
+    stop_signal_received,
+)
 
 import datasets  # noqa: F401  (registers the datasets)
-import trainers  # registers the trainers; trainers.extend_cfg adds their config nodes
 
 
 def print_args(args, cfg):
@@ -62,6 +67,8 @@ def reset_cfg(cfg, args):
 
 def setup_cfg(args):
     """defaults -> trainers' nodes -> dataset config -> method config -> arguments -> KEY VALUE opts; frozen."""
+    import trainers  # declares every method (and MMPT_TRAINER_MODULES'); imported here, where a bad module name
+                     # is a ConfigError that main's caller prints as one line
     cfg = get_cfg_default()
     trainers.extend_cfg(cfg)
     if args.dataset_config_file:
@@ -74,42 +81,33 @@ def setup_cfg(args):
     return cfg
 
 
-class OutputDirInUseError(RuntimeError):
-    """Another live process is running into the same OUTPUT_DIR."""
-
-
-@contextlib.contextmanager
-def exclusive_output_dir(output_dir):
-    """Hold an advisory lock on OUTPUT_DIR for the whole run, so that a second run into the same folder (a sweep
-    resubmitting a still-queued job, a script started twice) stops at once instead of interleaving checkpoints
-    and logs. The OS drops the lock when the process dies, SIGKILL included, so a killed run never blocks its
-    resume. Filesystems without flock run unlocked."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    os.makedirs(output_dir, exist_ok=True)
-    with open(osp.join(output_dir, ".lock"), "a") as lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputDirInUseError(f"{output_dir} is in use by another running train.py (lock file "
-                                      f"{osp.join(output_dir, '.lock')}); wait for it or use another --output-dir") from None
-        except OSError:
-            pass
-        yield
-
-
 def main(args):
     """Run training and/or evaluation; returns the trainer (trainer.test_result: the last test accuracy)."""
     cfg = setup_cfg(args)
     distributed.init_from_env(use_cuda=cfg.USE_CUDA)  # under torchrun / SLURM tasks; a plain run: no-op
-    if not distributed.is_main_process():  # rank 0 holds the lock and writes the log; the others stay silent
+    if not distributed.is_main_process():  # rank 0 locks, checks and records the folder, writes the log
         with distributed.quiet():
             return run(cfg, args)
-    with exclusive_output_dir(cfg.OUTPUT_DIR):
-        return run(cfg, args)
+    with locked_output_dir(cfg.OUTPUT_DIR):
+        try:
+            prepare_run_folder(cfg)
+            return run(cfg, args)
+        except BaseException as error:
+            # Ctrl-C, SIGTERM, and whatever else broke because of them (a DataLoader worker killed by the same
+            # signal): one line that says how to resume
+            if isinstance(error, KeyboardInterrupt) or stop_signal_received():
+                raise RunInterrupted(cfg.OUTPUT_DIR, stop_signal_received() or signal.SIGINT) from None
+            raise
+
+
+def prepare_run_folder(cfg):
+    """Under the folder's lock: drop the temp files of writes killed mid-way, check that the folder (and RESUME)
+    holds no checkpoint or result of another config, record this run's config.yaml."""
+    remove_temp_files(cfg.OUTPUT_DIR)
+    cfg_text = cfg.dump()
+    for folder in dict.fromkeys(f for f in (cfg.OUTPUT_DIR, cfg.RESUME) if f):
+        check_config(folder, cfg_text)
+    record_config(cfg.OUTPUT_DIR, cfg_text)
 
 
 def run(cfg, args):
@@ -125,6 +123,11 @@ def run(cfg, args):
             print("Collecting env info ...")
             print(f"** System info **\n{collect_env_info()}\n")
         trainer = build_trainer(cfg)
+        learns = any(trainer._optims[name] is not None for name in trainer.get_model_names())
+        if args.eval_only and not args.model_dir and learns:
+            print(f"WARNING: --eval-only without --model-dir: {cfg.TRAINER.NAME}'s learned parts are evaluated "
+                  f"untrained (their initial values); pass --model-dir <the training run's output folder>")
+        check_run_images(cfg, trainer.dm.dataset, trains=not (args.eval_only or args.no_train))
         if args.eval_only:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
             trainer.test_result = trainer.test()
@@ -161,22 +164,19 @@ def get_parser():
     return parser
 
 
-def _user_errors():
-    """Exception types that mean bad input: printed as one line, without a traceback (set MMPT_TRACEBACK=1 to
-    see it). ValueError is what every config-value check raises (a backbone name, PREC, a prompt depth, ...)."""
-    errors = [ConfigKeyError, UnknownNameError, FileNotFoundError, ValueError, OutputDirInUseError]
-    try:
-        from mmpt.clip_backbone import BackboneNotFoundError
-        errors.append(BackboneNotFoundError)
-    except ImportError:
-        pass
-    return tuple(errors)
+def cli(argv=None):
+    """The command line: a user mistake (ConfigError, RunError included) and an interruption end with one
+    `train.py: error: ...` line on stderr and a non-zero exit status (128 + the signal number for SIGINT /
+    SIGTERM); MMPT_TRACEBACK=1 shows the traceback. Any other exception is a bug and keeps its traceback."""
+    with interrupt_on_stop_signals():
+        try:
+            main(get_parser().parse_args(argv))
+        except ConfigError as e:
+            if os.environ.get("MMPT_TRACEBACK"):
+                raise
+            print(f"train.py: error: {e}", file=sys.stderr)
+            sys.exit(128 + e.signum if isinstance(e, RunInterrupted) else 1)
 
 
 if __name__ == "__main__":
-    try:
-        main(get_parser().parse_args())
-    except _user_errors() as e:
-        if os.environ.get("MMPT_TRACEBACK"):
-            raise
-        sys.exit(f"train.py: error: {e}")
+    cli()

@@ -108,7 +108,7 @@ def main(argv=None):
         cfg = load_cfg(trainer_name, config_path(trainer_name, args.config), args.backbone, args.opts)
         for n_classes in args.classes:
             model = build_method(trainer_name, cfg, harness.imagenet_classnames(n_classes), clip_model).to(args.device)
-            if getattr(model, "text_depends_on_image", False):
+            if model.compute_prompts().depends_on_image:
                 print(f"\n{trainer_name}: text features depend on the image; nothing to cache (skipped)")
                 break
             bench = EvalBench(model, clip_model, args.device)

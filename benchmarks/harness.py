@@ -32,7 +32,7 @@ def add_common_args(parser):
     """The options every benchmark script takes (trainers, classes, backbone, device, repeats, ...)."""
     parser.add_argument("--trainers", nargs="+", default=["MuDPT"])
     parser.add_argument("--config", default=None, help="config file (name under configs/trainers/<T>/ or a path); "
-                        "default: each trainer's main config (benchmarks/models.py DEFAULT_CONFIGS)")
+                        "default: each method's declared few-shot config (benchmarks/models.py)")
     parser.add_argument("--classes", nargs="+", type=int, default=[100])
     parser.add_argument("--backbone", default="random-ViT-B/16")
     parser.add_argument("--opts", nargs="+", default=[], help="config overrides KEY VALUE ... (as train.py's)")

@@ -1,9 +1,9 @@
 """Build the method models the way the trainers do, with a random backbone, and switch the levers on / off.
 
-A method model is what `PromptTrainer.build_model` trains: `<Trainer>.build_prompted_clip(cfg, classnames,
-clip_model)` (the trainer's own build code), with everything outside `prompt_learner` frozen. No dataset is
-needed: the benchmarks feed random images, and the class names are real ImageNet names so that the text
-lengths (which set the cost of the truncated text tower) are realistic.
+A method model is what `PromptTrainer.build_model` trains, built here by `mmpt.create_model` from the method's
+config node after a config file (+ `--opts`). No dataset is needed: the benchmarks feed random images, and the
+class names are real ImageNet names so that the text lengths (which set the cost of the truncated text tower)
+are realistic.
 """
 import contextlib
 import copy
@@ -16,30 +16,31 @@ import torch
 from benchmarks.harness import REPO_ROOT
 from benchmarks.reference import ReferenceImageEncoder, ReferenceTextEncoder
 
-# The config each trainer is benchmarked with unless --config says otherwise (the method's main setting).
-DEFAULT_CONFIGS = {
-    "MuDPT": "vit_b16_c4_ep10_batch4_joint.yaml",  # the paper's setting: joint injection, n = 4, J = 12
-    "MaPLe": "vit_b16_c2_ep5_batch4_2ctx.yaml",
-    "MPL": "vit_b4_c1_add2_rm1.yaml",
-    "CoOp": "vit_b16_ep50.yaml",
-    "CoCoOp": "vit_b16_c4_ep10_batch1_ctxv1.yaml",
-    "IVLP": "vit_b16_c2_ep5_batch4_2+2ctx.yaml",
-    "VPT": "vit_b16_c2_ep5_batch4_4.yaml",
-    "PromptSRC": "vit_b16_c2_ep20_batch4_4+4ctx.yaml",
-}
+# The config a method is benchmarked with unless --config says otherwise: its declared few-shot config at
+# ImageNet, 16 shots (each method's main setting).
+BENCHMARK_PROTOCOL = ("fewshot", "imagenet", 16)
+
+
+def declared_methods():
+    import trainers  # noqa: F401  (declares every method)
+    from mmpt.methods import declared_methods as declared
+
+    return declared()
 
 
 def config_path(trainer_name, config=None):
-    """configs/trainers/<Trainer>/<config>; default: the trainer's main config, else its first vit_b16 one."""
-    folder = os.path.join(REPO_ROOT, "configs", "trainers", trainer_name)
+    """The method's config file `config`; default: its declared main config, else its first vit_b16 one."""
+    method = trainer_class(trainer_name)
+    folder = os.path.dirname(method.config_file("x", REPO_ROOT))
     if config:
         path = config if os.path.isfile(config) else os.path.join(folder, config)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config {config!r} for trainer {trainer_name}: no such file ({path})")
         return path
-    preferred = os.path.join(folder, DEFAULT_CONFIGS.get(trainer_name, ""))
-    if os.path.isfile(preferred):
-        return preferred
+    if method.default_configs:
+        preferred = method.config_file(method.default_config(*BENCHMARK_PROTOCOL), REPO_ROOT)
+        if os.path.isfile(preferred):
+            return preferred
     candidates = sorted(glob.glob(os.path.join(folder, "vit_b16*.yaml"))) or sorted(glob.glob(os.path.join(folder, "*.yaml")))
     if not candidates:
         raise FileNotFoundError(f"trainer {trainer_name}: no config file under {folder}")
@@ -47,10 +48,10 @@ def config_path(trainer_name, config=None):
 
 
 def trainer_class(trainer_name):
-    import trainers  # noqa: F401  (registers every trainer)
-    from dassl.engine import TRAINER_REGISTRY
+    from mmpt.methods import get_method
 
-    return TRAINER_REGISTRY.get(trainer_name)
+    declared_methods()
+    return get_method(trainer_name)
 
 
 def load_cfg(trainer_name, config_file, backbone, opts=()):
@@ -75,15 +76,12 @@ def build_clip(backbone, seed=0):
 
 
 def build_method(trainer_name, cfg, classnames, clip_model):
-    """The trainer's own `build_prompted_clip`, with the backbone frozen as PromptTrainer freezes it."""
-    cls = trainer_class(trainer_name)
-    trainer = cls.__new__(cls)  # build_prompted_clip needs the config, not a dataset
-    trainer.cfg = cfg
+    """`mmpt.create_model` with the method's config node of `cfg` (frozen backbone, prompt_learner trainable)."""
+    from mmpt import create_model
+
+    node = cfg.TRAINER[trainer_class(trainer_name).cfg_node]
     with contextlib.redirect_stdout(open(os.devnull, "w")):
-        model = cls.build_prompted_clip(trainer, cfg, classnames, clip_model)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith("prompt_learner."))
-    return model
+        return create_model(trainer_name, clip_model, classnames, **dict(node))
 
 
 def trainable_parameters(model):

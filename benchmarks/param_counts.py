@@ -3,7 +3,7 @@
     python benchmarks/param_counts.py                       # every trainer and config, 100 classes
     python benchmarks/param_counts.py --trainers MuDPT MPL --classes 1000
 
-Each model is built by the trainer's own `build_prompted_clip` on a random ViT-B/16 (parameter counts depend
+Each model is built by `mmpt.create_model` on a random ViT-B/16 (parameter counts depend
 on the architecture only) and counted as PromptTrainer trains it: every parameter of `prompt_learner`.
 Config files are counted at ViT-B/16 whatever backbone they name (the count only depends on the text width and,
 for visual prompts, the vision width). The "expected" column gives the published / official figures where
@@ -17,9 +17,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.models import build_clip, build_method, load_cfg, trainable_parameters, trainer_class  # noqa: E402
+from benchmarks.models import build_clip, build_method, declared_methods, load_cfg, trainable_parameters  # noqa: E402
 
-# Official / published trainable-parameter counts at ViT-B/16 (docs: METHODS.md, MPL.md; MaPLe's paper).
+# Official / published trainable-parameter counts at ViT-B/16 (docs/METHODS.md; the papers and releases).
 EXPECTED = {
     ("MuDPT", "linear"): 1_204_736,  # official code's MuDPT trainer, n = 2, J = 9
     ("MuDPT", "separate"): 11_056_128,  # official last variant, n = 2, J = 9
@@ -35,7 +35,9 @@ EXPECTED = {
 # MaPLe's parameter table)
 def _n_ctx(node):
     """CoOp / CoCoOp: CTX_INIT's words set the context length when given, else N_CTX."""
-    return len(node.CTX_INIT.replace("_", " ").split()) if node.CTX_INIT else node.N_CTX
+    from mmpt.sentences import readable, word_count
+
+    return word_count(readable(node.CTX_INIT)) if node.CTX_INIT else node.N_CTX
 
 
 ANALYTIC = {"CoOp": lambda node: _n_ctx(node) * 512, "CoCoOp": lambda node: _n_ctx(node) * 512 + 35_360 - 4 * 512}
@@ -44,8 +46,9 @@ ANALYTIC = {"CoOp": lambda node: _n_ctx(node) * 512, "CoCoOp": lambda node: _n_c
 def expected_count(trainer_name, config_name, cfg):
     if (trainer_name, config_name) in EXPECTED:
         return EXPECTED[(trainer_name, config_name)]
-    if trainer_name in ANALYTIC and not getattr(cfg.TRAINER[trainer_name.upper()], "CSC", False):
-        return ANALYTIC[trainer_name](cfg.TRAINER[trainer_name.upper()])
+    node = cfg.TRAINER[declared_methods()[trainer_name].cfg_node]
+    if trainer_name in ANALYTIC and not getattr(node, "CSC", False):
+        return ANALYTIC[trainer_name](node)
     if trainer_name == "MuDPT":
         node = cfg.TRAINER.MUDPT
         if node.N_CTX_TEXT == 2 and node.PROMPT_DEPTH == 9:
@@ -55,7 +58,7 @@ def expected_count(trainer_name, config_name, cfg):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trainers", nargs="+", default=None, help="default: every folder under configs/trainers")
+    parser.add_argument("--trainers", nargs="+", default=None, help="default: every declared method")
     parser.add_argument("--classes", type=int, default=100, help="number of classes (matters for class-specific contexts)")
     parser.add_argument("--backbone", default="random-ViT-B/16")
     return parser.parse_args(argv)
@@ -63,21 +66,17 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    config_root = os.path.join(harness.REPO_ROOT, "configs", "trainers")
-    trainer_names = args.trainers or sorted(os.listdir(config_root))
+    methods = declared_methods()
+    trainer_names = args.trainers or sorted(methods)
     clip_model = build_clip(args.backbone)
     classnames = harness.imagenet_classnames(args.classes)
     rows, mismatches = [], 0
     for trainer_name in trainer_names:
-        try:
-            cls = trainer_class(trainer_name)
-        except KeyError as error:
-            rows.append([trainer_name, "-", "-", "-", f"not registered ({error})"])
+        if trainer_name not in methods:
+            rows.append([trainer_name, "-", "-", "-", f"not a declared method (declared: {', '.join(methods)})"])
             continue
-        if not hasattr(cls, "build_prompted_clip"):
-            rows.append([trainer_name, "(all)", "0", "", "no trainable parameters (not a prompt trainer)"])
-            continue
-        for path in sorted(glob.glob(os.path.join(config_root, trainer_name, "*.yaml"))):
+        config_folder = os.path.dirname(methods[trainer_name].config_file("x", harness.REPO_ROOT))
+        for path in sorted(glob.glob(os.path.join(config_folder, "*.yaml"))):
             config_name = os.path.splitext(os.path.basename(path))[0]
             cfg = load_cfg(trainer_name, path, args.backbone)
             count = trainable_parameters(build_method(trainer_name, cfg, classnames, clip_model))

@@ -4,8 +4,8 @@
     python benchmarks/train_step.py --trainers MuDPT MaPLe CoOp --classes 10 100 1000 --repeats 5 --device cuda
 
 A step = zero_grad, forward (both towers), cross-entropy, backward (through the frozen towers to the prompts),
-SGD step, on random images and real ImageNet class names, with the method model built by the trainer's own
-`build_prompted_clip` on a random backbone (the architecture, not the weights, sets the cost). Configurations
+SGD step, on random images and real ImageNet class names, with the method model built by `mmpt.create_model`
+on a random backbone (the architecture, not the weights, sets the cost). Configurations
 run interleaved inside each repeat; the time is the median over repeats after warm-up. "all off" is the
 reference implementations' computation: 77-token text tower and CLIP's own nn.MultiheadAttention blocks
 (benchmarks/reference.py), fp32 on CPU / fp16 on CUDA. Peak memory: see benchmarks/harness.py.

@@ -18,16 +18,16 @@ from collections import defaultdict
 from PIL import Image
 
 from dassl.data.datasets import DatasetBase, Datum
-from dassl.utils import atomic_write, listdir_nohidden, read_json
+from dassl.utils import ConfigError, MissingFileError, atomic_write, listdir_nohidden, read_json
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingFileError):
     """A dataset folder or one of its expected files is missing."""
 
 
-class DatasetContentError(ValueError):
+class DatasetContentError(ConfigError):
     """The dataset is there but unusable: an empty class, a split naming missing files, a bad image."""
 
 
@@ -232,7 +232,7 @@ def subsample_classes(*datasets, subsample="all"):
     Each half is relabelled from 0 (in label order); the other lists are filtered to the same classes.
     """
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(f"DATASET.SUBSAMPLE_CLASSES must be one of {SUBSAMPLE_CHOICES}, got {subsample!r}")
+        raise ConfigError(f"DATASET.SUBSAMPLE_CLASSES must be one of {SUBSAMPLE_CHOICES}, got {subsample!r}")
     if subsample == "all":
         return datasets
     labels = sorted({item.label for item in datasets[0]})

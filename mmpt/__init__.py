@@ -1,6 +1,18 @@
-"""Multi-modal prompt tuning of CLIP: the library (backbones, prompted encoders, the trainer base).
+"""Multi-modal prompt tuning of CLIP: the library (backbones, prompted encoders, sentences, the trainer base and
+method declarations).
 
 Tooling lives in sub-packages: `mmpt.data` (dataset preparation, generated datasets) and `mmpt.experiments`
 (output layout, sweep runner, results, demo). `python -m mmpt.sweep | results | demo | data_prep` are kept as
 the stable commands.
+
+`mmpt.create_model(name, clip_model, classnames, **overrides)` builds any declared method's model (see
+mmpt.methods); it is imported on first use, so that `import mmpt` stays light for the command-line tools.
 """
+
+
+def __getattr__(name):
+    if name in ("create_model", "declared_methods"):
+        from mmpt import methods
+
+        return getattr(methods, name)
+    raise AttributeError(f"module 'mmpt' has no attribute {name!r}")

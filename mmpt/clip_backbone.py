@@ -21,6 +21,9 @@ import clip.clip as openai_clip  # the module holding _MODELS and _download
 import torch
 from clip.model import CLIP, build_model
 
+from dassl.utils import ConfigError, MissingFileError
+from dassl.utils.torchtools import unreadable_file_error
+
 RANDOM_PREFIX = "random-"
 TOY_NAME = "toy-ViT"  # mmpt.toy_clip.NAME (not imported here: the toy model loads only when asked for)
 DOWNLOAD_TIMEOUT_S = 30
@@ -42,7 +45,7 @@ ARCHITECTURES = {
 TINY_VIT_VISION_HEADS = 2  # clip.model.CLIP derives width // 64 = 1 head; the tiny model asks for 2
 
 
-class BackboneNotFoundError(FileNotFoundError):
+class BackboneNotFoundError(MissingFileError):
     """Real CLIP weights are neither at the given path nor in clip's cache, and could not be downloaded."""
 
 
@@ -59,9 +62,9 @@ def valid_backbone_names():
 
 
 def check_backbone_name(name, key="MODEL.BACKBONE.NAME"):
-    """Raise a one-line ValueError listing the valid names when `name` is none of them."""
+    """Raise a one-line ConfigError listing the valid names when `name` is none of them."""
     if name not in valid_backbone_names():
-        raise ValueError(f"{key}={name!r} is not a CLIP backbone; valid names: {', '.join(valid_backbone_names())}")
+        raise ConfigError(f"{key}={name!r} is not a CLIP backbone; valid names: {', '.join(valid_backbone_names())}")
 
 
 def load_clip(cfg):
@@ -80,7 +83,8 @@ def load_clip_by_name(name, path="", seed=0):
         from mmpt.toy_clip import load_toy_clip
 
         return load_toy_clip(path)
-    return load_clip_file(find_clip_file(name, path))
+    return load_clip_file(find_clip_file(name, path),
+                          hint=f"delete it and fetch {openai_clip._MODELS[name]} again (an interrupted download?)")
 
 
 def clip_file_name(name):
@@ -124,14 +128,18 @@ def download_clip_file(name, target):
         socket.setdefaulttimeout(previous_timeout)
 
 
-def load_clip_file(path):
-    """A CLIP checkpoint (clip's JIT archive or a plain state dict) -> fp32 CLIP, eval mode, CPU."""
+def load_clip_file(path, hint="delete it and download it again"):
+    """A CLIP checkpoint (clip's JIT archive or a plain state dict) -> fp32 CLIP, eval mode, CPU. A file that is
+    neither (truncated, garbage) raises one RunError line naming it; `hint` says what to do."""
     try:
         with warnings.catch_warnings():  # torch's deprecation notice of torch.jit.load: clip ships JIT archives
             warnings.simplefilter("ignore", FutureWarning)
             state_dict = torch.jit.load(path, map_location="cpu").state_dict()
     except Exception:  # not a JIT archive: a plain state dict (possibly wrapped as {"state_dict": ...})
-        state_dict = torch.load(path, map_location="cpu")
+        try:
+            state_dict = torch.load(path, map_location="cpu")
+        except Exception as error:  # noqa: BLE001  truncated zip, empty file, garbage: each raises its own type
+            raise unreadable_file_error(path, error, "CLIP checkpoint", hint) from None
         if isinstance(state_dict, dict) and "state_dict" in state_dict:
             state_dict = state_dict["state_dict"]
     state_dict = dict(state_dict)
@@ -142,7 +150,7 @@ def load_clip_file(path):
                                        for key, value in state_dict.items()})
     except (KeyError, RuntimeError, AttributeError, TypeError) as error:
         message = " ".join(str(error).split())
-        raise ValueError(f"{path} does not hold a CLIP state dict ({type(error).__name__}: {message})") from None
+        raise ConfigError(f"{path} does not hold a CLIP state dict ({type(error).__name__}: {message})") from None
     return model.eval()
 
 
@@ -151,7 +159,7 @@ def build_random_clip(name, seed=0):
     or just "ViT-B/16"), fp32, eval mode, CPU. Deterministic in `seed`; the global RNG state is left untouched."""
     arch = name[len(RANDOM_PREFIX):] if name.startswith(RANDOM_PREFIX) else name
     if arch not in ARCHITECTURES:
-        raise ValueError(f"no random CLIP architecture {name!r}; valid names: {', '.join(random_backbone_names())}")
+        raise ConfigError(f"no random CLIP architecture {name!r}; valid names: {', '.join(random_backbone_names())}")
     print(f"Backbone {RANDOM_PREFIX + arch}: RANDOM weights (seed {seed}); results test the pipeline, not accuracy")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Options every prompt trainer shares; each trainer's `extend_cfg` adds them to its own TRAINER.<NAME> node."""
+"""Options every prompt trainer shares; PromptTrainer.config_node adds them to each method's TRAINER.<NODE>."""
 from mmpt.precision import DEFAULT_PRECISION
 
 

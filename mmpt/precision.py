@@ -9,13 +9,15 @@ import contextlib
 
 import torch
 
+from dassl.utils import ConfigError
+
 PRECISIONS = ("amp", "fp32", "bf16", "fp16")
 DEFAULT_PRECISION = "amp"
 
 
 def check_precision(prec, key="PREC"):
     if prec not in PRECISIONS:
-        raise ValueError(f"{key}={prec!r} is not a precision; valid values: {', '.join(PRECISIONS)}")
+        raise ConfigError(f"{key}={prec!r} is not a precision; valid values: {', '.join(PRECISIONS)}")
     return prec
 
 

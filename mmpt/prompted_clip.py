@@ -13,11 +13,15 @@ Prompts are a list indexed by layer (`prompts[l]` goes in before block l; missin
 - Prompt region: text = positions [1, 1 + k); vision = the last k tokens.
 - Each prompt is [n, d] (shared by every sequence / image) or [N, n, d] (one per sequence / image).
 """
-import clip
+from dataclasses import dataclass
+from typing import Callable, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from dassl.utils import ConfigError
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -113,7 +117,12 @@ class PromptedTextEncoder(nn.Module):
         self.text_projection = clip_model.text_projection
         self.truncate, self.chunk_size, self.checkpoint = truncate, chunk_size, checkpoint
 
-    def forward(self, token_ids, prompts=None, remove=None, truncate=None, chunk_size=None, checkpoint=None):
+    def forward(self, token_ids, prompts=None, remove=None, truncate=None, chunk_size=None, checkpoint=None,
+                placeholders=None):
+        """`placeholders`: the sentences' placeholder count (mmpt.sentences); the shallow prompt must fill it."""
+        if placeholders is not None and prompt_count(prompts[0] if prompts else None) != placeholders:
+            raise ValueError(f"the shallow text prompt has {prompt_count(prompts[0] if prompts else None)} tokens, "
+                             f"the class sentences {placeholders} placeholder words")
         truncate, chunk_size = pick(truncate, self.truncate), pick(chunk_size, self.chunk_size)
         use_checkpoint = pick(checkpoint, self.checkpoint)
         check_schedule_length(prompts, remove, len(self.transformer.resblocks), "text")
@@ -184,18 +193,42 @@ class PromptedImageEncoder(nn.Module):
 # ------------------------------------------------------------------------------------------------------------
 # method models
 
-class PromptedCLIP(nn.Module):
-    """Base of every method model. Subclasses set `self.prompt_learner` (an nn.Module holding EVERY trainable
-    tensor) and override `text_prompts()` / `visual_prompts()`, each returning (prompts, remove) for its tower
-    (see the module docstring). The CLIP weights are shared with `clip_model`, not copied, and frozen here.
+@dataclass
+class Prompts:
+    """Everything a method puts into CLIP for one forward pass (the method contract; docs/ARCHITECTURE.md).
 
-    token_ids [C, 77]: the tokenised `prompt_texts`, one per class; a non-persistent buffer, so a checkpoint
-    trained on one class set loads for another.
+    text / vision: per-layer prompts of each tower, text_remove / vision_remove: per-layer removals (see the
+    module docstring; None = nothing). text_per_image: for text prompts computed from the image (CoCoOp), a
+    function of the normalised image features [B, E] returning per-layer text prompts whose entries are
+    [B, n, d] (one prompt per image); `text` then holds the unconditioned prompts (used where no image is given).
     """
 
-    text_depends_on_image = False  # True where the text prompts are computed from the image (CoCoOp)
+    text: Optional[list] = None
+    text_remove: Optional[list] = None
+    vision: Optional[list] = None
+    vision_remove: Optional[list] = None
+    text_per_image: Optional[Callable] = None
 
-    def __init__(self, clip_model, prompt_texts):
+    @property
+    def depends_on_image(self):
+        return self.text_per_image is not None
+
+    @property
+    def text_is_constant(self):
+        """True when the class text features depend on no learnable tensor (no text prompts, e.g. VPT)."""
+        return not self.depends_on_image and not any(p is not None for p in (self.text or []))
+
+
+class PromptedCLIP(nn.Module):
+    """Base of every method model, and its one forward path.
+
+    A method model calls `super().__init__(clip_model, sentences)` (a `mmpt.sentences.ClassSentences`: one
+    sentence per class and its placeholder count), sets `self.prompt_learner` (an nn.Module holding EVERY
+    trainable tensor) and overrides `compute_prompts() -> Prompts`, nothing else. The CLIP weights are shared
+    with `clip_model`, not copied, and frozen here.
+    """
+
+    def __init__(self, clip_model, sentences):
         super().__init__()
         self.text_encoder = PromptedTextEncoder(clip_model)
         self.image_encoder = PromptedImageEncoder(clip_model)
@@ -203,21 +236,21 @@ class PromptedCLIP(nn.Module):
         self.text_encoder.requires_grad_(False)
         self.image_encoder.requires_grad_(False)
         self.logit_scale.requires_grad_(False)
-        self.register_buffer("token_ids", clip.tokenize(list(prompt_texts), truncate=True), persistent=False)
+        self.sentences = sentences
         self.prompt_learner = nn.Module()  # nothing learnable unless a subclass says otherwise
 
+    def compute_prompts(self):
+        """The method's prompts for one forward pass (a `Prompts`); default: none."""
+        return Prompts()
+
+    def describe(self):
+        """A line the trainer prints after building the model (None: nothing)."""
+        return None
+
     @property
-    def class_token_ids(self):
-        """Alias of `token_ids` (the tokenised class prompt sentences, [C, 77])."""
-        return self.token_ids
-
-    def text_prompts(self):
-        """(prompts, remove) for the text tower; default: no prompts."""
-        return None, None
-
-    def visual_prompts(self):
-        """(prompts, remove) for the image tower; default: no prompts."""
-        return None, None
+    def token_ids(self):
+        """[C, 77] the tokenised class sentences."""
+        return self.sentences.token_ids
 
     def set_text_options(self, truncate=None, chunk_size=None, checkpoint=None):
         """Defaults of the text tower's levers (None = keep)."""
@@ -226,68 +259,84 @@ class PromptedCLIP(nn.Module):
         encoder.chunk_size = pick(chunk_size, encoder.chunk_size)
         encoder.checkpoint = pick(checkpoint, encoder.checkpoint)
 
-    def prompts(self):
-        """(text (prompts, remove), visual (prompts, remove)) for one forward pass. Override where both towers'
-        prompts come out of one computation (MuDPT's injection model), so that it runs once per pass."""
-        return self.text_prompts(), self.visual_prompts()
+    def class_features(self, prompts=None, text=None):
+        """[C, E] L2-normalised class text features of `prompts` (default: compute_prompts()); `text` replaces
+        the per-layer text prompts (one image's prompts on the per-image path)."""
+        prompts = prompts if prompts is not None else self.compute_prompts()
+        text = prompts.text if text is None else text
+        passes = self.sentences.passes(text)
+        encode = lambda p: self.text_encoder(p.token_ids, p.prompts, prompts.text_remove, placeholders=p.placeholders)
+        if len(passes) == 1 and passes[0].rows is None:
+            return F.normalize(encode(passes[0]), dim=-1)
+        rows = [None] * len(self.sentences.texts)
+        for text_pass in passes:
+            for i, feature in zip(text_pass.rows, encode(text_pass)):
+                rows[i] = feature
+        return F.normalize(torch.stack(rows), dim=-1)
 
-    @property
-    def text_is_constant(self):
-        """True when the class text features depend on no learnable tensor (no text prompts, e.g. VPT)."""
-        prompts, _ = self.text_prompts()
-        return not self.text_depends_on_image and not any(p is not None for p in (prompts or []))
+    def per_image_class_features(self, image_features, prompts):
+        """[B, E] normalised image features -> [B, C, E] class features, one text pass per image."""
+        per_image = prompts.text_per_image(image_features)
+        return torch.stack([self.class_features(prompts, text=[None if p is None else p[b] for p in per_image])
+                            for b in range(image_features.shape[0])])
 
-    def class_features(self, text_prompts=None):
-        """[C, E] L2-normalised class text features (a function of the parameters only)."""
-        prompts, remove = text_prompts or self.text_prompts()
-        return F.normalize(self.text_encoder(self.token_ids, prompts, remove), dim=-1)
-
-    def image_features(self, images, visual_prompts=None):
+    def image_features(self, images, prompts=None):
         """[B, E] L2-normalised image features."""
-        prompts, remove = visual_prompts or self.visual_prompts()
-        return F.normalize(self.image_encoder(images, prompts, remove), dim=-1)
+        prompts = prompts if prompts is not None else self.compute_prompts()
+        return F.normalize(self.image_encoder(images, prompts.vision, prompts.vision_remove), dim=-1)
 
-    def forward(self, images, class_features=None):
-        """[B, C] logits = logit_scale.exp() * cosine(image, class); pass `class_features` to reuse them."""
-        if class_features is None:
-            text_prompts, visual_prompts = self.prompts()
-            class_features = self.class_features(text_prompts)
-        else:
-            visual_prompts = self.visual_prompts()
-        return self.logits(self.image_features(images, visual_prompts), class_features)
+    def forward(self, images, prompts=None, class_features=None):
+        """[B, C] logits = logit_scale.exp() * cosine(image, class). `prompts` / `class_features` reuse values
+        computed once (an evaluation); class_features are ignored when the text depends on the image."""
+        prompts = prompts if prompts is not None else self.compute_prompts()
+        image_features = self.image_features(images, prompts)
+        if prompts.depends_on_image:
+            class_features = self.per_image_class_features(image_features, prompts)
+        elif class_features is None:
+            class_features = self.class_features(prompts)
+        return self.logits(image_features, class_features)
 
     def logits(self, image_features, class_features):
-        """logit_scale.exp() * image_features @ class_features.T, in fp32 even under autocast: bf16 would round
-        logits of ~30 to steps of 0.25, enough to flip close classes and coarsen the loss."""
+        """logit_scale.exp() * image_features @ class_features.T ([C, E], or [B, C, E] per image), in fp32 even
+        under autocast: bf16 would round logits of ~30 to steps of 0.25, enough to flip close classes."""
         with torch.autocast(image_features.device.type, enabled=False):
-            return self.logit_scale.exp().float() * image_features.float() @ class_features.float().t()
+            scale = self.logit_scale.exp().float()
+            if class_features.dim() == 3:
+                return scale * torch.einsum("be,bce->bc", image_features.float(), class_features.float())
+            return scale * image_features.float() @ class_features.float().t()
 
 
 # ------------------------------------------------------------------------------------------------------------
-# initialisation helpers shared by the methods
+# helpers shared by the methods
 
 def normal_prompts(*shape, std=0.02):
     """A Parameter of the given shape drawn from N(0, std) (the prompts' usual initialisation)."""
     return nn.Parameter(nn.init.normal_(torch.empty(*shape), std=std))
 
 
-def init_text_context(clip_model, n_ctx, ctx_init=""):
-    """[n_ctx, d_t] fp32 initial shallow text context: the token embeddings of the first n_ctx tokens of
-    `ctx_init` (e.g. "a photo of a"), or N(0, 0.02) when `ctx_init` is empty."""
-    width = clip_model.token_embedding.weight.shape[1]
-    if not ctx_init:
-        return nn.init.normal_(torch.empty(n_ctx, width), std=0.02)
-    ctx_init = ctx_init.replace("_", " ")
-    ids = clip.tokenize(ctx_init)[0]
-    n_words = int((ids != 0).sum()) - 2  # without SOS / EOT
-    if n_words < n_ctx:
-        raise ValueError(f"CTX_INIT={ctx_init!r} has {n_words} tokens; {n_ctx} context tokens need at least that many")
-    with torch.no_grad():
-        embedding = clip_model.token_embedding(ids[1: 1 + n_ctx].to(clip_model.token_embedding.weight.device))
-    return embedding.detach().float().cpu().clone()
+def random_prompts(count, n_tokens, width):
+    """[count, n_tokens, width] deep prompts, N(0, 0.02) (a Parameter, or None when count is 0)."""
+    return normal_prompts(count, n_tokens, width) if count and n_tokens else None
 
 
+def check_depth(key, depth, n_layers):
+    """A prompt depth must lie in 1..number of layers of that tower."""
+    if not (isinstance(depth, int) and 1 <= depth <= n_layers):
+        raise ConfigError(f"{key}={depth!r}: expected an int in 1..{n_layers} (the backbone's number of layers)")
 
-def context_prefix(n_ctx, ctx_init=""):
-    """The sentence prefix whose first n_ctx tokens the shallow context replaces: `ctx_init` or "X X ... X"."""
-    return ctx_init.replace("_", " ") if ctx_init else " ".join(["X"] * n_ctx)
+
+def text_width(clip_model):
+    return clip_model.ln_final.weight.shape[0]
+
+
+def vision_width(clip_model):
+    """Width of the ViT's tokens (prompts are unsupported on ResNet backbones)."""
+    conv1 = getattr(clip_model.visual, "conv1", None)
+    if conv1 is None or not hasattr(clip_model.visual, "class_embedding"):
+        raise ConfigError("MODEL.BACKBONE.NAME: visual prompts need a ViT backbone (this one is a ResNet)")
+    return conv1.out_channels
+
+
+def layer_counts(clip_model):
+    """(text layers, vision layers)."""
+    return len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks)

@@ -26,11 +26,6 @@ def template_for(dataset_name):
     return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
 
 
-def class_prompts(template, classnames):
-    """One sentence per class name; underscores in class names become spaces (as in CoOp)."""
-    return [template.format(name.replace("_", " ")) for name in classnames]
-
-
 # PromptSRC's teacher ensemble: 60 of the 80 ImageNet templates of CLIP's prompt-engineering notebook, in the order
 # of PromptSRC's release (the order only affects the last bit of the float sum). Used for every dataset.
 PROMPTSRC_TEMPLATES = (

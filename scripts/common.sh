@@ -1,14 +1,16 @@
 # shellcheck shell=bash
 # Shared logic of every scripts/<trainer>/*.sh (sourced; each of those only names its trainer, then calls
-# one run_* function below; the default config per trainer and protocol is mmpt/experiments/layout.py's DEFAULT_CONFIGS). The output layout and the train.py command line come from
-# mmpt/experiments/layout.py, the same code the sweep runner (python -m mmpt.sweep) uses.
+# one run_* function below; the default config per protocol is the one the method declares in its trainer
+# class). The output layout and the train.py command line come from mmpt/experiments/layout.py, the same code
+# the sweep runner (python -m mmpt.sweep) uses.
 #
 # Environment:
 #   DATA        dataset root (required; the folder that holds caltech-101/, oxford_pets/, imagenet/, ...)
-#   CFG         config name under configs/trainers/<Trainer>/ (default: mmpt/experiments/layout.py DEFAULT_CONFIGS, the sweep's)
+#   CFG         config name under configs/trainers/<Trainer>/ (default: the method's declared default, the sweep's)
 #   OUTPUT      output root (default: output, relative to the current folder)
 #   OPTS        extra KEY VALUE config options, shell-quoted, e.g. OPTS="OPTIM.MAX_EPOCH 1 INPUT.SIZE '(32, 32)'"
-#               (KEY VALUE pairs after the script's positional arguments are appended too)
+#               (KEY VALUE pairs after the script's positional arguments are appended too); a run with extra
+#               options gets its own folder, <cfg>__<KEY>=<value>,... (see mmpt/experiments/layout.py)
 #   SHOTS       shots for base-to-new and cross-dataset training (default 16)
 #   LOAD_EPOCH  epoch an evaluation loads (default: OPTIM.MAX_EPOCH of the config after OPTS)
 #   PYTHON      python interpreter (default: python)
@@ -63,7 +65,7 @@ _run_stage() {
     local -a RUN_CMD
     eval "$plan"
     if [[ "$RUN_DONE" == 1 ]]; then
-        echo "Skipping $RUN_DIR: its results already exist (log.txt holds '* accuracy:'); delete the folder to rerun"
+        echo "Skipping $RUN_DIR: its results already exist (log.txt holds '* accuracy:', config.yaml matches); delete the folder to rerun"
         return 0
     fi
     echo "Running $stage -> $RUN_DIR"

@@ -40,7 +40,7 @@ def main(plan_path):
         current["run"] = index
         try:
             train.main(train.get_parser().parse_args(args))
-        except train._user_errors() as error:
+        except train.ConfigError as error:  # a user mistake: train.py's one line
             print(f"train.py: error: {error}", file=sys.stderr, flush=True)
 
 

@@ -24,19 +24,17 @@ from pathlib import Path
 
 import torch
 from clip.model import CLIP
-from yacs.config import CfgNode as CN
 
 
 
 def trainer_node(module, name, **overrides):
-    """cfg.TRAINER.<name> as `module.extend_cfg` defines it, with `overrides` set."""
-    cfg = CN()
-    cfg.TRAINER = CN()
-    module.extend_cfg(cfg)
-    node = cfg.TRAINER[name]
-    for key, value in overrides.items():
-        setattr(node, key, value)
-    return node
+    """cfg.TRAINER.<name> as the method declared in `module` defines it, with `overrides` set."""
+    from mmpt.prompt_trainer import PromptTrainer
+
+    methods = [cls for cls in vars(module).values()
+               if isinstance(cls, type) and issubclass(cls, PromptTrainer) and cls.cfg_node == name]
+    assert len(methods) == 1, f"{module.__name__} declares no method with cfg_node {name!r}"
+    return methods[0].config_node(**overrides)
 
 
 @torch.no_grad()

@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dassl.utils import ConfigError
 from mmpt.clip_backbone import build_random_clip
+from mmpt.templates import template_for
 from tests.e2e import run_train, small_clip_model, trainer_node
 from trainers import cocoop, coop, ivlp, maple, vpt, zsclip
 
@@ -160,7 +162,7 @@ def test_coop_random_init(small_clip):
     ctx = model.prompt_learner.ctx.detach()
     assert ctx.shape == (len(CLASSNAMES), 16, 64)
     assert 0.015 < ctx.std().item() < 0.025 and abs(ctx.mean().item()) < 0.005  # N(0, 0.02)
-    with pytest.raises(ValueError, match="TRAINER.COOP.CLASS_TOKEN_POSITION='back'"):
+    with pytest.raises(ConfigError, match="TRAINER.COOP.CLASS_TOKEN_POSITION='back'"):
         coop.CoOpCLIP(small_clip, CLASSNAMES, trainer_node(coop, "COOP", CLASS_TOKEN_POSITION="back"))
 
 
@@ -172,7 +174,7 @@ def test_cocoop_text_features_depend_on_the_image(small_clip):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         image_features = F.normalize(small_clip.encode_image(images), dim=-1)
-        per_image = model.per_image_class_features(image_features)
+        per_image = model.per_image_class_features(image_features, model.compute_prompts())
         logits = model(images)
         learner = model.prompt_learner
         expected = torch.stack([
@@ -187,12 +189,12 @@ def test_cocoop_text_features_depend_on_the_image(small_clip):
 
 # ---- ZeroshotCLIP: CLIP's own zero-shot classifier ----
 def test_zeroshot_logits_equal_clip(small_clip):
-    template = zsclip.resolve_template("", "OxfordPets")
+    template = template_for("OxfordPets")
     assert template == "a photo of a {}, a type of pet."
-    assert zsclip.resolve_template("", "NoSuchDataset") == "a photo of a {}."
-    with pytest.raises(ValueError, match="TRAINER.ZSCLIP.TEMPLATE='a photo'"):
-        zsclip.resolve_template("a photo", "OxfordPets")
-    model = zsclip.ZeroshotCLIPModel(small_clip, CLASSNAMES, template)
+    assert template_for("NoSuchDataset") == "a photo of a {}."
+    with pytest.raises(ConfigError, match="TRAINER.ZSCLIP.TEMPLATE='a photo'"):
+        zsclip.ZeroshotCLIPModel(small_clip, CLASSNAMES, trainer_node(zsclip, "ZSCLIP", TEMPLATE="a photo"))
+    model = zsclip.ZeroshotCLIPModel(small_clip, CLASSNAMES, trainer_node(zsclip, "ZSCLIP", TEMPLATE=template))
     assert trainable(model) == 0
     torch.manual_seed(4)
     images = torch.randn(3, 3, 32, 32)
@@ -207,15 +209,15 @@ def test_zeroshot_logits_equal_clip(small_clip):
 # ---- MaPLe: visual prompt of layer l = F_l(text prompt of layer l) ----
 def test_maple_visual_prompts_are_projected_text_prompts(small_clip):
     model = perturb_prompts(maple.MaPLeCLIP(small_clip, CLASSNAMES, trainer_node(maple, "MAPLE", PROMPT_DEPTH=3)))
-    text, _ = model.text_prompts()
-    vision, _ = model.visual_prompts()
+    prompts = model.compute_prompts()
+    text, vision = prompts.text, prompts.vision
     learner = model.prompt_learner
     assert [t.shape for t in text] == [(2, 64)] * 3 and [v.shape for v in vision] == [(2, 96)] * 3
     projections = [learner.proj, *learner.compound_prompt_projections]
     for layer, (t, v, project) in enumerate(zip(text, vision, projections)):
         torch.testing.assert_close(v, t @ project.weight.T + project.bias, msg=f"layer {layer}")
     # "a photo of a" with n = 2: the first two words are learnable, "of a" stays in the sentence
-    assert clip.tokenize("a photo of a dog.")[0].tolist() == model.class_token_ids[0].tolist()
+    assert clip.tokenize("a photo of a dog.")[0].tolist() == model.token_ids[0].tolist()
 
 
 def test_maple_state_dict_keys_are_the_releases(small_clip):
@@ -228,7 +230,7 @@ def test_maple_state_dict_keys_are_the_releases(small_clip):
 
 
 def test_depth_beyond_the_backbone_is_a_clear_error(small_clip):
-    with pytest.raises(ValueError, match=r"TRAINER.MAPLE.PROMPT_DEPTH=9: expected an int in 1..3"):
+    with pytest.raises(ConfigError, match=r"TRAINER.MAPLE.PROMPT_DEPTH=9: expected an int in 1..3"):
         maple.MaPLeCLIP(small_clip, CLASSNAMES, trainer_node(maple, "MAPLE"))
 
 

@@ -10,6 +10,7 @@ from clip.model import CLIP
 import clip.clip as openai_clip
 from dassl.config import get_cfg_default
 from mmpt import clip_backbone
+from dassl.utils import ConfigError
 from mmpt.clip_backbone import (BackboneNotFoundError, build_random_clip, clip_file_name, load_clip,
                                 load_clip_by_name)
 
@@ -116,7 +117,7 @@ def test_offline_without_cache_is_one_line_naming_path_and_url(tmp_path, monkeyp
 
 
 def test_wrong_name_lists_valid_names():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ConfigError) as err:
         load_clip_by_name("ViT-B16")
     message = str(err.value)
     assert "\n" not in message and "'ViT-B16'" in message

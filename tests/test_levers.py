@@ -16,6 +16,7 @@ from benchmarks.models import build_method, load_cfg, config_path
 from benchmarks.reference import ReferenceImageEncoder, ReferenceTextEncoder
 from mmpt.clip_backbone import build_random_clip
 from mmpt.prompted_clip import PromptedImageEncoder, PromptedTextEncoder
+from dassl.utils import ConfigError
 
 ATOL = 1e-5
 CLASSNAMES = ["dog", "great white shark", "tabby cat", "fire truck", "yellow lady's slipper", "red wine"]
@@ -202,7 +203,7 @@ def test_precision_policy(monkeypatch):
     assert Precision("amp", "cuda").use_grad_scaler  # GPUs without bf16 fall back to fp16 + GradScaler
     for prec in PRECISIONS:
         assert Precision(prec, "cpu").dtype is None  # the CPU always runs fp32
-    with pytest.raises(ValueError, match="PREC='fp8'"):
+    with pytest.raises(ConfigError, match="PREC='fp8'"):
         Precision("fp8", "cpu")
 
 
@@ -241,9 +242,9 @@ def test_logits_and_residual_streams_stay_fp32_under_autocast(clip_model, mudpt_
     assert stream_dtypes and set(stream_dtypes) == {torch.float32}
     # the logits are computed from the features in fp32: recomputing them that way gives the same numbers
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        text, visual = mudpt_model.prompts()
-        class_features = mudpt_model.class_features(text)
-        image_features = mudpt_model.image_features(images, visual)
+        prompts = mudpt_model.compute_prompts()
+        class_features = mudpt_model.class_features(prompts)
+        image_features = mudpt_model.image_features(images, prompts)
     expected = mudpt_model.logit_scale.exp() * image_features.float() @ class_features.float().t()
     torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-5)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from clip.model import CLIP
-from yacs.config import CfgNode as CN
+from dassl.utils import ConfigError
 
 from tests.e2e import small_clip_model, trainer_node
 from trainers import mpl
@@ -77,7 +77,7 @@ def reference_text_features(clip_model, token_ids, prompts, n_rm=None):
 
 
 def class_token_ids(n_ctx, ctx_init):
-    return clip.tokenize(mpl.prompt_texts(CLASSNAMES, mpl.prompt_prefix(n_ctx, ctx_init)))
+    return clip.tokenize([f"{mpl.prompt_prefix(n_ctx, ctx_init)} {name.replace('_', ' ')}." for name in CLASSNAMES])
 
 
 # ---- schedule ----
@@ -87,18 +87,19 @@ def test_release_schedule_counts_and_validation():
     assert mpl.MPLSchedule(1, 9).visual_counts == schedule.visual_counts  # None = the release's 2 / 1
     assert mpl.MPLSchedule(2, 4, [1, 2, 0], [2, 1, 0]).visual_counts == [2, 2, 5, 5]
     assert mpl.MPLSchedule(1, 3).text_counts == [1, 1, 1]  # text schedule off: MaPLe's replacement
-    with pytest.raises(ValueError, match=r"N_RM_OP must be <= N_ADD_OP \* N_CTX.*N_RM_OP = 3, N_ADD_OP = 1, N_CTX = 2"):
+    with pytest.raises(ConfigError, match=r"N_RM_OP must be <= N_ADD_OP \* N_CTX.*N_RM_OP = 3, N_ADD_OP = 1, N_CTX = 2"):
         mpl.MPLSchedule(2, 9, 1, 3)
-    with pytest.raises(ValueError, match="N_RM_OP = 2 at layer 1 removes more than the 1 prompt tokens"):
+    with pytest.raises(ConfigError, match="N_RM_OP = 2 at layer 1 removes more than the 1 prompt tokens"):
         mpl.MPLSchedule(1, 9, 2, 2)
-    with pytest.raises(ValueError, match=r"N_ADD_OP = \[2, 2\]: expected .* list of 3"):
+    with pytest.raises(ConfigError, match=r"N_ADD_OP = \[2, 2\]: expected .* list of 3"):
         mpl.MPLSchedule(1, 4, [2, 2], 1)
-    with pytest.raises(ValueError, match="TEXT_N_RM_OP must be <= TEXT_N_ADD_OP"):
+    with pytest.raises(ConfigError, match="TEXT_N_RM_OP must be <= TEXT_N_ADD_OP"):
         mpl.MPLSchedule(1, 4, 2, 1, text_n_add=1, text_n_rm=2)
 
 
 def test_template_and_context_init(small_clip):
-    assert mpl.prompt_texts(["golden_retriever"], mpl.prompt_prefix(1, "a photo of a")) == ["X a photo of a golden retriever."]
+    one_class = mpl.MPLCLIP(small_clip, ["golden_retriever"], mpl_node(PROMPT_DEPTH=4))
+    assert one_class.sentences.texts == ["X a photo of a golden retriever."] and one_class.sentences.placeholders == 1
     model = mpl.MPLCLIP(small_clip, CLASSNAMES, mpl_node(PROMPT_DEPTH=4))
     x_embedding = small_clip.token_embedding.weight[clip.tokenize("X")[0, 1]]
     assert torch.equal(model.prompt_learner.ctx[0], x_embedding)
@@ -118,7 +119,7 @@ def test_visual_schedule_against_reference(small_clip, n_ctx, n_add, n_rm):
     try:
         with torch.no_grad():
             features = model.image_features(images)
-            prompts, remove = model.visual_prompts()
+            prompts, remove = model.compute_prompts().vision, model.compute_prompts().vision_remove
             assert remove == [None, *schedule.n_rm]
             mlp_inputs_model, mlp_inputs[:] = list(mlp_inputs), []
             expected, block_inputs = reference_image_features(small_clip, images, prompts, schedule.n_rm)
@@ -141,7 +142,7 @@ def test_carried_tokens_are_previous_outputs_not_parameters(small_clip):
     model = build_model(small_clip, N_CTX=1, PROMPT_DEPTH=4, N_ADD_OP=2, N_RM_OP=1)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        prompts, _ = model.visual_prompts()
+        prompts = model.compute_prompts().vision
         features = model.image_features(images)
         carried, _ = reference_image_features(small_clip, images, prompts, model.schedule.n_rm)
         # the "re-inserted" variant: every layer's prompt region is rebuilt from raw parameters
@@ -156,7 +157,7 @@ def test_carried_tokens_are_previous_outputs_not_parameters(small_clip):
 def test_text_features_against_reference(small_clip):
     model = build_model(small_clip, N_CTX=1, PROMPT_DEPTH=4)
     with torch.no_grad():
-        prompts, remove = model.text_prompts()
+        prompts, remove = model.compute_prompts().text, model.compute_prompts().text_remove
         assert remove is None  # text schedule off: the deep text prompts replace (MaPLe)
         expected = reference_text_features(small_clip, class_token_ids(1, "a photo of a"), prompts)
         torch.testing.assert_close(model.class_features(), F.normalize(expected, dim=-1), atol=1e-5, rtol=1e-5)
@@ -168,7 +169,7 @@ def test_text_schedule_truncation_is_exact(small_clip):
     assert model.schedule.text_counts == [2, 5, 5, 9]
     token_ids = class_token_ids(2, "a photo of a")
     with torch.no_grad():
-        prompts, remove = model.text_prompts()
+        prompts, remove = model.compute_prompts().text, model.compute_prompts().text_remove
         assert remove == [None, 1, 2, 2]
         truncated = model.text_encoder(token_ids, prompts, remove, truncate=True)
         untruncated = model.text_encoder(token_ids, prompts, remove, truncate=False)
@@ -178,7 +179,7 @@ def test_text_schedule_truncation_is_exact(small_clip):
     torch.testing.assert_close(untruncated, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(features, F.normalize(expected, dim=-1), atol=1e-5, rtol=1e-5)
     # the vision slots of layer l read the first n tokens of T_l
-    visual, _ = model.visual_prompts()
+    visual = model.compute_prompts().vision
     slot = model.prompt_learner.compound_prompt_projections[0][1]
     torch.testing.assert_close(visual[1][2:4], slot(prompts[1][:2]))
 
@@ -199,14 +200,11 @@ def maple_logits_independent(clip_model, learner, token_ids, images):
 def maple_with_mpl_parameters(clip_model, mpl_model, n_ctx, depth):
     """trainers/maple.py's MaPLe on the same sentences (CTX_INIT "X .. X a photo of a" learns the X's, as MPL)
     holding MPL's parameters: ctx, T_l, proj, and F_{1,l} as MaPLe's F_l."""
-    from trainers.maple import MaPLeCLIP, extend_cfg as maple_extend_cfg
+    from trainers import maple as maple_module
 
-    cfg = CN()
-    cfg.TRAINER = CN()
-    maple_extend_cfg(cfg)
-    node = cfg.TRAINER.MAPLE
-    node.N_CTX, node.PROMPT_DEPTH, node.CTX_INIT = n_ctx, depth, mpl.prompt_prefix(n_ctx, "a photo of a")
-    maple = MaPLeCLIP(clip_model, CLASSNAMES, node).eval()
+    node = trainer_node(maple_module, "MAPLE", N_CTX=n_ctx, PROMPT_DEPTH=depth,
+                        CTX_INIT=mpl.prompt_prefix(n_ctx, "a photo of a"))
+    maple = maple_module.MaPLeCLIP(clip_model, CLASSNAMES, node).eval()
     assert torch.equal(maple.token_ids, mpl_model.token_ids)
     assert torch.equal(maple.prompt_learner.ctx, mpl.initial_context(clip_model, n_ctx, "a photo of a"))  # same init
     source, target = mpl_model.prompt_learner, maple.prompt_learner
@@ -239,7 +237,7 @@ def test_add1_rm_n_equals_maple(small_clip, n_ctx):
 
 
 def test_depth_beyond_backbone_is_a_clear_error(small_clip):
-    with pytest.raises(ValueError, match=r"TRAINER.MPL.PROMPT_DEPTH=9: expected an int in 1..5"):
+    with pytest.raises(ConfigError, match=r"TRAINER.MPL.PROMPT_DEPTH=9: expected an int in 1..5"):
         mpl.MPLCLIP(small_clip, CLASSNAMES, mpl_node(PROMPT_DEPTH=9))
 
 
@@ -278,8 +276,8 @@ def test_config_files():
 
 def test_release_parameter_count_vit_b16(vit_b16, capsys):
     cfg = release_cfg("configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml")
-    model = mpl.MPL.build_prompted_clip(None, cfg, ["cat", "dog"], vit_b16)
-    printed = capsys.readouterr().out
+    model = mpl.MPL.build_method_model(vit_b16, ["cat", "dog"], cfg.TRAINER.MPL)
+    printed = model.describe()
     assert sum(p.numel() for p in model.prompt_learner.parameters()) == 6_702_336
     d_t, d_v = 512, 768
     assert dict(model.prompt_learner.parameter_breakdown()) == {
@@ -313,6 +311,6 @@ def test_resnet_backbone_is_refused_in_one_line():
     resnet_clip = CLIP(embed_dim=48, image_resolution=32, vision_layers=(1, 1, 1, 1), vision_width=8,
                        vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=64,
                        transformer_heads=2, transformer_layers=2)
-    with pytest.raises(ValueError, match="need a ViT backbone") as info:
+    with pytest.raises(ConfigError, match="need a ViT backbone") as info:
         mpl.MPLCLIP(resnet_clip, CLASSNAMES, mpl_node(PROMPT_DEPTH=2))
     assert "\n" not in str(info.value)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from clip.model import CLIP
-from yacs.config import CfgNode as CN
+from dassl.utils import ConfigError
 
 from tests.e2e import small_clip_model, trainer_node
 from trainers import mudpt
@@ -68,11 +68,7 @@ def test_depth1_no_visual_prompts_no_injection_is_coop(small_clip):
 def test_depth1_text_features_equal_trainers_coop(small_clip):
     coop = pytest.importorskip("trainers.coop")
     model = build_model(small_clip, PROMPT_DEPTH=1, N_CTX_VISION=0, INJECTION="none", N_CTX_TEXT=4, CTX_INIT="")
-    cfg = CN()
-    cfg.TRAINER = CN()
-    coop.extend_cfg(cfg)
-    cfg.TRAINER.COOP.N_CTX, cfg.TRAINER.COOP.CTX_INIT = 4, ""
-    coop_model = coop.CoOpCLIP(small_clip, CLASSNAMES, cfg.TRAINER.COOP)
+    coop_model = coop.CoOpCLIP(small_clip, CLASSNAMES, trainer_node(coop, "COOP", N_CTX=4, CTX_INIT=""))
     with torch.no_grad():
         coop_model.prompt_learner.ctx.copy_(model.prompt_learner.text_ctx[0])
         torch.testing.assert_close(model.class_features(), coop_model.class_features(), rtol=1e-6, atol=1e-6)
@@ -87,8 +83,8 @@ def test_fused_prompts_are_prompts_plus_injection(small_clip):
     inj = learner.injection
     T, V = learner.text_ctx.detach(), learner.visual_ctx.detach()
     with torch.no_grad():
-        text, _ = model.text_prompts()
-        vision, _ = model.visual_prompts()
+        prompts = model.compute_prompts()
+        text, vision = prompts.text, prompts.vision
         v2t = F.linear(V, inj.vision_to_text.weight, inj.vision_to_text.bias)
         torch.testing.assert_close(text[0], T[0], rtol=0, atol=0)  # shallow text not fused under "t2v"
         torch.testing.assert_close(torch.stack(text[1:]), T[1:] + v2t[1:])
@@ -194,7 +190,7 @@ def test_joint_parameter_count_formula_vit_b16(vit_b16):
     (dict(PROMPT_DEPTH=2, SENTENCE="paper"), "SENTENCE='paper'"),
 ])
 def test_bad_config_one_line_errors(small_clip, overrides, message):
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(ConfigError, match=message) as info:
         mudpt.MuDPTCLIP(small_clip, CLASSNAMES, mudpt_node(**overrides))
     assert "\n" not in str(info.value)
 
@@ -204,7 +200,7 @@ def test_resnet_backbone_is_refused_in_one_line():
     resnet_clip = CLIP(embed_dim=32, image_resolution=32, vision_layers=(1, 1, 1, 1), vision_width=8,
                        vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=64,
                        transformer_heads=2, transformer_layers=2)
-    with pytest.raises(ValueError, match="ViT backbone") as info:
+    with pytest.raises(ConfigError, match="ViT backbone") as info:
         mudpt.MuDPTCLIP(resnet_clip, CLASSNAMES, mudpt_node(PROMPT_DEPTH=1))
     assert "\n" not in str(info.value)
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from dassl.utils import ConfigError
 
 from trainers.mudpt_injection import InjectionModel
 
@@ -111,9 +112,9 @@ def test_parameter_formulas_at_vit_b16_widths():
 
 
 def test_bad_arguments_give_one_line_errors():
-    with pytest.raises(ValueError, match="INJECTION='attention'"):
+    with pytest.raises(ConfigError, match="INJECTION='attention'"):
         InjectionModel("attention", D_T, D_V)
-    with pytest.raises(ValueError, match="INJECTION_WIDTH=30 .* INJECTION_HEADS=8"):
+    with pytest.raises(ConfigError, match="INJECTION_WIDTH=30 .* INJECTION_HEADS=8"):
         InjectionModel("joint", D_T, D_V, width=30, heads=8)
     with pytest.raises(ValueError, match="own_shallow_t2v"):
         InjectionModel("joint", D_T, D_V, own_shallow_t2v=True)

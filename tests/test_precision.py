@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from mmpt.precision import PRECISIONS, Precision
+from dassl.utils import ConfigError
 
 
 @pytest.mark.parametrize("prec", ["amp", "bf16", "fp16"])
@@ -29,7 +30,7 @@ def test_cuda_choices(monkeypatch, prec, bf16_ok, dtype, scaler):
 
 
 def test_unknown_precision_is_one_line():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ConfigError) as err:
         Precision("half", "cpu", key="TRAINER.COOP.PREC")
     message = str(err.value)
     assert "\n" not in message and "TRAINER.COOP.PREC='half'" in message and all(p in message for p in PRECISIONS)

@@ -12,9 +12,10 @@ from torch import nn
 
 from dassl.config import get_cfg_default
 from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
-from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP, init_text_context, normal_prompts
+from mmpt.prompted_clip import PromptedCLIP, Prompts, normal_prompts
+from mmpt.sentences import init_text_context, placeholder_sentences
+from dassl.utils import ConfigError
 
 N_CTX, WIDTH = 2, 64  # random-tiny-ViT: text and vision width 64
 
@@ -43,31 +44,24 @@ class PromptTrainerToyFolder(DatasetBase):
 
 
 class ToyPromptCLIP(PromptedCLIP):
-    def __init__(self, clip_model, classnames):
-        super().__init__(clip_model, [f"X X {name}." for name in classnames])
+    def __init__(self, clip_model, classnames, node=None):
+        super().__init__(clip_model, placeholder_sentences(classnames, N_CTX))
         self.prompt_learner = nn.Module()
         self.prompt_learner.ctx = nn.Parameter(init_text_context(clip_model, N_CTX))
         self.prompt_learner.visual_ctx = normal_prompts(1, WIDTH)  # before vision block 1
 
-    def text_prompts(self):
-        return [self.prompt_learner.ctx], None
-
-    def visual_prompts(self):
-        return [None, self.prompt_learner.visual_ctx], None
+    def compute_prompts(self):
+        return Prompts(text=[self.prompt_learner.ctx], vision=[None, self.prompt_learner.visual_ctx])
 
 
-class ToyPromptTrainer(PromptTrainer):
+class ToyPromptTrainer(PromptTrainer):  # not registered: built directly
     cfg_node = "TOYPROMPT"
-
-    def build_prompted_clip(self, cfg, classnames, clip_model):
-        return ToyPromptCLIP(clip_model, classnames)
+    model_class = ToyPromptCLIP
 
 
 def make_cfg(root, output_dir, **trainer_options):
     cfg = get_cfg_default()
-    cfg.TRAINER.TOYPROMPT = add_prompt_trainer_options(type(cfg)())
-    for key, value in trainer_options.items():
-        setattr(cfg.TRAINER.TOYPROMPT, key, value)
+    cfg.TRAINER.TOYPROMPT = ToyPromptTrainer.config_node(**trainer_options)
     cfg.merge_from_list([
         "DATASET.NAME", "PromptTrainerToyFolder", "DATASET.ROOT", root, "OUTPUT_DIR", str(output_dir),
         "MODEL.BACKBONE.NAME", "random-tiny-ViT", "USE_CUDA", "False", "SEED", "0",
@@ -120,18 +114,21 @@ def test_cached_evaluation_equals_per_batch(three_classes, tmp_path, monkeypatch
     with torch.no_grad():  # move the prompts away from their initialisation
         for param in trainer.model.prompt_learner.parameters():
             param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
-    logits, calls = [], []
+    logits, calls, prompt_calls = [], [], []
     original_process, original_features = trainer.evaluator.process, trainer.model.class_features
+    original_prompts = trainer.model.compute_prompts
     monkeypatch.setattr(trainer.evaluator, "process", lambda out, gt: (logits.append(out), original_process(out, gt)))
     monkeypatch.setattr(trainer.model, "class_features", lambda *args: (calls.append(1), original_features(*args))[1])
+    monkeypatch.setattr(trainer.model, "compute_prompts", lambda: (prompt_calls.append(1), original_prompts())[1])
     results = {}
     for cache in (True, False):
         trainer.cfg.TRAINER.TOYPROMPT.CACHE_TEXT_FEATURES = cache
-        logits.clear(), calls.clear()
+        logits.clear(), calls.clear(), prompt_calls.clear()
         accuracy = trainer.test()
-        results[cache] = (accuracy, torch.cat(logits), len(calls))
+        results[cache] = (accuracy, torch.cat(logits), len(calls), len(prompt_calls))
     n_batches = len(trainer.test_loader)
     assert n_batches == 3 and results[True][2] == 1 and results[False][2] == n_batches
+    assert results[True][3] == 1 and results[False][3] == n_batches  # the prompts too: once per evaluation
     assert results[True][0] == results[False][0]
     assert torch.allclose(results[True][1], results[False][1], atol=1e-5)
 
@@ -151,5 +148,16 @@ def test_train_save_and_load_on_another_class_set(three_classes, two_classes, tm
 
 
 def test_bad_precision_is_a_one_line_error(three_classes, tmp_path):
-    with pytest.raises(ValueError, match=r"^TRAINER.TOYPROMPT.PREC='fp8' is not a precision; valid values"):
+    with pytest.raises(ConfigError, match=r"^TRAINER.TOYPROMPT.PREC='fp8' is not a precision; valid values"):
         ToyPromptTrainer(make_cfg(three_classes, tmp_path, PREC="fp8"))
+
+
+def test_a_prompt_learner_sharing_a_clip_tensor_is_refused():
+    from mmpt.clip_backbone import build_random_clip
+    from mmpt.prompt_trainer import freeze_all_but_prompt_learner
+
+    model = ToyPromptCLIP(build_random_clip("random-tiny-ViT"), ["cat", "dog"])
+    assert freeze_all_but_prompt_learner(model) == N_CTX * WIDTH + WIDTH
+    model.prompt_learner.final_norm = model.text_encoder.ln_final  # a CLIP module inside the prompt learner
+    with pytest.raises(RuntimeError, match="prompt_learner shares tensors with the frozen model"):
+        freeze_all_but_prompt_learner(model)

@@ -8,8 +8,9 @@ import torch
 from clip.model import CLIP
 
 from mmpt.clip_backbone import build_random_clip
-from mmpt.prompted_clip import (PromptedCLIP, PromptedImageEncoder, PromptedTextEncoder, context_prefix,
-                                init_text_context, normal_prompts)
+from mmpt.prompted_clip import PromptedCLIP, PromptedImageEncoder, PromptedTextEncoder, Prompts, normal_prompts
+from mmpt.sentences import ClassSentences, init_text_context, placeholder_words, readable
+from dassl.utils import ConfigError
 from tests.e2e import perturb_constant_parameters
 
 ATOL = 1e-5
@@ -248,17 +249,14 @@ def test_bad_schedules_fail_with_one_line_errors(tiny, token_ids):
 
 class OneShallowOneDeep(PromptedCLIP):
     def __init__(self, clip_model, texts):
-        super().__init__(clip_model, texts)
+        super().__init__(clip_model, ClassSentences(texts, placeholders=2))
         d_t, d_v = widths(clip_model)
         self.prompt_learner = torch.nn.Module()
         self.prompt_learner.ctx = torch.nn.Parameter(init_text_context(clip_model, 2, "a photo"))
         self.prompt_learner.visual = torch.nn.Parameter(randn(2, 1, d_v, seed=5))
 
-    def text_prompts(self):
-        return [self.prompt_learner.ctx], None
-
-    def visual_prompts(self):
-        return list(self.prompt_learner.visual), None
+    def compute_prompts(self):
+        return Prompts(text=[self.prompt_learner.ctx], vision=list(self.prompt_learner.visual))
 
 
 def test_prompted_clip_logits_and_state(tiny):
@@ -283,12 +281,12 @@ def test_init_text_context(tiny):
     assert torch.equal(init_text_context(tiny, 2, "a photo of a"), tiny.token_embedding.weight[ids])
     random_ctx = init_text_context(tiny, 4)
     assert random_ctx.shape == (4, 64) and 0.01 < random_ctx.std() < 0.03
-    with pytest.raises(ValueError, match="CTX_INIT"):
+    with pytest.raises(ConfigError, match="CTX_INIT"):
         init_text_context(tiny, 5, "a photo of a")
 
 
 def test_prefix_and_normal_prompts():
-    assert context_prefix(3) == "X X X" and context_prefix(2, "a_photo of a") == "a photo of a"
+    assert placeholder_words(3) == "X X X" and readable("a_photo of a") == "a photo of a"
     prompts = normal_prompts(3, 4, 64)
     assert isinstance(prompts, torch.nn.Parameter) and prompts.shape == (3, 4, 64)
     assert 0.01 < prompts.std() < 0.03

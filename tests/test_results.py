@@ -6,6 +6,7 @@ import statistics
 import pytest
 
 from mmpt.experiments import layout, published, results
+from trainers.coop import coop_fewshot_config
 
 TRAIN_LOG = "epoch [1/1] batch [1/1] loss 1.0\nFinish training\nEvaluate on the *test* set\n=> result\n" \
             "* total: 100\n* correct: 50\n* accuracy: {:.2f}%\n* error: 1.0%\nElapsed: 0:00:01\n"
@@ -60,11 +61,11 @@ def hm(a, b):
 def test_cells_mean_std(output_tree):
     cells = results.collect(str(output_tree))
     for (trainer, dataset, shots), values in FEWSHOT.items():
-        cell = cells[("fewshot", trainer, layout.coop_fewshot_config(dataset, shots), dataset, shots, "accuracy")]
+        cell = cells[("fewshot", trainer, coop_fewshot_config(dataset, shots), dataset, shots, "accuracy")]
         assert cell.n == 3  # the unfinished seed4 is not counted
         assert cell.mean == pytest.approx(statistics.mean(values))
         assert cell.std == pytest.approx(statistics.pstdev(values))
-    cfg = layout.DEFAULT_CONFIGS["MuDPT"]["xd"]
+    cfg = layout.default_config("MuDPT", "xd_train", "imagenet", 16)
     assert cells[("xd", "MuDPT", cfg, "imagenet", 16, "accuracy")].mean == pytest.approx(71.0)
     assert cells[("xd", "MuDPT", cfg, "imagenetv2", 16, "accuracy")].std == pytest.approx(2.0)
     assert cells[("xd", "ZeroshotCLIP", "vit_b16", "caltech101", 0, "accuracy")].mean == 88.0

@@ -1,12 +1,15 @@
 """scripts/<trainer>/*.sh: syntax, defaults, errors, and every protocol end to end on generated data (tiny CLIP)."""
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mmpt import run_folder
 from mmpt.experiments import layout
+from trainers.coop import coop_fewshot_config
 
 REPO = Path(layout.REPO_ROOT)
 SCRIPTS = REPO / "scripts"
@@ -28,9 +31,11 @@ def run_script(path, *args, **env):
 
 
 def test_every_trainer_has_every_protocol_script_and_all_parse():
-    for folder, trainer in layout.TRAINER_FOLDERS.items():
+    folders = layout.trainer_folders()
+    assert sorted(folders) == sorted(p.name for p in SCRIPTS.iterdir() if p.is_dir())  # no undeclared folder
+    for folder, trainer in folders.items():
         names = {p.stem for p in (SCRIPTS / folder).glob("*.sh")}
-        expected = {"base2new_test", "xd_test"} if trainer == layout.ZERO_SHOT else set(PROTOCOL_SCRIPTS)
+        expected = set(PROTOCOL_SCRIPTS) if layout.method(trainer).trains else {"base2new_test", "xd_test"}
         assert names == expected, folder
     for path in all_scripts():
         result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
@@ -40,14 +45,16 @@ def test_every_trainer_has_every_protocol_script_and_all_parse():
 
 def test_scripts_name_their_trainer_and_every_default_config_exists():
     """Scripts only name the trainer: the default config per protocol comes from mmpt.experiments.layout (one source)."""
-    for folder, trainer in layout.TRAINER_FOLDERS.items():
+    for folder, trainer in layout.trainer_folders().items():
         for path in (SCRIPTS / folder).glob("*.sh"):
             text = path.read_text()
             assert f"TRAINER={trainer}\n" in text, path
             assert "DEFAULT_CFG" not in text, path
-    for trainer, configs in layout.DEFAULT_CONFIGS.items():
-        for cfg in configs.values():
-            assert (REPO / "configs" / "trainers" / trainer / f"{cfg}.yaml").is_file(), (trainer, cfg)
+    for trainer, method in layout.declared_methods().items():
+        for stage in ("base2new_train", "fewshot", "xd_train"):
+            for dataset, shots in (("caltech101", 1), ("imagenet", 16), ("dtd", 8)):
+                cfg = layout.default_config(trainer, stage, dataset, shots)
+                assert (REPO / "configs" / "trainers" / trainer / f"{cfg}.yaml").is_file(), (trainer, cfg)
 
 
 @pytest.mark.parametrize("dataset,shots", [("caltech101", 1), ("dtd", 4), ("dtd", 16), ("imagenet", 16)])
@@ -57,7 +64,7 @@ def test_coop_few_shot_config_by_shots(tmp_path, dataset, shots):
     assert result.returncode == 0, result.stderr
     expected = layout.build_job("fewshot", "CoOp", dataset, 1, shots, data_root=str(tmp_path),
                                 output_root=str(tmp_path / "out"), python=sys.executable)
-    assert f"/CoOp/{layout.coop_fewshot_config(dataset, shots)}.yaml" in expected.shell()
+    assert f"/CoOp/{coop_fewshot_config(dataset, shots)}.yaml" in expected.shell()
     assert f"Running fewshot -> {expected.output_dir}" in result.stdout
     printed = result.stdout.split("+ ", 1)[1].strip()
     assert [a.strip("'") for a in printed.split("' '")] == expected.argv
@@ -101,16 +108,19 @@ def run_twice(script, args, env, expected_dir, trains):
 def test_protocols_end_to_end(data_root, tmp_path):
     out = tmp_path / "output"
     env = dict(DATA=data_root, OUTPUT=out, OPTS=TINY_OPTS)
-    cfg = layout.DEFAULT_CONFIGS["MuDPT"]["b2n"]
+    def tag(cfg):  # the run folder of a config with extra options (OPTS)
+        return run_folder.run_tag(cfg, shlex.split(TINY_OPTS))
+
+    cfg = tag(layout.default_config("MuDPT", "base2new_train", "caltech101", 16))
     tail = Path("caltech101", "shots_16", "MuDPT", cfg, "seed1")
     run_twice(SCRIPTS / "mudpt" / "base2new_train.sh", ["caltech101", 1], env, out / "base2new/train_base" / tail, True)
     log = run_twice(SCRIPTS / "mudpt" / "base2new_test.sh", ["caltech101", 1], env, out / "base2new/test_new" / tail,
                     False)
     assert "model.pth.tar-1" in log  # loaded the last epoch of OPTIM.MAX_EPOCH from OPTS
-    cfg = layout.coop_fewshot_config("caltech101", 2)
+    cfg = tag(coop_fewshot_config("caltech101", 2))
     run_twice(SCRIPTS / "coop" / "few_shot.sh", ["caltech101", 2, 1], env,
               out / "fewshot/caltech101/shots_2/CoOp" / cfg / "seed1", True)
-    cfg = layout.DEFAULT_CONFIGS["CoOp"]["xd"]
+    cfg = tag(layout.default_config("CoOp", "xd_train", "imagenet", 16))
     run_twice(SCRIPTS / "coop" / "xd_train.sh", [1], env, out / "imagenet/CoOp" / f"{cfg}_16shots/seed1", True)
     run_twice(SCRIPTS / "coop" / "xd_test.sh", ["imagenetv2", 1], env,
               out / "evaluation/CoOp" / f"{cfg}_16shots/imagenetv2/seed1", False)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mmpt import run_folder
 from mmpt.experiments import layout, results, sweep
 
 TINY = ["MODEL.BACKBONE.NAME", "random-tiny-ViT", "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", "1",
@@ -133,7 +134,7 @@ def test_real_grid_local_resume_and_submitit(data_root, tmp_path):
     assert len(jobs) == 8 and {j["status"] for j in jobs.values()} == {"done"}
     cells = results.collect(str(out))
     for trainer in ("CoOp", "MuDPT"):
-        cfg = layout.DEFAULT_CONFIGS[trainer]["b2n"]
+        cfg = run_folder.run_tag(layout.default_config(trainer, "base2new_train", "caltech101", 16), TINY)  # extra options: their own folder
         for metric in ("base", "new"):
             assert cells[("base2new", trainer, cfg, "caltech101", 16, metric)].n == 2
 

@@ -163,14 +163,26 @@ def test_cli_unknown_key_is_one_line(tmp_path):
 
 
 def test_second_run_into_a_live_output_dir_stops_at_once(toy_data_root, tmp_path):
-    import fcntl
-
     out = tmp_path / "busy"
     out.mkdir()
-    with open(out / ".lock", "a") as held:  # another live train.py holds the folder
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # another live train.py holds the folder's lock (a POSIX lock belongs to a process: take it in another one)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(train.OutputDirInUseError, match="in use by another running train.py"):
             run(toy_train_args(toy_data_root, out))
         assert not (out / "log.txt").exists()  # nothing of the live run was touched
+    finally:
+        holder.kill()
+        holder.wait()
     trainer = run(toy_train_args(toy_data_root, out))  # the lock is gone with its holder: the run goes ahead
     assert trainer.test_result is not None
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""

@@ -7,25 +7,9 @@ prompts for the first J_v vision layers (appended after the patches, replaced at
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
-from yacs.config import CfgNode as CN
-from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP
-
-from trainers.baseline_utils import (check_depth, check_positive, layer_counts, maple_context, 
-                                     prompt_texts, random_prompts, vision_width)
-
-
-def extend_cfg(cfg):
-    """Add cfg.TRAINER.IVLP (defaults = configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml)."""
-    node = CN()
-    node.N_CTX_TEXT = 2
-    node.N_CTX_VISION = 2
-    node.CTX_INIT = "a photo of a"  # initialises the shallow text prompts ("" = N(0, 0.02))
-    node.PROMPT_DEPTH_TEXT = 9  # J_t: text layers 0..J_t-1 receive fresh prompts
-    node.PROMPT_DEPTH_VISION = 9  # J_v
-    add_prompt_trainer_options(node)
-    cfg.TRAINER.IVLP = node
+from mmpt.prompted_clip import PromptedCLIP, Prompts, check_depth, layer_counts, random_prompts, vision_width
+from mmpt.sentences import check_positive, maple_context
 
 
 class IVLPPromptLearner(nn.Module):
@@ -51,21 +35,28 @@ class IVLPCLIP(PromptedCLIP):
         check_depth(f"{key}.PROMPT_DEPTH_TEXT", node.PROMPT_DEPTH_TEXT, n_text_layers)
         check_depth(f"{key}.PROMPT_DEPTH_VISION", node.PROMPT_DEPTH_VISION, n_vision_layers)
         check_positive(f"{key}.N_CTX_VISION", node.N_CTX_VISION)
-        context, prefix = maple_context(clip_model, node.N_CTX_TEXT, node.CTX_INIT, f"{key}.N_CTX_TEXT")
-        super().__init__(clip_model, prompt_texts(classnames, prefix))
+        context, sentences = maple_context(clip_model, classnames, node.N_CTX_TEXT, node.CTX_INIT, f"{key}.N_CTX_TEXT")
+        super().__init__(clip_model, sentences)
         self.prompt_learner = IVLPPromptLearner(context, node.PROMPT_DEPTH_TEXT, node.N_CTX_VISION,
                                                 node.PROMPT_DEPTH_VISION, vision_width(clip_model))
 
-    def text_prompts(self):
-        return self.prompt_learner.text_prompts(), None
-
-    def visual_prompts(self):
-        return list(self.prompt_learner.visual_ctx.unbind(0)), None
+    def compute_prompts(self):
+        return Prompts(text=self.prompt_learner.text_prompts(),
+                       vision=list(self.prompt_learner.visual_ctx.unbind(0)))
 
 
 @TRAINER_REGISTRY.register()
 class IVLP(PromptTrainer):
     cfg_node = "IVLP"
+    scripts_folder = "ivlp"
+    default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_c2_ep5_batch4_2+2ctx")
+    model_class = IVLPCLIP
 
-    def build_prompted_clip(self, cfg, classnames, clip_model):
-        return IVLPCLIP(clip_model, classnames, cfg.TRAINER.IVLP)
+    @staticmethod
+    def add_config(node):
+        """Defaults = configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml."""
+        node.N_CTX_TEXT = 2
+        node.N_CTX_VISION = 2
+        node.CTX_INIT = "a photo of a"  # initialises the shallow text prompts ("" = N(0, 0.02))
+        node.PROMPT_DEPTH_TEXT = 9  # J_t: text layers 0..J_t-1 receive fresh prompts
+        node.PROMPT_DEPTH_VISION = 9  # J_v

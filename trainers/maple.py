@@ -9,22 +9,9 @@ Trainable: n d_t + (J - 1) n d_t + J (d_t d_v + d_v) = 3,555,072 at ViT-B/16, n 
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
-from yacs.config import CfgNode as CN
-from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP, normal_prompts
-
-from trainers.baseline_utils import check_depth, layer_counts, maple_context, prompt_texts, vision_width
-
-
-def extend_cfg(cfg):
-    """Add cfg.TRAINER.MAPLE (defaults = configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml)."""
-    node = CN()
-    node.N_CTX = 2
-    node.CTX_INIT = "a photo of a"
-    node.PROMPT_DEPTH = 9  # J: layers 0..J-1 of both towers receive fresh prompts
-    add_prompt_trainer_options(node)
-    cfg.TRAINER.MAPLE = node
+from mmpt.prompted_clip import PromptedCLIP, Prompts, check_depth, layer_counts, normal_prompts, vision_width
+from mmpt.sentences import maple_context
 
 
 class MaPLePromptLearner(nn.Module):
@@ -50,20 +37,25 @@ class MaPLePromptLearner(nn.Module):
 class MaPLeCLIP(PromptedCLIP):
     def __init__(self, clip_model, classnames, node):
         check_depth("TRAINER.MAPLE.PROMPT_DEPTH", node.PROMPT_DEPTH, min(layer_counts(clip_model)))
-        context, prefix = maple_context(clip_model, node.N_CTX, node.CTX_INIT, "TRAINER.MAPLE.N_CTX")
-        super().__init__(clip_model, prompt_texts(classnames, prefix))
+        context, sentences = maple_context(clip_model, classnames, node.N_CTX, node.CTX_INIT, "TRAINER.MAPLE.N_CTX")
+        super().__init__(clip_model, sentences)
         self.prompt_learner = MaPLePromptLearner(context, node.PROMPT_DEPTH, vision_width(clip_model))
 
-    def text_prompts(self):
-        return self.prompt_learner.text_prompts(), None
-
-    def visual_prompts(self):
-        return self.prompt_learner.visual_prompts(), None
+    def compute_prompts(self):
+        return Prompts(text=self.prompt_learner.text_prompts(), vision=self.prompt_learner.visual_prompts())
 
 
 @TRAINER_REGISTRY.register()
 class MaPLe(PromptTrainer):
     cfg_node = "MAPLE"
+    scripts_folder = "maple"
+    default_configs = {"b2n": "vit_b16_c2_ep5_batch4_2ctx", "fewshot": "vit_b16_c2_ep5_batch4_2ctx",
+                       "xd": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"}
+    model_class = MaPLeCLIP
 
-    def build_prompted_clip(self, cfg, classnames, clip_model):
-        return MaPLeCLIP(clip_model, classnames, cfg.TRAINER.MAPLE)
+    @staticmethod
+    def add_config(node):
+        """Defaults = configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml."""
+        node.N_CTX = 2
+        node.CTX_INIT = "a photo of a"
+        node.PROMPT_DEPTH = 9  # J: layers 0..J-1 of both towers receive fresh prompts

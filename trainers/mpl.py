@@ -17,30 +17,11 @@ import torch
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
-from mmpt.config import add_prompt_trainer_options
+from dassl.utils import ConfigError
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP, init_text_context, normal_prompts
-
-from yacs.config import CfgNode as CN
-
-from trainers.baseline_utils import check_depth, layer_counts, prompt_texts, text_width, vision_width
-
-
-def extend_cfg(cfg):
-    """Add cfg.TRAINER.MPL (defaults = the release's base-to-new config)."""
-    node = CN()
-    node.N_CTX = 1  # learnable context tokens (the X's)
-    node.CTX_INIT = "a photo of a"  # fixed words after the X's ("" = template "X <class>.", ctx ~ N(0, 0.02))
-    node.PROMPT_DEPTH = 9  # J: layers 0..J-1 receive prompts
-    # int, or a list with one entry per deep layer l = 1..J-1. None (the default) means the release's 2 / 1;
-    # None is used as the default so that a config file may give either an int or a list (yacs checks types).
-    node.N_ADD_OP = None
-    node.N_RM_OP = None
-    # Text-side add / remove / carry schedule (ours; None = off: the text tower's deep prompts replace).
-    node.TEXT_N_ADD_OP = None
-    node.TEXT_N_RM_OP = None  # with the text schedule on: None = 0
-    add_prompt_trainer_options(node)
-    cfg.TRAINER.MPL = node
+from mmpt.prompted_clip import (PromptedCLIP, Prompts, check_depth, layer_counts, normal_prompts, text_width,
+                                vision_width)
+from mmpt.sentences import init_text_context, placeholder_words, prefix_sentences, readable
 
 
 RELEASE_N_ADD_OP = 2
@@ -53,7 +34,7 @@ def per_layer(value, key, n_deep, default):
         value = default
     values = list(value) if isinstance(value, (list, tuple)) else [value] * n_deep
     if len(values) != n_deep or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        raise ValueError(f"TRAINER.MPL.{key} = {value!r}: expected a non-negative int or a list of {n_deep} "
+        raise ConfigError(f"TRAINER.MPL.{key} = {value!r}: expected a non-negative int or a list of {n_deep} "
                          f"non-negative ints (one per deep layer 1..PROMPT_DEPTH-1)")
     return values
 
@@ -66,10 +47,10 @@ def prompt_counts(n_ctx, n_add, n_rm, add_key, rm_key):
     counts = [n_ctx]
     for layer, (add, rm) in enumerate(zip(n_add, n_rm), start=1):
         if rm > add * n_ctx:
-            raise ValueError(f"TRAINER.MPL.{rm_key} must be <= {add_key} * N_CTX: layer {layer} has "
+            raise ConfigError(f"TRAINER.MPL.{rm_key} must be <= {add_key} * N_CTX: layer {layer} has "
                              f"{rm_key} = {rm}, {add_key} = {add}, N_CTX = {n_ctx}")
         if rm > counts[-1]:
-            raise ValueError(f"TRAINER.MPL.{rm_key} = {rm} at layer {layer} removes more than the "
+            raise ConfigError(f"TRAINER.MPL.{rm_key} = {rm} at layer {layer} removes more than the "
                              f"{counts[-1]} prompt tokens there")
         counts.append(counts[-1] - rm + add * n_ctx)
     return counts
@@ -80,9 +61,9 @@ class MPLSchedule:
 
     def __init__(self, n_ctx, depth, n_add=None, n_rm=None, text_n_add=None, text_n_rm=None):
         if not (isinstance(n_ctx, int) and n_ctx >= 1):
-            raise ValueError(f"TRAINER.MPL.N_CTX = {n_ctx!r}: expected an int >= 1")
+            raise ConfigError(f"TRAINER.MPL.N_CTX = {n_ctx!r}: expected an int >= 1")
         if not (isinstance(depth, int) and depth >= 1):
-            raise ValueError(f"TRAINER.MPL.PROMPT_DEPTH = {depth!r}: expected an int >= 1")
+            raise ConfigError(f"TRAINER.MPL.PROMPT_DEPTH = {depth!r}: expected an int >= 1")
         self.n_ctx, self.depth = n_ctx, depth
         n_deep = depth - 1
         self.n_add = per_layer(n_add, "N_ADD_OP", n_deep, RELEASE_N_ADD_OP)
@@ -94,7 +75,7 @@ class MPLSchedule:
             self.text_n_rm = per_layer(text_n_rm, "TEXT_N_RM_OP", n_deep, 0)
             if min(self.text_n_add, default=1) < 1:
                 # the vision slots of layer l read the first n tokens of T_l, so every deep layer needs one
-                raise ValueError(f"TRAINER.MPL.TEXT_N_ADD_OP = {text_n_add!r}: must be >= 1 at every deep layer")
+                raise ConfigError(f"TRAINER.MPL.TEXT_N_ADD_OP = {text_n_add!r}: must be >= 1 at every deep layer")
             self.text_counts = prompt_counts(n_ctx, self.text_n_add, self.text_n_rm, "TEXT_N_ADD_OP", "TEXT_N_RM_OP")
         else:  # MaPLe's text tower: T_l (n tokens) replaces the n prompt tokens at each deep layer
             self.text_n_add, self.text_n_rm = [1] * n_deep, [n_ctx] * n_deep
@@ -154,7 +135,7 @@ class MPLPromptLearner(nn.Module):
 
 def prompt_prefix(n_ctx, ctx_init):
     """The release's sentence prefix "X ... X <CTX_INIT words>": the n X's are the learnable tokens."""
-    return " ".join(["X"] * n_ctx + ([ctx_init.replace("_", " ")] if ctx_init else []))
+    return " ".join([placeholder_words(n_ctx)] + ([readable(ctx_init)] if ctx_init else []))
 
 
 def initial_context(clip_model, n_ctx, ctx_init):
@@ -169,28 +150,44 @@ class MPLCLIP(PromptedCLIP):
         schedule = MPLSchedule.from_cfg(node)
         d_vision = vision_width(clip_model)  # ViT only: a one-line error for a ResNet tower
         check_depth("TRAINER.MPL.PROMPT_DEPTH", schedule.depth, min(layer_counts(clip_model)))
-        super().__init__(clip_model, prompt_texts(classnames, prompt_prefix(schedule.n_ctx, node.CTX_INIT)))
+        super().__init__(clip_model, prefix_sentences(classnames, prompt_prefix(schedule.n_ctx, node.CTX_INIT),
+                                                      schedule.n_ctx))
         self.schedule = schedule
         self.prompt_learner = MPLPromptLearner(
             initial_context(clip_model, schedule.n_ctx, node.CTX_INIT), schedule, text_width(clip_model), d_vision)
 
-    def text_prompts(self):
-        remove = [None, *self.schedule.text_n_rm] if self.schedule.text_schedule else None
-        return self.prompt_learner.text_prompts(), remove
+    def compute_prompts(self):
+        text_remove = [None, *self.schedule.text_n_rm] if self.schedule.text_schedule else None
+        return Prompts(text=self.prompt_learner.text_prompts(), text_remove=text_remove,
+                       vision=self.prompt_learner.visual_prompts(), vision_remove=[None, *self.schedule.n_rm])
 
-    def visual_prompts(self):
-        return self.prompt_learner.visual_prompts(), [None, *self.schedule.n_rm]
+    def describe(self):
+        schedule = self.schedule
+        lines = ["MPL visual prompt tokens after each layer: " + " ".join(map(str, schedule.visual_counts))
+                 + f" (carried through the remaining layers); add {schedule.n_add}, remove {schedule.n_rm}"]
+        if schedule.text_schedule:
+            lines.append("MPL text prompt tokens after each layer: " + " ".join(map(str, schedule.text_counts)))
+        return "\n".join(lines)
 
 
 @TRAINER_REGISTRY.register()
 class MPL(PromptTrainer):
     cfg_node = "MPL"
+    scripts_folder = "mpl"
+    default_configs = {"b2n": "vit_b4_c1_add2_rm1", "fewshot": "vit_b4_c1_add2_rm1",
+                       "xd": "vit_b4_c1_add2_rm1_cross_datasets"}
+    model_class = MPLCLIP
 
-    def build_prompted_clip(self, cfg, classnames, clip_model):
-        model = MPLCLIP(clip_model, classnames, cfg.TRAINER.MPL)
-        schedule = model.schedule
-        print("MPL visual prompt tokens after each layer: " + " ".join(map(str, schedule.visual_counts))
-              + f" (carried through the remaining layers); add {schedule.n_add}, remove {schedule.n_rm}")
-        if schedule.text_schedule:
-            print("MPL text prompt tokens after each layer: " + " ".join(map(str, schedule.text_counts)))
-        return model
+    @staticmethod
+    def add_config(node):
+        """Defaults = the release's base-to-new config."""
+        node.N_CTX = 1  # learnable context tokens (the X's)
+        node.CTX_INIT = "a photo of a"  # fixed words after the X's ("" = template "X <class>.", ctx ~ N(0, 0.02))
+        node.PROMPT_DEPTH = 9  # J: layers 0..J-1 receive prompts
+        # int, or a list with one entry per deep layer l = 1..J-1. None (the default) means the release's 2 / 1;
+        # None is used as the default so that a config file may give either an int or a list (yacs checks types).
+        node.N_ADD_OP = None
+        node.N_RM_OP = None
+        # Text-side add / remove / carry schedule (ours; None = off: the text tower's deep prompts replace).
+        node.TEXT_N_ADD_OP = None
+        node.TEXT_N_RM_OP = None  # with the text schedule on: None = 0

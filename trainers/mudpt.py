@@ -14,33 +14,15 @@ The CLIP backbone is frozen; only `prompt_learner` (prompts + injection model) l
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
-from yacs.config import CfgNode as CN
-from mmpt.config import add_prompt_trainer_options
+from dassl.utils import ConfigError
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP, context_prefix, init_text_context
+from mmpt.prompted_clip import PromptedCLIP, Prompts, check_depth, layer_counts, text_width, vision_width
+from mmpt.sentences import check_positive, init_text_context, placeholder_words, prefix_sentences, readable, word_count
 
-from trainers.baseline_utils import (check_depth, check_positive, layer_counts, prompt_texts, text_width,
-                                     vision_width, word_token_count)
 from trainers.mudpt_injection import INJECTION_FORMS, InjectionModel
 
 FUSE_SHALLOW_CHOICES = ("none", "t2v", "both")
 SENTENCE_RULES = ("maple", "official")
-
-
-def extend_cfg(cfg):
-    """Add cfg.TRAINER.MUDPT (defaults = the paper's settings, configs/trainers/MuDPT/*_joint.yaml)."""
-    node = CN()
-    node.N_CTX_TEXT = 4  # n text prompt tokens per layer
-    node.N_CTX_VISION = 4  # n visual prompt tokens per layer (must equal N_CTX_TEXT when any level is fused)
-    node.PROMPT_DEPTH = 12  # J: layers 0..J-1 receive prompts in both towers
-    node.CTX_INIT = "a photo of a"  # T_0 starts from the embeddings of its first n tokens
-    node.SENTENCE = "maple"  # "maple" | "official": how the class sentence uses CTX_INIT (see sentence_prefix)
-    node.INJECTION = "joint"  # "joint" | "separate" | "linear" | "none" (no coupling)
-    node.FUSE_SHALLOW = "none"  # "none" | "t2v" | "both": fusion at the shallow level l = 0
-    node.INJECTION_WIDTH = 512  # width of the joint block
-    node.INJECTION_HEADS = 8  # heads of the joint block
-    add_prompt_trainer_options(node)
-    cfg.TRAINER.MUDPT = node
 
 
 def sentence_prefix(n_ctx, ctx_init, rule):
@@ -53,13 +35,13 @@ def sentence_prefix(n_ctx, ctx_init, rule):
     """
     check_positive("TRAINER.MUDPT.N_CTX_TEXT", n_ctx)
     if rule not in SENTENCE_RULES:
-        raise ValueError(f"TRAINER.MUDPT.SENTENCE={rule!r}: expected one of {SENTENCE_RULES}")
-    words = ctx_init.replace("_", " ")
+        raise ConfigError(f"TRAINER.MUDPT.SENTENCE={rule!r}: expected one of {SENTENCE_RULES}")
+    words = readable(ctx_init)
     if rule == "official":
         words = " ".join(words.split()[:n_ctx])
-    if words.strip() and word_token_count(words) >= n_ctx:
+    if words.strip() and word_count(words) >= n_ctx:
         return words, words
-    return context_prefix(n_ctx), ""
+    return placeholder_words(n_ctx), ""
 
 
 class FusionPlan:
@@ -69,13 +51,13 @@ class FusionPlan:
         check_positive("TRAINER.MUDPT.PROMPT_DEPTH", depth)
         check_positive("TRAINER.MUDPT.N_CTX_TEXT", n_text)
         if not (isinstance(n_vision, int) and n_vision >= 0):
-            raise ValueError(f"TRAINER.MUDPT.N_CTX_VISION={n_vision!r}: expected an int >= 0 (0 = no visual prompts)")
+            raise ConfigError(f"TRAINER.MUDPT.N_CTX_VISION={n_vision!r}: expected an int >= 0 (0 = no visual prompts)")
         if injection not in INJECTION_FORMS + ("none",):
-            raise ValueError(f"TRAINER.MUDPT.INJECTION={injection!r}: expected one of {INJECTION_FORMS + ('none',)}")
+            raise ConfigError(f"TRAINER.MUDPT.INJECTION={injection!r}: expected one of {INJECTION_FORMS + ('none',)}")
         if fuse_shallow not in FUSE_SHALLOW_CHOICES:
-            raise ValueError(f"TRAINER.MUDPT.FUSE_SHALLOW={fuse_shallow!r}: expected one of {FUSE_SHALLOW_CHOICES}")
+            raise ConfigError(f"TRAINER.MUDPT.FUSE_SHALLOW={fuse_shallow!r}: expected one of {FUSE_SHALLOW_CHOICES}")
         if injection == "none" and fuse_shallow != "none":
-            raise ValueError(f"TRAINER.MUDPT.FUSE_SHALLOW={fuse_shallow!r} needs an injection model, "
+            raise ConfigError(f"TRAINER.MUDPT.FUSE_SHALLOW={fuse_shallow!r} needs an injection model, "
                              f"but TRAINER.MUDPT.INJECTION='none'")
         deep = injection != "none"
         # text_fused[l] / vision_fused[l]: layer l of that tower receives the cross-modal prompt of depth l
@@ -83,7 +65,7 @@ class FusionPlan:
         self.vision_fused = [fuse_shallow in ("t2v", "both")] + [deep] * (depth - 1)
         self.active = any(self.text_fused) or any(self.vision_fused)
         if self.active and n_text != n_vision:
-            raise ValueError(f"TRAINER.MUDPT.N_CTX_TEXT={n_text} != N_CTX_VISION={n_vision}: fusion by element-wise "
+            raise ConfigError(f"TRAINER.MUDPT.N_CTX_TEXT={n_text} != N_CTX_VISION={n_vision}: fusion by element-wise "
                              f"addition needs equal prompt lengths (or INJECTION 'none' / no fused level)")
         self.depth, self.injection = depth, injection
         # the linear form gives the shallow t->v its own Linear (official code); other forms share their module
@@ -153,27 +135,36 @@ class MuDPTCLIP(PromptedCLIP):
         check_depth("TRAINER.MUDPT.PROMPT_DEPTH", plan.depth, min(layer_counts(clip_model)))
         prefix, init_words = sentence_prefix(node.N_CTX_TEXT, node.CTX_INIT, node.SENTENCE)
         shallow = init_text_context(clip_model, node.N_CTX_TEXT, init_words)
-        super().__init__(clip_model, prompt_texts(classnames, prefix))
+        super().__init__(clip_model, prefix_sentences(classnames, prefix, node.N_CTX_TEXT))
         self.prompt_learner = MuDPTPromptLearner(shallow, plan, node.N_CTX_VISION, d_text, d_vision,
                                                  node.INJECTION_WIDTH, node.INJECTION_HEADS)
 
-    def prompts(self):  # one injection pass gives both towers' prompts
+    def compute_prompts(self):  # one injection pass gives both towers' prompts
         text, vision = self.prompt_learner.fused_prompts()
-        return (text, None), (vision, None)
+        return Prompts(text=text, vision=vision)
 
-    def text_prompts(self):
-        return self.prompts()[0]
-
-    def visual_prompts(self):
-        return self.prompts()[1]
+    def describe(self):
+        plan = self.prompt_learner.plan
+        return f"MuDPT: depth {plan.depth}, {plan.describe()}"
 
 
 @TRAINER_REGISTRY.register()
 class MuDPT(PromptTrainer):
     cfg_node = "MUDPT"
+    scripts_folder = "mudpt"
+    # the paper trains every protocol with its one setting
+    default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_c4_ep10_batch4_joint")
+    model_class = MuDPTCLIP
 
-    def build_prompted_clip(self, cfg, classnames, clip_model):
-        model = MuDPTCLIP(clip_model, classnames, cfg.TRAINER.MUDPT)
-        plan = model.prompt_learner.plan
-        print(f"MuDPT: depth {plan.depth}, {plan.describe()}")
-        return model
+    @staticmethod
+    def add_config(node):
+        """Defaults = the paper's settings (configs/trainers/MuDPT/*_joint.yaml)."""
+        node.N_CTX_TEXT = 4  # n text prompt tokens per layer
+        node.N_CTX_VISION = 4  # n visual prompt tokens per layer (must equal N_CTX_TEXT when any level is fused)
+        node.PROMPT_DEPTH = 12  # J: layers 0..J-1 receive prompts in both towers
+        node.CTX_INIT = "a photo of a"  # T_0 starts from the embeddings of its first n tokens
+        node.SENTENCE = "maple"  # "maple" | "official": how the class sentence uses CTX_INIT (see sentence_prefix)
+        node.INJECTION = "joint"  # "joint" | "separate" | "linear" | "none" (no coupling)
+        node.FUSE_SHALLOW = "none"  # "none" | "t2v" | "both": fusion at the shallow level l = 0
+        node.INJECTION_WIDTH = 512  # width of the joint block
+        node.INJECTION_HEADS = 8  # heads of the joint block

@@ -22,7 +22,6 @@ from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 from yacs.config import CfgNode as CN
 from mmpt.config import add_prompt_trainer_options
-from mmpt.experiments.layout import DATASET_OPTS
 from mmpt.prompt_trainer import LEARNER_NAME, PromptTrainer
 from mmpt.templates import PROMPTSRC_TEMPLATES
 
@@ -153,8 +152,10 @@ class PromptSRC(PromptTrainer):
     scripts_folder = "promptsrc"
     default_configs = {"b2n": "vit_b16_c2_ep20_batch4_4+4ctx", "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
                        "xd": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"}
-    # few-shot GPA per dataset (KEY VALUE opts the experiment layout adds): mmpt.experiments.layout.DATASET_OPTS
-    dataset_opts = DATASET_OPTS["PromptSRC"]
+    # few-shot: the release's late, narrow GPA on the fine-grained / texture / satellite datasets (KEY VALUE options
+    # the experiment layout adds ahead of the user's)
+    dataset_opts = {"fewshot": {dataset: ("TRAINER.PROMPTSRC.GPA_MEAN", "45.0", "TRAINER.PROMPTSRC.GPA_STD", "5.0")
+                                for dataset in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")}}
     model_class = PromptSRCCLIP
 
     @staticmethod

@@ -7,23 +7,10 @@ first J layers (N_CTX_VISION = n, PROMPT_DEPTH_VISION = J). The text tower reads
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
-from yacs.config import CfgNode as CN
-from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP
-from mmpt.templates import DEFAULT_TEMPLATE, class_prompts
-
-from trainers.baseline_utils import (check_depth, check_positive, layer_counts, random_prompts,
-                                     vision_width)
-
-
-def extend_cfg(cfg):
-    """Add cfg.TRAINER.VPT."""
-    node = CN()
-    node.N_CTX_VISION = 4  # visual prompt tokens per layer
-    node.PROMPT_DEPTH_VISION = 12  # J: layers 0..J-1 receive fresh visual prompts
-    add_prompt_trainer_options(node)
-    cfg.TRAINER.VPT = node
+from mmpt.prompted_clip import PromptedCLIP, Prompts, check_depth, layer_counts, random_prompts, vision_width
+from mmpt.sentences import check_positive, template_sentences
+from mmpt.templates import DEFAULT_TEMPLATE
 
 
 class VPTPromptLearner(nn.Module):
@@ -38,17 +25,22 @@ class VPTCLIP(PromptedCLIP):
     def __init__(self, clip_model, classnames, node):
         check_positive("TRAINER.VPT.N_CTX_VISION", node.N_CTX_VISION)
         check_depth("TRAINER.VPT.PROMPT_DEPTH_VISION", node.PROMPT_DEPTH_VISION, layer_counts(clip_model)[1])
-        super().__init__(clip_model, class_prompts(DEFAULT_TEMPLATE, classnames))
+        super().__init__(clip_model, template_sentences(DEFAULT_TEMPLATE, classnames))
         self.prompt_learner = VPTPromptLearner(node.N_CTX_VISION, node.PROMPT_DEPTH_VISION,
                                                vision_width(clip_model))
 
-    def visual_prompts(self):
-        return list(self.prompt_learner.visual_ctx.unbind(0)), None
+    def compute_prompts(self):
+        return Prompts(vision=list(self.prompt_learner.visual_ctx.unbind(0)))
 
 
 @TRAINER_REGISTRY.register()
 class VPT(PromptTrainer):
     cfg_node = "VPT"
+    scripts_folder = "vpt"
+    default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_c2_ep5_batch4_4")
+    model_class = VPTCLIP
 
-    def build_prompted_clip(self, cfg, classnames, clip_model):
-        return VPTCLIP(clip_model, classnames, cfg.TRAINER.VPT)
+    @staticmethod
+    def add_config(node):
+        node.N_CTX_VISION = 4  # visual prompt tokens per layer
+        node.PROMPT_DEPTH_VISION = 12  # J: layers 0..J-1 receive fresh visual prompts

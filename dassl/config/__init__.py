@@ -1,4 +1,6 @@
 from .defaults import _C as cfg_default
+from dassl.utils.registry import ConfigError
+
 from .node import CfgNode, ConfigKeyError
 
 

@@ -1,10 +1,10 @@
 """yacs CfgNode whose merge errors are one line naming the key and where it came from."""
 from yacs.config import CfgNode as _YacsCfgNode
 
-from dassl.utils.registry import PlainKeyError
+from dassl.utils.registry import ConfigError, PlainKeyError
 
 
-class ConfigKeyError(PlainKeyError):
+class ConfigKeyError(PlainKeyError, ConfigError):
     """An unknown / ill-typed config key; str() is the one-line message (not KeyError's quoted repr)."""
 
 

@@ -8,6 +8,7 @@ from dassl.utils import distributed, read_image
 from .datasets import build_dataset
 from .samplers import build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
+from dassl.utils.registry import ConfigError
 
 
 def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64, n_domain=0,
@@ -19,7 +20,7 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
     evaluation loader yields this rank's contiguous shard, in order (its sampler_type is not used).
     """
     if not data_source:
-        raise ValueError(f"Cannot build a {'training' if is_train else 'test'} data loader: the data source is empty")
+        raise ConfigError(f"Cannot build a {'training' if is_train else 'test'} data loader: the data source is empty")
     if not is_train and distributed.get_world_size() > 1:  # each image evaluated once, on one rank
         sampler = distributed.ShardSampler(data_source)
     else:
@@ -121,7 +122,7 @@ class DatasetWrapper(TorchDataset):
         self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
         if self.k_tfm > 1 and transform is None:
-            raise ValueError("DATALOADER.K_TRANSFORMS > 1 needs a transform")
+            raise ConfigError("DATALOADER.K_TRANSFORMS > 1 needs a transform")
         interp_mode = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
         to_tensor = [Resize(tuple(cfg.INPUT.SIZE), interpolation=interp_mode), ToTensor()]
         if "normalize" in cfg.INPUT.TRANSFORMS:

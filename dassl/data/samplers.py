@@ -3,6 +3,7 @@ import random
 from collections import defaultdict
 
 from torch.utils.data.sampler import RandomSampler, Sampler, SequentialSampler
+from dassl.utils.registry import ConfigError
 
 AVAI_SAMPLERS = ["RandomSampler", "SequentialSampler", "RandomClassSampler"]
 
@@ -12,7 +13,7 @@ class RandomClassSampler(Sampler):
 
     def __init__(self, data_source, batch_size, n_ins):
         if batch_size < n_ins:
-            raise ValueError(f"batch_size={batch_size} must be >= n_ins={n_ins}")
+            raise ConfigError(f"batch_size={batch_size} must be >= n_ins={n_ins}")
         self.batch_size, self.n_ins = batch_size, n_ins
         self.ncls_per_batch = batch_size // n_ins
         self.index_dic = defaultdict(list)
@@ -20,7 +21,7 @@ class RandomClassSampler(Sampler):
             self.index_dic[item.label].append(index)
         self.labels = list(self.index_dic.keys())
         if len(self.labels) < self.ncls_per_batch:
-            raise ValueError(f"{len(self.labels)} classes < {self.ncls_per_batch} classes per batch")
+            raise ConfigError(f"{len(self.labels)} classes < {self.ncls_per_batch} classes per batch")
         self.length = len(list(self.__iter__()))
 
     def __iter__(self):
@@ -56,4 +57,4 @@ def build_sampler(sampler_type, cfg=None, data_source=None, batch_size=32, n_dom
         return SequentialSampler(data_source)
     if sampler_type == "RandomClassSampler":
         return RandomClassSampler(data_source, batch_size, n_ins)
-    raise ValueError(f"Unknown sampler '{sampler_type}'; available: {AVAI_SAMPLERS}")
+    raise ConfigError(f"Unknown sampler '{sampler_type}'; available: {AVAI_SAMPLERS}")

@@ -1,6 +1,6 @@
 """TrainerBase / SimpleTrainer / TrainerX: Dassl's trainer lifecycle and printed lines.
 
-Our additions over upstream (see notes/readme_engine.md):
+Our additions over upstream (docs/ENGINE.md):
 - a resumable checkpoint (model + optimizer + scheduler + RNG states) is written at the end of EVERY epoch
   (TRAIN.CHECKPOINT_FREQ = 0: the previous per-epoch file is removed once the new one is in place;
   k > 0: files of every k-th epoch are kept; -1: no per-epoch checkpoints, only the final model);
@@ -24,9 +24,10 @@ from dassl.data import DataManager
 from dassl.evaluation import build_evaluator
 from dassl.utils import distributed
 from dassl.utils import (
-    AverageMeter, MetricMeter, get_random_rng_state, load_checkpoint, save_checkpoint,
+    AverageMeter, ImageReadError, MetricMeter, RunError, get_random_rng_state, load_checkpoint, save_checkpoint,
     set_random_rng_state, tolist_if_not,
 )
+from dassl.utils.registry import MissingFileError
 from dassl.utils.torchtools import POINTER_FILE, restore_checkpoint
 
 _EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
@@ -152,14 +153,18 @@ class TrainerBase:
         for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}" (check --model-dir / --load-epoch)')
+                raise MissingFileError(f'Model not found at "{model_path}" (check --model-dir / --load-epoch)')
             checkpoint = load_checkpoint(model_path)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             self.load_state_dict_into(name, checkpoint["state_dict"], model_path)
 
     def load_state_dict_into(self, name, state_dict, model_path):
         """Load one model's weights (read from model_path); trainers override this to adapt old checkpoints."""
-        self._models[name].load_state_dict(state_dict)
+        try:
+            self._models[name].load_state_dict(state_dict)
+        except RuntimeError as error:  # another trainer's or config's model
+            raise RunError(f"{model_path} does not fit {type(self).__name__}'s {name} (other trainer or config?): "
+                           f"{' '.join(str(error).split())[:300]}") from None
 
     # ---------------------------------------------------------------- modes, LR, updates
     def set_model_mode(self, mode="train", names=None):
@@ -389,10 +394,16 @@ class SimpleTrainer(TrainerBase):
             split = "test"
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
-        for batch in tqdm(data_loader, disable=not distributed.is_main_process()):  # each rank: its shard
-            input, label = self.parse_batch_test(batch)
-            output = self.model_inference(input)
-            self.evaluator.process(output, label)
+        try:
+            for batch in tqdm(data_loader, disable=not distributed.is_main_process()):  # each rank: its shard
+                input, label = self.parse_batch_test(batch)
+                output = self.model_inference(input)
+                self.evaluator.process(output, label)
+        except ImageReadError as error:  # from a worker, the message is its traceback: keep the last line
+            reason = str(error).strip().splitlines()[-1].split("ImageReadError: ")[-1]
+            raise RunError(f"evaluation on the {split} set stopped: {reason}; the checkpoints in {self.output_dir} "
+                           f"are kept: replace the file, then run the same command again (a finished training "
+                           f"only evaluates)") from None
         results = distributed.evaluate_gathered(self.evaluator)
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)

@@ -14,6 +14,7 @@ LR of epoch e (0-based, = scheduler.last_epoch), warmup of W epochs, successor f
 import math
 
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR, StepLR
+from dassl.utils.registry import ConfigError
 
 AVAI_SCHEDS = ["single_step", "multi_step", "cosine"]
 
@@ -103,7 +104,7 @@ def build_lr_scheduler(optimizer, optim_cfg):
     stepsize = optim_cfg.STEPSIZE
     max_epoch = optim_cfg.MAX_EPOCH
     if name not in AVAI_SCHEDS:
-        raise ValueError(f"Unknown OPTIM.LR_SCHEDULER '{name}'; available: {AVAI_SCHEDS}")
+        raise ConfigError(f"Unknown OPTIM.LR_SCHEDULER '{name}'; available: {AVAI_SCHEDS}")
     if name == "single_step":
         if isinstance(stepsize, (list, tuple)):
             stepsize = stepsize[-1]
@@ -124,5 +125,5 @@ def build_lr_scheduler(optimizer, optim_cfg):
         if optim_cfg.WARMUP_TYPE == "linear":
             return LinearWarmupScheduler(optimizer, scheduler, optim_cfg.WARMUP_EPOCH, optim_cfg.WARMUP_MIN_LR,
                                          recount=optim_cfg.WARMUP_RECOUNT)
-        raise ValueError(f"Unknown OPTIM.WARMUP_TYPE '{optim_cfg.WARMUP_TYPE}'; available: constant, linear")
+        raise ConfigError(f"Unknown OPTIM.WARMUP_TYPE '{optim_cfg.WARMUP_TYPE}'; available: constant, linear")
     return scheduler

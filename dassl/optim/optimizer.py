@@ -3,6 +3,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+from dassl.utils.registry import ConfigError
 
 AVAI_OPTIMS = ["adam", "amsgrad", "sgd", "rmsprop", "radam", "adamw"]
 
@@ -27,7 +28,7 @@ def build_optimizer(model, optim_cfg, param_groups=None):
     """An optimizer over `model` (nn.Module or iterable of parameters) or explicit `param_groups`."""
     name = optim_cfg.NAME
     if name not in AVAI_OPTIMS:
-        raise ValueError(f"Unknown OPTIM.NAME '{name}'; available: {AVAI_OPTIMS}")
+        raise ConfigError(f"Unknown OPTIM.NAME '{name}'; available: {AVAI_OPTIMS}")
     lr, wd = optim_cfg.LR, optim_cfg.WEIGHT_DECAY
     if param_groups is not None and optim_cfg.STAGED_LR:
         warnings.warn("OPTIM.STAGED_LR is ignored because param_groups were given")

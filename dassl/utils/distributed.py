@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from dassl.utils.registry import ConfigError
+
 
 def is_distributed():
     return dist.is_available() and dist.is_initialized()
@@ -151,8 +153,8 @@ def check_global_batch(batch_size, n_items, world_size, key="DATALOADER.TRAIN_X.
     smallest = batch_size if n_items >= batch_size else n_items  # drop_last keeps full batches only
     if world_size > 1 and smallest < world_size:
         what = f"{key}={batch_size}" if smallest == batch_size else f"the training set ({n_items} images)"
-        raise ValueError(f"{what} is smaller than the {world_size} processes: every process needs at least one "
-                         f"image of each global batch (use a batch of >= {world_size} images or fewer processes)")
+        raise ConfigError(f"{what} is smaller than the {world_size} processes: every process needs at least one "
+                          f"image of each global batch (use a batch of >= {world_size} images or fewer processes)")
 
 
 def local_batch(batch):

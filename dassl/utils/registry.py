@@ -1,6 +1,8 @@
 """Name -> object registry (Dassl's API), with a helpful error for unknown names."""
 import difflib
 
+from dassl.errors import ConfigError, MissingFileError  # noqa: F401  (re-exported by dassl.utils)
+
 
 class PlainKeyError(KeyError):
     """A KeyError whose str() is the plain one-line message (KeyError's own str() quotes it)."""
@@ -9,7 +11,7 @@ class PlainKeyError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(ConfigError):
     """A name (trainer, dataset, ...) that is not registered; the message suggests the closest one."""
 
 

@@ -105,15 +105,20 @@ def listdir_nohidden(path, sort=False):
     return items
 
 
+class ImageReadError(OSError):
+    """An image file is missing or does not decode (raised in DataLoader workers too: one-argument constructor)."""
+
+
 def read_image(path):
     """Read an image as RGB PIL.Image; a missing or corrupt file raises one line naming the file."""
     if not osp.exists(path):
-        raise IOError(f"Image file not found: {path}")
+        raise ImageReadError(f"Image file not found: {path}")
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
     except Exception as e:  # PIL raises several types for truncated / unknown files
-        raise IOError(f"Cannot read image {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ImageReadError(f"Cannot read image {path}: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def tolist_if_not(x):

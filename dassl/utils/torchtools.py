@@ -7,26 +7,75 @@ TrainerBase.checkpoint_extra_state), so it loads with torch.load(weights_only=Tr
 import os
 import os.path as osp
 import pickle
+import re
 import tempfile
+import time
 import warnings
 from collections import OrderedDict
 
 import torch
 
+from dassl.errors import RunError
 from .tools import mkdir_if_missing
 
 POINTER_FILE = "checkpoint"
 
 
+TEMP_SUFFIX = ".tmp"
+# atomic_write's temp files: "." + target name + "." + mkstemp's 8 random characters + ".tmp"
+_TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
+STALE_TEMP_AGE_S = 3600  # in a folder that other runs may be writing into, only temp files older than this are dead
+
+
+def current_umask():
+    """The process umask (read without changing it where /proc allows; os.umask has no getter)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_temp_files(folder, min_age_s=0, name=None, recursive=True):
+    """Delete the temp files that killed atomic writes left in `folder` (only those of target `name` if given;
+    only those older than `min_age_s`: a live writer's file is young). Returns the removed paths."""
+    removed = []
+    now = time.time()
+    walk = os.walk(folder) if recursive else [(folder, [], os.listdir(folder) if osp.isdir(folder) else [])]
+    for dirpath, _, filenames in walk:
+        for fname in filenames:
+            if not _TEMP_FILE.match(fname) or (name is not None and not fname.startswith("." + name + ".")):
+                continue
+            path = osp.join(dirpath, fname)
+            try:
+                if min_age_s and now - os.stat(path).st_mtime < min_age_s:
+                    continue
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:  # another process removed or renamed it meanwhile
+                pass
+    return removed
+
+
 def atomic_write(fpath, write_fn):
     """Write through `write_fn(file_object)` into a temp file in the same folder, then os.replace it.
 
-    A crash mid-way leaves the previous file (if any) untouched and removes the partial temp file.
+    A crash mid-way leaves the previous file (if any) untouched and removes the partial temp file; a kill
+    leaves the temp file, which the next write of the same file (after STALE_TEMP_AGE_S) or train.py's start
+    (in its locked output folder) removes. The file gets the mode of a plain open() (0666 minus the umask), not
+    mkstemp's 0600: split files and caches in a shared data folder must stay readable for the group.
     """
     dirname = osp.dirname(osp.abspath(fpath))
     mkdir_if_missing(dirname)
-    fd, tmp_path = tempfile.mkstemp(prefix="." + osp.basename(fpath) + ".", suffix=".tmp", dir=dirname)
+    remove_temp_files(dirname, min_age_s=STALE_TEMP_AGE_S, name=osp.basename(fpath), recursive=False)
+    fd, tmp_path = tempfile.mkstemp(prefix="." + osp.basename(fpath) + ".", suffix=TEMP_SUFFIX, dir=dirname)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
@@ -90,10 +139,25 @@ def load_checkpoint(fpath):
         raise FileNotFoundError(f'Checkpoint file not found: "{fpath}"')
     try:
         return torch.load(fpath, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" not in str(error).lower():
+            raise unreadable_file_error(fpath, error, "checkpoint") from None
         warnings.warn(f"{fpath} holds pickled objects (an upstream Dassl checkpoint?); loading it with "
                       f"weights_only=False")
-        return torch.load(fpath, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(fpath, map_location="cpu", weights_only=False)
+        except Exception as error:  # noqa: BLE001  (a corrupt pickle raises many types)
+            raise unreadable_file_error(fpath, error, "checkpoint") from None
+    except Exception as error:  # noqa: BLE001  truncated zip (RuntimeError), empty (EOFError), garbage (KeyError)
+        raise unreadable_file_error(fpath, error, "checkpoint") from None
+
+
+def unreadable_file_error(fpath, error, what, hint="delete it (or its run folder) and run again"):
+    """RunError for a torch file that does not load: truncated by a kill or a partial copy, or not a torch file."""
+    detail = " ".join(str(error).split())[:160]
+    size = osp.getsize(fpath) if osp.exists(fpath) else 0
+    return RunError(f"{fpath} is not a readable {what} ({size:,} bytes; truncated or not a torch file? "
+                    f"{type(error).__name__}: {detail}); {hint}")
 
 
 def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
@@ -110,7 +174,13 @@ def restore_checkpoint(fpath, model, optimizer=None, scheduler=None):
     """Load the checkpoint `fpath` into model / optimizer / scheduler; return the checkpoint dict."""
     print(f'Loading checkpoint from "{fpath}"')
     checkpoint = load_checkpoint(fpath)
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:  # another trainer's or config's checkpoint: other keys or shapes
+        detail = " ".join(str(error).split())
+        raise RunError(f"{fpath} does not fit this run's model (written by another trainer or config?): "
+                       f"{detail[:300]}; use another output folder, or delete {osp.dirname(osp.dirname(fpath))} "
+                       f"to train from scratch") from None
     print("Loaded model weights")
     if optimizer is not None and checkpoint.get("optimizer") is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])

@@ -20,6 +20,7 @@ ImageNet-Sketch) is printed as a manual step.
 import argparse
 import hashlib
 import http.client
+import importlib
 import json
 import os
 import os.path as osp
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 
 BASE_URL_ENV = "MMPT_DATA_BASE_URL"
 CHUNK = 1 << 20
+LOADER_PACKAGE = "datasets"  # the repository's dataset loaders (--check reads their split-file names)
 
 # registry name -> folder under DATASET.ROOT (the loaders' `dataset_dir`)
 DATASET_FOLDERS = {
@@ -494,7 +496,8 @@ def missing_split_files(name, dataset_dir):
     from dassl.data.datasets import DATASET_REGISTRY
 
     try:
-        import datasets  # noqa: F401  (the repository's loaders, importable from the repository root)
+        # the repository's loaders, loaded by name (a plugin of this tool, not a dependency of the library)
+        importlib.import_module(LOADER_PACKAGE)
         loader = DATASET_REGISTRY.get(name)
     except Exception:  # run from elsewhere: another `datasets` package, or none
         print(f"  (split file not checked: the repository's dataset loaders are not importable from {os.getcwd()})")

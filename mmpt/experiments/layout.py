@@ -10,6 +10,10 @@ of the same (stage, trainer, config, dataset, shots, seed) are the same command 
     imagenet/<Trainer>/<cfg>_<K>shots/seed<S>                           cross-dataset / DG source (MaPLe's layout)
     evaluation/<Trainer>/<cfg>_<K>shots/<dataset>/seed<S>               that model on a target (ZeroshotCLIP: <cfg>)
 
+A run with extra KEY VALUE options (OPTS, --opts) replaces <cfg> with `<cfg>__<KEY>=<value>,...`
+(mmpt.run_folder.run_tag), so an ablation never lands in, skips because of, or resumes the default run's folder.
+A run counts as done when its log holds `* accuracy:` and its recorded config.yaml equals the requested config.
+
 Shell use (what common.sh does; prints bash assignments RUN_DIR, RUN_DONE, RUN_CMD=(...)):
 
     python -m mmpt.experiments.layout plan --stage base2new_train --trainer MuDPT --cfg CFG --dataset caltech101 \
@@ -20,11 +24,15 @@ With --nproc N > 1 (or --nnodes M > 1) the command starts train.py through torch
 on this node, or on each of M nodes meeting at the rendezvous endpoint (docs/DISTRIBUTED.md).
 """
 import argparse
+import importlib
 import os
 import os.path as osp
 import shlex
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
+
+from mmpt import run_folder
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -37,55 +45,39 @@ SHOTS = [1, 2, 4, 8, 16]
 SEEDS = [1, 2, 3]
 SOURCE_DATASET = "imagenet"
 
-# scripts/<folder>/ -> trainer (registry name)
-TRAINER_FOLDERS = {"mudpt": "MuDPT", "mpl": "MPL", "coop": "CoOp", "cocoop": "CoCoOp", "maple": "MaPLe",
-                   "ivlp": "IVLP", "vpt": "VPT", "zsclip": "ZeroshotCLIP", "promptsrc": "PromptSRC"}
-ZERO_SHOT = "ZeroshotCLIP"
-
-# Default config per trainer and protocol ("b2n" = base-to-new, "fewshot", "xd" = cross-dataset and DG).
-# The per-trainer scripts name the same files (tests/test_scripts.py checks that they agree).
-DEFAULT_CONFIGS = {
-    "MuDPT": {"b2n": "vit_b16_c4_ep10_batch4_joint", "fewshot": "vit_b16_c4_ep10_batch4_joint",
-              "xd": "vit_b16_c4_ep10_batch4_joint"},  # the paper trains every protocol with its one setting
-    "MPL": {"b2n": "vit_b4_c1_add2_rm1", "fewshot": "vit_b4_c1_add2_rm1",
-            "xd": "vit_b4_c1_add2_rm1_cross_datasets"},
-    "CoOp": {"b2n": "vit_b16_ep50_ctxv1", "fewshot": "vit_b16", "xd": "vit_b16_ep50"},
-    "CoCoOp": {"b2n": "vit_b16_c4_ep10_batch1_ctxv1", "fewshot": "vit_b16_c4_ep10_batch1_ctxv1",
-               "xd": "vit_b16_c4_ep10_batch1_ctxv1"},
-    "MaPLe": {"b2n": "vit_b16_c2_ep5_batch4_2ctx", "fewshot": "vit_b16_c2_ep5_batch4_2ctx",
-              "xd": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
-    "IVLP": {"b2n": "vit_b16_c2_ep5_batch4_2+2ctx", "fewshot": "vit_b16_c2_ep5_batch4_2+2ctx",
-             "xd": "vit_b16_c2_ep5_batch4_2+2ctx"},
-    "VPT": {"b2n": "vit_b16_c2_ep5_batch4_4", "fewshot": "vit_b16_c2_ep5_batch4_4", "xd": "vit_b16_c2_ep5_batch4_4"},
-    "ZeroshotCLIP": {"b2n": "vit_b16", "fewshot": "vit_b16", "xd": "vit_b16"},
-    "PromptSRC": {"b2n": "vit_b16_c2_ep20_batch4_4+4ctx", "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
-                  "xd": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"},
-}
-
-# KEY VALUE options a trainer's protocol adds for some datasets, ahead of the user's own (which win): settings the
-# method's authors change per dataset within one config file. PromptSRC's few-shot Gaussian prompt aggregation
-# peaks late and narrow on the fine-grained / texture / satellite datasets (its release, few-shot yaml).
-_PROMPTSRC_SHARP_GPA = ("TRAINER.PROMPTSRC.GPA_MEAN", "45.0", "TRAINER.PROMPTSRC.GPA_STD", "5.0")
-DATASET_OPTS = {
-    "PromptSRC": {"fewshot": {dataset: _PROMPTSRC_SHARP_GPA for dataset in
-                              ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")}},
-}
+# the repository's method package: importing it declares every method (mmpt.methods); mmpt itself never
+# imports it, this tooling loads it by name
+METHOD_PACKAGE = "trainers"
+ZERO_SHOT = "ZeroshotCLIP"  # the published tables' CLIP row
 
 
-def dataset_opts(trainer, stage, dataset):
-    """The KEY VALUE options DATASET_OPTS gives this trainer's run of `stage` on `dataset` (a list, maybe empty)."""
-    return list(DATASET_OPTS.get(trainer, {}).get(STAGES[stage][0], {}).get(dataset, ()))
+def declared_methods():
+    """{trainer name: trainer class} of every declared method (the repository's and MMPT_TRAINER_MODULES')."""
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    with warnings.catch_warnings():  # clip's import warns about pkg_resources: noise on the scripts' stderr
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        importlib.import_module(METHOD_PACKAGE)
+    from mmpt.methods import declared_methods as declared
+
+    return declared()
 
 
-def coop_fewshot_config(dataset, shots):
-    """CoOp's schedule: 50 epochs for 1-2 shots (and always on ImageNet), 100 for 4-8, 200 for 16."""
-    if dataset == SOURCE_DATASET or shots <= 2:
-        return "vit_b16_ep50"
-    return "vit_b16_ep100" if shots <= 8 else "vit_b16"
+def method(trainer):
+    """The declaration of `trainer` (a one-line error naming the declared ones otherwise)."""
+    methods = declared_methods()
+    if trainer not in methods:
+        raise KeyError(f"mmpt.experiments.layout: unknown trainer '{trainer}' (known: {', '.join(methods)})")
+    return methods[trainer]
+
+
+def trainer_folders():
+    """{scripts/<folder>: trainer name} of the methods that declare a scripts folder."""
+    return {cls.scripts_folder: name for name, cls in declared_methods().items() if cls.scripts_folder}
 
 
 STAGES = {
-    # stage: (protocol key of DEFAULT_CONFIGS, trains?, subsample, end signal kind)
+    # stage: (protocol of the methods' default_configs, trains?, subsample)
     "base2new_train": ("b2n", True, "base"),
     "base2new_test_new": ("b2n", False, "new"),
     "base2new_test_base": ("b2n", False, "base"),
@@ -97,13 +89,15 @@ TRAIN_STAGE_OF = {"base2new_test_new": "base2new_train", "xd_test": "xd_train"}
 
 
 def default_config(trainer, stage, dataset, shots):
-    protocol = STAGES[stage][0]
-    if trainer == "CoOp" and protocol == "fewshot":
-        return coop_fewshot_config(dataset, shots)
-    try:
-        return DEFAULT_CONFIGS[trainer][protocol]
-    except KeyError:
-        raise KeyError(f"mmpt.experiments.layout: unknown trainer '{trainer}' (known: {', '.join(DEFAULT_CONFIGS)})") from None
+    """The method's declared default config for the stage's protocol."""
+    return method(trainer).default_config(STAGES[stage][0], dataset, shots)
+
+
+def dataset_opts(trainer, stage, dataset):
+    """KEY VALUE options the method declares for this protocol and dataset (`dataset_opts = {protocol: {dataset:
+    (KEY, VALUE, ...)}}`, e.g. PromptSRC's few-shot GPA), placed ahead of the user's own options (which win)."""
+    declared = getattr(method(trainer), "dataset_opts", None) or {}
+    return list(declared.get(STAGES[stage][0], {}).get(dataset, ()))
 
 
 def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
@@ -115,7 +109,7 @@ def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
         return osp.join("base2new", "test_" + STAGES[stage][2], tail)
     if stage == "fewshot":
         return osp.join("fewshot", tail)
-    tag = cfg if trainer == ZERO_SHOT else f"{cfg}_{shots}shots"
+    tag = f"{cfg}_{shots}shots" if method(trainer).trains else cfg
     if stage == "xd_train":
         return osp.join(SOURCE_DATASET, trainer, tag, f"seed{seed}")
     if stage == "xd_test":
@@ -124,7 +118,7 @@ def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
 
 
 def is_training_stage(stage, trainer):
-    return STAGES[stage][1] and trainer != ZERO_SHOT
+    return STAGES[stage][1] and method(trainer).trains
 
 
 def parser_module():
@@ -137,14 +131,35 @@ def parser_module():
     return parse_test_res
 
 
-def is_done(output_dir, trains):
-    """True when a log of the run folder holds `* accuracy:` after `Finish training` (or `=> result`)."""
+def is_done(output_dir, trains, argv=None):
+    """True when a log of the run folder holds `* accuracy:` after `Finish training` (or `=> result`) and, given
+    the run's command `argv`, the folder's recorded config.yaml equals the config that command asks for (else
+    the run is not done: train.py then stops with one line naming the differing keys)."""
     if not osp.isdir(output_dir):
         return False
     ptr = parser_module()
     metric = {"name": "accuracy", "regex": ptr.metric_regex("accuracy")}
     end_signal = ptr.END_SIGNAL_TRAIN if trains else ptr.END_SIGNAL_TEST
-    return "accuracy" in ptr.parse_run(output_dir, [metric], end_signal)
+    if "accuracy" not in ptr.parse_run(output_dir, [metric], end_signal):
+        return False
+    recorded = run_folder.recorded_config(output_dir)
+    if argv is None or recorded is None:
+        return True
+    requested = requested_config_text(argv)
+    return requested is not None and not run_folder.config_differences(recorded, run_folder.config_values(requested))
+
+
+def requested_config_text(argv):
+    """The full config (yaml text) that a `python train.py ...` (or torchrun ... train.py ...) command line asks
+    for; None if it is invalid."""
+    parser_module()  # puts the repository root on sys.path
+    import train
+
+    try:
+        start = next(i for i, arg in enumerate(argv) if osp.basename(str(arg)) == "train.py") + 1
+        return train.setup_cfg(train.get_parser().parse_args(argv[start:])).dump()
+    except Exception:  # noqa: BLE001  a bad option: not done; train.py reports it in one line
+        return None
 
 
 def config_max_epoch(config_file, opts=()):
@@ -217,9 +232,10 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     cfg = cfg or default_config(trainer, stage, dataset, shots)
     seed, shots = int(seed), int(shots)
     trains = is_training_stage(stage, trainer)
-    rel = run_dir(stage, trainer, cfg, dataset, seed, shots)
+    tag = run_folder.run_tag(cfg, opts)  # extra options: a folder of their own (CoOp's path without)
+    rel = run_dir(stage, trainer, tag, dataset, seed, shots)
     output_dir = osp.join(output_root, rel)
-    config_file = osp.join(repo_root, "configs", "trainers", trainer, f"{cfg}.yaml")
+    config_file = method(trainer).config_file(cfg, repo_root)
     dataset_file = osp.join(repo_root, "configs", "datasets", f"{dataset}.yaml")
     for path in (config_file, dataset_file):
         if not osp.isfile(path):
@@ -233,9 +249,9 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     depends_on = []
     if not trains:
         argv.append("--eval-only")
-        if trainer != ZERO_SHOT:
+        if method(trainer).trains:
             train_stage = TRAIN_STAGE_OF[stage]
-            model_rel = run_dir(train_stage, trainer, cfg, dataset if stage != "xd_test" else SOURCE_DATASET,
+            model_rel = run_dir(train_stage, trainer, tag, dataset if stage != "xd_test" else SOURCE_DATASET,
                                 seed, shots)
             epoch = load_epoch if load_epoch is not None else config_max_epoch(config_file, opts)
             argv += ["--model-dir", osp.join(output_root, model_rel), "--load-epoch", str(epoch)]
@@ -278,7 +294,7 @@ def main(argv=None):
     except (KeyError, FileNotFoundError, ValueError) as e:
         sys.exit(str(e).strip("'\""))
     print(f"RUN_DIR={shlex.quote(job.output_dir)}")
-    print(f"RUN_DONE={int(is_done(job.output_dir, job.trains))}")
+    print(f"RUN_DONE={int(is_done(job.output_dir, job.trains, job.argv))}")
     print(f"RUN_CMD=({job.shell()})")
 
 

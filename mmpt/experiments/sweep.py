@@ -7,8 +7,9 @@
     python -m mmpt.sweep ... --launcher slurm --gpus-per-run 4 --nodes 2   # each run on 2 nodes x 4 GPUs
     python -m mmpt.sweep ... --dry-run          # list the jobs (and which are finished) without running anything
 
-Every job is one train.py command built by mmpt.experiments.layout (the same commands and folders as scripts/<trainer>/).
-Finished runs (their log.txt holds `* accuracy:`) are skipped, so re-running a sweep resumes it: killed or
+Every job is one train.py command built by mmpt.experiments.layout (the same commands and folders as scripts/<trainer>/;
+--opts give the runs folders of their own). Finished runs (their log.txt holds `* accuracy:` and their config.yaml
+equals the requested config) are skipped, so re-running a sweep resumes it: killed or
 failed jobs run again (a killed training resumes from its last checkpoint). Jobs run in parallel, one per GPU
 (--gpus, through CUDA_VISIBLE_DEVICES; with --gpus-per-run N, one job per group of N GPUs, started with torchrun)
 or N at a time (--jobs); each writes its stdout to `stdout.log` in its run folder. On SLURM a job of
@@ -31,6 +32,7 @@ from collections import OrderedDict
 from datetime import datetime
 
 from dassl.utils import atomic_write
+from mmpt import run_folder
 from mmpt.experiments import layout
 
 MANIFEST_NAME = "sweep_manifest.json"
@@ -41,17 +43,18 @@ PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
 # ----------------------------------------------------------------------------- grid
 def resolve_trainer(name):
     """Registry name from a registry or script-folder name, case-insensitive (mudpt -> MuDPT)."""
-    names = {n.lower(): n for n in layout.DEFAULT_CONFIGS}
-    names.update(layout.TRAINER_FOLDERS)
+    declared = layout.declared_methods()
+    names = {n.lower(): n for n in declared}
+    names.update(layout.trainer_folders())
     try:
         return names[name.lower()]
     except KeyError:
-        raise ValueError(f"mmpt.sweep: unknown trainer '{name}' (known: {', '.join(layout.DEFAULT_CONFIGS)})") from None
+        raise ValueError(f"mmpt.sweep: unknown trainer '{name}' (known: {', '.join(declared)})") from None
 
 
 def protocol_stages(protocol, trainer, datasets, shots_list):
     """[(stage, dataset, shots)] of one protocol for one trainer, in dependency order."""
-    zero_shot = trainer == layout.ZERO_SHOT
+    zero_shot = not layout.method(trainer).trains  # evaluation only
     if protocol == "base2new":
         datasets = datasets or layout.DATASETS_11
         stages = ["base2new_test_base", "base2new_test_new"] if zero_shot else ["base2new_train", "base2new_test_new"]
@@ -200,7 +203,7 @@ def run_chain(job_dicts):
     results = []
     failed = set()
     for index, job in enumerate([layout.Job(**d) for d in job_dicts]):
-        if layout.is_done(job.output_dir, job.trains):
+        if layout.is_done(job.output_dir, job.trains, job.argv):
             results.append({"id": job.id, "status": "skipped", "returncode": None, "error": None})
             continue
         if any(dep in failed for dep in job.depends_on):
@@ -327,7 +330,7 @@ def prepare(jobs, manifest):
     """Mark finished runs skipped and the others pending; returns (#skipped, #pending)."""
     skipped = 0
     for job in jobs:
-        done = layout.is_done(job.output_dir, job.trains)
+        done = layout.is_done(job.output_dir, job.trains, job.argv)
         manifest.add(job, "skipped" if done else "pending")
         skipped += done
     manifest.save()
@@ -409,25 +412,31 @@ def main(argv=None, echo=print):
         sys.exit(f"mmpt.sweep: error: {str(e).strip(chr(39))}")
     if args.dry_run:
         for job in jobs:
-            state = "done" if layout.is_done(job.output_dir, job.trains) else "todo"
+            state = "done" if layout.is_done(job.output_dir, job.trains, job.argv) else "todo"
             echo(f"[{state}] {job.id}\n    {job.shell()}")
         echo(f"{len(jobs)} jobs")
         return 0
     manifest = Manifest(output_root, command=shlex.join([sys.executable, "-m", "mmpt.sweep"] + list(
         sys.argv[1:] if argv is None else argv)))
     skipped, pending = prepare(jobs, manifest)
-    # SIGTERM (e.g. scancel, kill) unwinds like Ctrl-C: the runner stops its children and saves the manifest
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     echo(f"Sweep: {len(jobs)} jobs, {skipped} already finished (skipped), {pending} to run")
-    if args.launcher == "slurm":
-        run_submitit(manifest, jobs, osp.join(output_root, "sweep_submitit"), cluster=args.submitit_cluster,
-                     partition=args.partition, time_min=args.time, gpus_per_job=args.gpus_per_job,
-                     cpus_per_job=args.cpus_per_job, wait=not args.no_wait, echo=echo,
-                     gpus_per_run=args.gpus_per_run, nodes=args.nodes)
-        if args.no_wait:
-            return 0
-    else:
-        LocalRunner(manifest, slots, echo=echo, progress=args.progress).run(jobs)
+    # SIGTERM (e.g. scancel, kill) unwinds like Ctrl-C: the runner stops its children and saves the manifest
+    try:
+        with run_folder.interrupt_on_stop_signals():
+            if args.launcher == "slurm":
+                run_submitit(manifest, jobs, osp.join(output_root, "sweep_submitit"), cluster=args.submitit_cluster,
+                             partition=args.partition, time_min=args.time, gpus_per_job=args.gpus_per_job,
+                             cpus_per_job=args.cpus_per_job, wait=not args.no_wait, echo=echo,
+                             gpus_per_run=args.gpus_per_run, nodes=args.nodes)
+                if args.no_wait:
+                    return 0
+            else:
+                LocalRunner(manifest, slots, echo=echo, progress=args.progress).run(jobs)
+    except KeyboardInterrupt as interrupt:
+        name = interrupt.args[0] if interrupt.args else "SIGINT"
+        print(f"mmpt.sweep: stopped by {name}; running jobs were stopped and recorded as failed in {manifest.path}: "
+              f"run the same command again to resume them", file=sys.stderr)
+        return 128 + getattr(signal, name, signal.SIGINT)
     return 1 if summarize(manifest, jobs, echo) else 0
 
 

@@ -6,6 +6,8 @@ import tarfile
 import zipfile
 from collections import defaultdict
 
+from dassl.utils.registry import ConfigError, MissingFileError
+
 
 
 class Datum:
@@ -15,7 +17,7 @@ class Datum:
         if not isinstance(impath, str):
             raise TypeError(f"Datum: impath must be a str, got {type(impath).__name__}: {impath!r}")
         if not osp.isfile(impath):
-            raise FileNotFoundError(f"Datum: image file not found: {impath}")
+            raise MissingFileError(f"Datum: image file not found: {impath}")
         self._impath = impath
         self._label = label
         self._domain = domain
@@ -111,7 +113,7 @@ class DatasetBase:
     def is_input_domain_valid(self, input_domains):
         for domain in input_domains:
             if domain not in self.domains:
-                raise ValueError(f"Input domain must belong to {self.domains}, but got [{domain}]")
+                raise ConfigError(f"Input domain must belong to {self.domains}, but got [{domain}]")
 
     def download_data(self, url, dst, from_gdrive=True):
         """Download `url` to `dst` (Google Drive through gdown) and extract zip / tar archives next to it."""
@@ -148,6 +150,14 @@ class DatasetBase:
         output = []
         for data_source in data_sources:
             tracker = self.split_dataset_by_label(data_source)
+            short = {label: len(items) for label, items in tracker.items() if len(items) < num_shots}
+            if short:
+                names = [f"{items[0].classname or label} ({len(items)})" for label, items in tracker.items()
+                         if label in short]
+                names = ", ".join(names[:10]) + (f", ... ({len(names) - 10} more)" if len(names) > 10 else "")
+                print(f"WARNING: {num_shots} shots asked, but {len(short)} of {len(tracker)} classes have fewer "
+                      f"images: {names}; " + ("they are sampled with replacement" if repeat else
+                                              "they keep all their images"))
             dataset = []
             for label, items in tracker.items():
                 if len(items) >= num_shots:

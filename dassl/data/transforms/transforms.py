@@ -4,6 +4,8 @@ from torchvision.transforms import (
     Resize, ToTensor, InterpolationMode,
 )
 
+from dassl.utils.registry import ConfigError
+
 INTERPOLATION_MODES = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
@@ -17,7 +19,7 @@ AVAI_CHOICES = ["random_flip", "random_resized_crop", "normalize", "center_crop"
 def _check_choices(choices):
     for choice in choices:
         if choice not in AVAI_CHOICES:
-            raise ValueError(f"Unknown transform '{choice}' in INPUT.TRANSFORMS; available: {AVAI_CHOICES}")
+            raise ConfigError(f"Unknown transform '{choice}' in INPUT.TRANSFORMS; available: {AVAI_CHOICES}")
 
 
 def build_transform(cfg, is_train=True, choices=None):
@@ -28,7 +30,7 @@ def build_transform(cfg, is_train=True, choices=None):
     choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
     _check_choices(choices)
     if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
-        raise ValueError(f"Unknown INPUT.INTERPOLATION '{cfg.INPUT.INTERPOLATION}'; "
+        raise ConfigError(f"Unknown INPUT.INTERPOLATION '{cfg.INPUT.INTERPOLATION}'; "
                          f"available: {list(INTERPOLATION_MODES)}")
     normalize = Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD)
     if cfg.INPUT.NO_TRANSFORM:

@@ -1,0 +1,130 @@
+"""Records every method's logits on a small random CLIP, so that a refactoring can be checked bit for bit.
+
+    PYTHONPATH=$PWD python tests/record_logits.py      # rewrites tests/data/method_logits.pt
+
+The file holds, per variant (a trainer name plus config overrides), the logits of a fixed batch of images
+twice: "init" right after a seeded build (the initialisation, its order of random draws included), and
+"set" after every entry of the prompt learner's state dict has been overwritten with seeded values in key
+order (the forward pass and the checkpoint keys and shapes, which are recorded too).
+tests/test_method_logits.py rebuilds each variant through `mmpt.create_model` and compares with torch.equal.
+Rebuild the file only when a change of numerics is intended (and say so in the commit).
+"""
+import os
+import sys
+
+import torch
+from clip.model import CLIP
+
+RECORD_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "method_logits.pt")
+
+# class names of different BPE lengths (CoOp's middle / front groups classes by name length)
+CLASSNAMES = ["cat", "golden_retriever", "sunflower", "aircraft carrier ship", "tabby cat"]
+
+# (variant, trainer name, config overrides); depths fit the 3-layer test backbone
+VARIANTS = [
+    ("ZeroshotCLIP", "ZeroshotCLIP", dict(TEMPLATE="a photo of a {}.")),
+    ("ZeroshotCLIP_pets", "ZeroshotCLIP", dict(TEMPLATE="a photo of a {}, a type of pet.")),
+    ("CoOp", "CoOp", dict()),
+    ("CoOp_ctxv1", "CoOp", dict(N_CTX=4, CTX_INIT="a photo of a")),
+    ("CoOp_csc", "CoOp", dict(N_CTX=4, CSC=True)),
+    ("CoOp_middle", "CoOp", dict(N_CTX=4, CLASS_TOKEN_POSITION="middle")),
+    ("CoOp_front", "CoOp", dict(N_CTX=4, CLASS_TOKEN_POSITION="front")),
+    ("CoOp_csc_middle", "CoOp", dict(N_CTX=5, CSC=True, CLASS_TOKEN_POSITION="middle")),
+    ("CoOp_ctxv1_front", "CoOp", dict(CTX_INIT="a photo of a", CLASS_TOKEN_POSITION="front")),
+    ("CoCoOp", "CoCoOp", dict(N_CTX=4)),
+    ("CoCoOp_ctxv1", "CoCoOp", dict(N_CTX=4, CTX_INIT="a photo of a")),
+    ("VPT", "VPT", dict(N_CTX_VISION=4, PROMPT_DEPTH_VISION=3)),
+    ("VPT_shallow", "VPT", dict(N_CTX_VISION=2, PROMPT_DEPTH_VISION=1)),
+    ("IVLP", "IVLP", dict(PROMPT_DEPTH_TEXT=3, PROMPT_DEPTH_VISION=2)),
+    ("IVLP_random", "IVLP", dict(CTX_INIT="", N_CTX_TEXT=3, PROMPT_DEPTH_TEXT=1, PROMPT_DEPTH_VISION=3)),
+    ("MaPLe", "MaPLe", dict(PROMPT_DEPTH=3)),
+    ("MaPLe_random", "MaPLe", dict(CTX_INIT="", N_CTX=3, PROMPT_DEPTH=2)),
+    ("MuDPT_joint", "MuDPT", dict(N_CTX_TEXT=4, N_CTX_VISION=4, PROMPT_DEPTH=3, INJECTION="joint",
+                                  INJECTION_WIDTH=32, INJECTION_HEADS=2)),
+    ("MuDPT_joint_both", "MuDPT", dict(N_CTX_TEXT=2, N_CTX_VISION=2, PROMPT_DEPTH=3, INJECTION="joint",
+                                       FUSE_SHALLOW="both", INJECTION_WIDTH=32, INJECTION_HEADS=2)),
+    ("MuDPT_separate", "MuDPT", dict(N_CTX_TEXT=2, N_CTX_VISION=2, PROMPT_DEPTH=3, INJECTION="separate",
+                                     FUSE_SHALLOW="t2v")),
+    ("MuDPT_linear", "MuDPT", dict(N_CTX_TEXT=2, N_CTX_VISION=2, PROMPT_DEPTH=3, INJECTION="linear",
+                                   FUSE_SHALLOW="t2v")),
+    ("MuDPT_linear_none", "MuDPT", dict(N_CTX_TEXT=2, N_CTX_VISION=2, PROMPT_DEPTH=2, INJECTION="linear")),
+    ("MuDPT_none", "MuDPT", dict(N_CTX_TEXT=3, N_CTX_VISION=2, PROMPT_DEPTH=3, INJECTION="none", CTX_INIT="")),
+    ("MPL", "MPL", dict(PROMPT_DEPTH=3)),
+    ("MPL_lists", "MPL", dict(N_CTX=2, PROMPT_DEPTH=3, N_ADD_OP=[1, 2], N_RM_OP=[2, 1])),
+    ("MPL_text_schedule", "MPL", dict(N_CTX=2, PROMPT_DEPTH=3, TEXT_N_ADD_OP=2, TEXT_N_RM_OP=[1, 2])),
+    ("MPL_random", "MPL", dict(CTX_INIT="", N_CTX=2, PROMPT_DEPTH=2)),
+]
+# variants also run on the ResNet backbone (no visual prompts)
+RESNET_VARIANTS = [("CoOp_rn", "CoOp", dict(N_CTX=4)), ("ZeroshotCLIP_rn", "ZeroshotCLIP", dict(TEMPLATE="{} texture."))]
+
+
+_BACKBONES = {}  # resnet -> (model, RNG state right after building it)
+
+
+def backbone(resnet=False):
+    """A random 3-layer CLIP with distinct widths (text 64, vision 96, joint 48), seeded; built here so that
+    the record does not depend on a test helper. Built once per process (models share its frozen weights);
+    the global RNG is left as a fresh build leaves it, so the methods' initialisation draws the same numbers."""
+    if resnet not in _BACKBONES:
+        torch.manual_seed(0)
+        vision = dict(vision_layers=(1, 1, 1, 1), vision_width=8) if resnet else dict(vision_layers=3, vision_width=96)
+        model = CLIP(embed_dim=48, image_resolution=32, vision_patch_size=8, context_length=77, vocab_size=49408,
+                     transformer_width=64, transformer_heads=2, transformer_layers=3, **vision)
+        with torch.no_grad():  # no LayerNorm weight at 1 or bias at 0: no term may vanish by chance
+            for param in model.parameters():
+                if param.numel() > 1 and bool((param == param.flatten()[0]).all()):
+                    param.add_(torch.randn_like(param) * 0.02)
+        _BACKBONES[resnet] = (model.float().eval().requires_grad_(False), torch.get_rng_state())
+    model, rng_state = _BACKBONES[resnet]
+    torch.set_rng_state(rng_state)
+    return model
+
+
+def images():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(3, 3, 32, 32, generator=generator)
+
+
+def build(trainer, clip_model, overrides):
+    import mmpt
+    return mmpt.create_model(trainer, clip_model, CLASSNAMES, **overrides)
+
+
+def all_variants():
+    return [(v, False) for v in VARIANTS] + [(v, True) for v in RESNET_VARIANTS]
+
+
+@torch.no_grad()
+def logits_of(model):
+    return model(images())
+
+
+def seeded_state(model):
+    """The prompt learner's state dict with every entry replaced by N(0, 0.1) values drawn in key order."""
+    generator = torch.Generator().manual_seed(3)
+    return {key: torch.randn(value.shape, generator=generator) * 0.1
+            for key, value in sorted(model.prompt_learner.state_dict().items())}
+
+
+def measure(trainer, overrides, resnet):
+    """{"init": logits after a seeded build, "set": logits with the seeded state, "shapes": {key: shape}}."""
+    torch.manual_seed(2)
+    model = build(trainer, backbone(resnet), overrides)
+    init = logits_of(model)
+    state = seeded_state(model)
+    model.prompt_learner.load_state_dict(state)
+    return {"init": init, "set": logits_of(model), "shapes": {k: tuple(v.shape) for k, v in state.items()}}
+
+
+def main():
+    record = {}
+    for (variant, trainer, overrides), resnet in all_variants():
+        record[variant] = measure(trainer, overrides, resnet)
+        print(variant, tuple(record[variant]["set"].shape), len(record[variant]["shapes"]), "tensors")
+    os.makedirs(os.path.dirname(RECORD_PATH), exist_ok=True)
+    torch.save(record, RECORD_PATH)
+    print(f"wrote {RECORD_PATH} ({os.path.getsize(RECORD_PATH)} bytes)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The layering of the repository: imports point downwards only (dassl <- mmpt <- trainers / datasets <- tools),
+there are no import cycles, and `import mmpt` stays light."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("dassl", "mmpt", "trainers", "datasets")
+# Known exception, to be removed: the toy backbone (mmpt.toy_clip, loaded by mmpt.clip_backbone for "toy-ViT")
+# holds its own pretraining and reads the toy world's definitions from mmpt.data.toy_world.
+KNOWN_TOOLING_IMPORTS = ("mmpt.toy_clip",)
+
+
+def module_name(path):
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules():
+    """{module name: path} of every module of the repository's packages."""
+    return {module_name(path): path for package in PACKAGES for path in sorted((REPO / package).rglob("*.py"))}
+
+
+def imported_names(path):
+    """Absolute names of the modules (or module attributes) that `path` imports, relative imports resolved."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module
+            names.add(source)
+            names.update(f"{source}.{alias.name}" for alias in node.names)
+    return names
+
+
+def imports_of(path, known):
+    return {name for name in imported_names(path) if name in known}
+
+
+def test_no_upward_imports():
+    known = modules()
+    for name, path in known.items():
+        top = {imported.split(".")[0] for imported in imported_names(path)}
+        if name.startswith("dassl"):
+            assert not top & {"mmpt", "trainers", "datasets", "benchmarks", "tests"}, name
+        if name.startswith("mmpt"):
+            assert not top & {"trainers", "datasets", "benchmarks", "tests"}, name
+        if name.count(".") <= 1 and name.startswith("mmpt") and not name.startswith(("mmpt.experiments", "mmpt.data")):
+            # the library's top level knows nothing of its tooling (the python -m shims are the tooling's)
+            tooling = {i for i in imported_names(path) if i.startswith(("mmpt.experiments", "mmpt.data"))}
+            assert not tooling or name in ("mmpt.sweep", "mmpt.results", "mmpt.demo", "mmpt.data_prep") + \
+                KNOWN_TOOLING_IMPORTS, name
+        if name.startswith("trainers"):
+            assert not top & {"datasets", "benchmarks", "tests"}, name
+
+
+def test_no_import_cycles():
+    known = modules()
+    graph = {name: imports_of(path, known) for name, path in known.items()}
+    # a module importing its own package (whose __init__ imports the module back) is how packages re-export; a
+    # cycle is any other way back to a module
+    for name in graph:
+        graph[name] = {target for target in graph[name] if target != name and not name.startswith(target + ".")}
+    state, stack = {}, []
+
+    def visit(name):
+        state[name] = "open"
+        stack.append(name)
+        for target in sorted(graph[name]):
+            if state.get(target) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(target):] + [target]))
+            if target not in state:
+                visit(target)
+        stack.pop()
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+
+
+def test_importing_mmpt_loads_no_method_and_no_torch():
+    code = ("import sys, pkgutil, importlib, mmpt\n"
+            "assert 'torch' not in sys.modules, 'import mmpt loads torch'\n"
+            "for info in pkgutil.walk_packages(mmpt.__path__, 'mmpt.'):\n"
+            "    importlib.import_module(info.name)\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('trainers', 'datasets', 'benchmarks', 'tests'))\n"
+            "assert not bad, bad\n"
+            "assert not mmpt.declared_methods()\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

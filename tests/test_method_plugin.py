@@ -1,0 +1,127 @@
+"""A method declared outside the repository (one module plus one config file in a temporary folder, found through
+MMPT_TRAINER_MODULES + PYTHONPATH) runs through train.py (train, then --eval-only) and the sweep's dry run with
+no file of the repository touched; an internal error in it keeps its traceback."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmpt.data.fixtures import make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+TOY_METHOD = '''
+"""A toy method: a shallow text context and one visual prompt per layer 0, from N_CTX."""
+import os
+
+from torch import nn
+
+from dassl.engine import TRAINER_REGISTRY
+from mmpt.prompt_trainer import PromptTrainer
+from mmpt.prompted_clip import PromptedCLIP, Prompts, normal_prompts, vision_width
+from mmpt.sentences import init_text_context, placeholder_sentences
+
+
+class ToyPluginCLIP(PromptedCLIP):
+    def __init__(self, clip_model, classnames, node):
+        super().__init__(clip_model, placeholder_sentences(classnames, node.N_CTX))
+        self.prompt_learner = nn.Module()
+        self.prompt_learner.ctx = nn.Parameter(init_text_context(clip_model, node.N_CTX))
+        self.prompt_learner.visual = normal_prompts(node.N_CTX, vision_width(clip_model))
+
+    def compute_prompts(self):
+        ctx = self.prompt_learner.ctx
+        if os.environ.get("TOY_PLUGIN_BUG"):  # a bug: one context token fewer than the sentences' placeholders
+            ctx = ctx[1:]
+        return Prompts(text=[ctx], vision=[self.prompt_learner.visual])
+
+
+@TRAINER_REGISTRY.register()
+class ToyPlugin(PromptTrainer):
+    cfg_node = "TOYPLUGIN"
+    default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "toy")
+    config_folder = os.path.dirname(os.path.abspath(__file__))
+    model_class = ToyPluginCLIP
+
+    @staticmethod
+    def add_config(node):
+        node.N_CTX = 4
+'''
+
+TOY_CONFIG = """
+OPTIM:
+  NAME: "sgd"
+  LR: 0.01
+  MAX_EPOCH: 1
+TRAINER:
+  TOYPLUGIN:
+    N_CTX: 3
+"""
+
+TINY = ["MODEL.BACKBONE.NAME", "random-tiny-ViT", "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
+        "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16", "VERBOSE", "False"]
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory):
+    """(folder holding toy_plugin.py and toy.yaml, environment that declares it, data root)."""
+    folder = tmp_path_factory.mktemp("plugin")
+    (folder / "toy_plugin.py").write_text(TOY_METHOD)
+    (folder / "toy.yaml").write_text(TOY_CONFIG)
+    data = tmp_path_factory.mktemp("data")
+    make_dataset("Caltech101", str(data), num_classes=3, images_per_class=4)
+    env = dict(os.environ, MMPT_TRAINER_MODULES="toy_plugin",
+               PYTHONPATH=os.pathsep.join([str(folder), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return folder, env, data
+
+
+def run(args, env):
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def train_args(folder, data, output, *extra):
+    return ["train.py", "--root", str(data), "--seed", "1", "--trainer", "ToyPlugin",
+            "--dataset-config-file", "configs/datasets/caltech101.yaml", "--config-file", str(folder / "toy.yaml"),
+            "--output-dir", str(output), *extra, *TINY]
+
+
+def test_plugin_method_trains_evaluates_and_sweeps(plugin, tmp_path):
+    folder, env, data = plugin
+    status = run(["-c", "import subprocess; print(subprocess.run(['git', 'status', '--porcelain'], "
+                  "capture_output=True, text=True).stdout)"], env)
+    trained = run(train_args(folder, data, tmp_path / "train"), env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    log = (tmp_path / "train" / "log.txt").read_text()
+    # N_CTX 3 from the config file: 3 x 64 text + 3 x 64 visual (random-tiny-ViT)
+    assert "Trainable parameters: 384" in log and "Finish training" in log and "* accuracy:" in log
+
+    evaluated = run(train_args(folder, data, tmp_path / "eval", "--eval-only", "--model-dir",
+                               str(tmp_path / "train"), "--load-epoch", "1"), env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    log = (tmp_path / "eval" / "log.txt").read_text()
+    assert "Loading weights to prompt_learner" in log and "* accuracy:" in log
+
+    swept = run(["-m", "mmpt.sweep", "--trainers", "toyplugin", "--protocol", "base2new", "--datasets",
+                 "caltech101", "--seeds", "1", "--dry-run", "--output", str(tmp_path / "sweep")], env)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    assert "base2new/train_base/caltech101/shots_16/ToyPlugin/toy/seed1" in swept.stdout
+    assert f"--config-file {folder / 'toy.yaml'}" in swept.stdout and "2 jobs" in swept.stdout
+    # nothing in the repository was written
+    after = run(["-c", "import subprocess; print(subprocess.run(['git', 'status', '--porcelain'], "
+                 "capture_output=True, text=True).stdout)"], env)
+    assert after.stdout == status.stdout
+
+
+def test_plugin_bug_keeps_its_traceback_and_a_bad_module_name_is_one_line(plugin, tmp_path):
+    folder, env, data = plugin
+    broken = run(train_args(folder, data, tmp_path / "bug"), dict(env, TOY_PLUGIN_BUG="1"))
+    assert broken.returncode != 0
+    # an internal invariant (the encoder's placeholder check), not a user mistake: the full traceback
+    assert "Traceback" in broken.stderr
+    assert "the shallow text prompt has 2 tokens, the class sentences 3 placeholder words" in broken.stderr
+    missing = run(train_args(folder, data, tmp_path / "missing"), dict(env, MMPT_TRAINER_MODULES="no_such_plugin"))
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1] == \
+        "train.py: error: MMPT_TRAINER_MODULES: cannot import 'no_such_plugin' (is its folder on PYTHONPATH?)"
