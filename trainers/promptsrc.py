@@ -76,9 +76,9 @@ class PromptSRCCLIP(IVLPCLIP):
 
     def self_consistency_outputs(self, images):
         """Everything the loss needs, from one prompted pass and one frozen image pass."""
-        text_prompts, visual_prompts = self.prompts()
-        class_features = self.class_features(text_prompts).float()
-        image_features = self.image_features(images, visual_prompts).float()
+        prompts = self.compute_prompts()
+        class_features = self.class_features(prompts).float()
+        image_features = self.image_features(images, prompts).float()
         frozen_class_features = self.frozen_class_features()
         frozen_image_features = self.frozen_image_features(images)
         return SelfConsistencyOutputs(self.logits(image_features, class_features), class_features, image_features,
