@@ -20,8 +20,6 @@ import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
-from yacs.config import CfgNode as CN
-from mmpt.config import add_prompt_trainer_options
 from mmpt.prompt_trainer import LEARNER_NAME, PromptTrainer
 from mmpt.templates import PROMPTSRC_TEMPLATES
 
@@ -217,9 +215,3 @@ class PromptSRC(PromptTrainer):
                              f"(epoch {self.start_epoch}) holds the prompt average of {self.gpa.epochs} epochs; "
                              f"use a new --output-dir")
 
-
-def extend_cfg(cfg):
-    """Add cfg.TRAINER.PROMPTSRC (PromptSRC's keys + the shared prompt-trainer options)."""
-    node = PromptSRC.add_config(CN())
-    add_prompt_trainer_options(node)
-    cfg.TRAINER.PROMPTSRC = node
