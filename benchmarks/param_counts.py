@@ -25,6 +25,10 @@ EXPECTED = {
     ("MuDPT", "separate"): 11_056_128,  # official last variant, n = 2, J = 9
     ("MPL", "vit_b4_c1_add2_rm1"): 6_702_336,
     ("MaPLe", "vit_b16_c2_ep5_batch4_2ctx"): 3_555_072,
+    # PromptSRC's release (IVLP 4 + 4 tokens): depth 9 + 9 (base-to-new, few-shot), 3 + 3 (cross-dataset / DG)
+    ("PromptSRC", "vit_b16_c2_ep20_batch4_4+4ctx"): 46_080,
+    ("PromptSRC", "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"): 46_080,
+    ("PromptSRC", "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"): 15_360,
     # cross-dataset config: J = 3 -> (2 x 512 + Linear(512, 768)) x 3 = 1,185,024
 }
 # counts that follow from the architecture alone (CoOp: n x 512; CoCoOp's n = 4 + Meta-Net 512-32-512, as in

@@ -1,7 +1,8 @@
 """torch.distributed on CPU (gloo, 2 processes through torchrun) against single-process runs.
 
 The launches are shared by the tests (one module fixture): two torchrun launches of tests/dist_worker.py run
-MuDPT, MaPLe, CoCoOp and KgCoOp (a loss term that does not depend on the images) with a global batch of 5 (slices of 3 and 2 images), a refused batch, a run killed
+MuDPT, MaPLe, CoCoOp, KgCoOp (a loss term that does not depend on the images) and PromptSRC (per-slice losses,
+GPA) with a global batch of 5 (slices of 3 and 2 images), a refused batch, a run killed
 mid-epoch and its resume, and an evaluation of an odd number of test images.
 """
 import contextlib
@@ -27,6 +28,7 @@ CONFIGS = {
     "MaPLe": "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
     "CoCoOp": "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
     "KgCoOp": "configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml",
+    "PromptSRC": "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",  # per-slice losses, GPA
 }
 TRAINER_OPTS = {
     "MuDPT": ("TRAINER.MUDPT.PROMPT_DEPTH", "2", "TRAINER.MUDPT.INJECTION_WIDTH", "32",
@@ -34,6 +36,8 @@ TRAINER_OPTS = {
     "MaPLe": ("TRAINER.MAPLE.PROMPT_DEPTH", "2"),
     "CoCoOp": (),
     "KgCoOp": ("TRAINER.KGCOOP.TEMPLATE", "a photo of a {}, a type of pet."),  # its term is live from step 1
+    "PromptSRC": ("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2",
+                  "TRAINER.PROMPTSRC.GPA_MEAN", "1.5"),
 }
 # 5 classes x 9 images: CoOp's split leaves 4 train / 2 val / 3 test images per class -> 15 test images (odd);
 # 3 shots -> 15 training images = 3 global batches of 5 per epoch. The configs' random crops and flips stay on.

@@ -74,7 +74,8 @@ def test_no_method_forgets_new_classes(results, trainer):
     assert results[(trainer, "new")] > 3 * CHANCE, results
 
 
-@pytest.mark.parametrize("trainer", ["ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "MuDPT", "MPL", "IVLP", "VPT", "KgCoOp"])
+@pytest.mark.parametrize("trainer", ["ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "MuDPT", "MPL", "IVLP", "VPT",
+                                     "KgCoOp", "PromptSRC"])
 def test_toy_demo_configs_fit_toy_vit(trainer):
     """Every toy_demo config names toy-ViT, 32 px, no loader workers, and prompt depths within its 4 layers."""
     from dassl.config import get_cfg_default

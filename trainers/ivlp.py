@@ -27,13 +27,15 @@ class IVLPPromptLearner(nn.Module):
 
 
 class IVLPCLIP(PromptedCLIP):
+    config_key = "TRAINER.IVLP"  # names the node in error messages (PromptSRC's model reuses this class)
+
     def __init__(self, clip_model, classnames, node):
+        key = self.config_key
         n_text_layers, n_vision_layers = layer_counts(clip_model)
-        check_depth("TRAINER.IVLP.PROMPT_DEPTH_TEXT", node.PROMPT_DEPTH_TEXT, n_text_layers)
-        check_depth("TRAINER.IVLP.PROMPT_DEPTH_VISION", node.PROMPT_DEPTH_VISION, n_vision_layers)
-        check_positive("TRAINER.IVLP.N_CTX_VISION", node.N_CTX_VISION)
-        context, sentences = maple_context(clip_model, classnames, node.N_CTX_TEXT, node.CTX_INIT,
-                                           "TRAINER.IVLP.N_CTX_TEXT")
+        check_depth(f"{key}.PROMPT_DEPTH_TEXT", node.PROMPT_DEPTH_TEXT, n_text_layers)
+        check_depth(f"{key}.PROMPT_DEPTH_VISION", node.PROMPT_DEPTH_VISION, n_vision_layers)
+        check_positive(f"{key}.N_CTX_VISION", node.N_CTX_VISION)
+        context, sentences = maple_context(clip_model, classnames, node.N_CTX_TEXT, node.CTX_INIT, f"{key}.N_CTX_TEXT")
         super().__init__(clip_model, sentences)
         self.prompt_learner = IVLPPromptLearner(context, node.PROMPT_DEPTH_TEXT, node.N_CTX_VISION,
                                                 node.PROMPT_DEPTH_VISION, vision_width(clip_model))

@@ -5,7 +5,9 @@ Our additions over upstream (docs/ENGINE.md):
   (TRAIN.CHECKPOINT_FREQ = 0: the previous per-epoch file is removed once the new one is in place;
   k > 0: files of every k-th epoch are kept; -1: no per-epoch checkpoints, only the final model);
 - restarting into the same OUTPUT_DIR resumes from the last complete epoch and restores the RNG states,
-  so the data order, augmentations and LR of the resumed run equal an uninterrupted run.
+  so the data order, augmentations and LR of the resumed run equal an uninterrupted run;
+- trainers with state beyond their models' weights keep it across a resume through the pair of hooks
+  checkpoint_extra_state / restore_checkpoint_extra_state (saved as the checkpoint's "extra_state").
 """
 import datetime
 import os
@@ -89,7 +91,20 @@ class TrainerBase:
             }
             if rng_state is not None:
                 state["rng_state"] = rng_state
+            extra_state = self.checkpoint_extra_state(name)
+            if extra_state is not None:
+                state["extra_state"] = extra_state
             save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
+
+    def checkpoint_extra_state(self, name):
+        """Hook: trainer state that is not a registered model's weights but must survive a resume (e.g. a running
+        average of the weights over epochs), saved with model `name` as the checkpoint's "extra_state". Plain
+        values and tensors only (checkpoints load with weights_only=True). None = nothing to add."""
+        return None
+
+    def restore_checkpoint_extra_state(self, name, extra_state):
+        """Hook: receives the "extra_state" of model `name`'s checkpoint when training resumes (None when the
+        checkpoint holds none). Evaluation (load_model) does not call it."""
 
     def _resume_file_name(self, directory, names):
         """The checkpoint file every model can resume from (the lowest epoch if a save was interrupted
@@ -113,6 +128,7 @@ class TrainerBase:
             model_dir = osp.join(directory, name)
             fpath = osp.join(model_dir, fname or _read_pointer(model_dir))
             checkpoint = restore_checkpoint(fpath, self._models[name], self._optims[name], self._scheds[name])
+            self.restore_checkpoint_extra_state(name, checkpoint.get("extra_state"))
             start_epoch = checkpoint["epoch"]
             rng_state = checkpoint.get("rng_state", rng_state)
         if rng_state is not None:

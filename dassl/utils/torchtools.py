@@ -1,7 +1,8 @@
 """Checkpoint helpers (Dassl's dassl.utils.torchtools), with atomic writes and weights_only loading.
 
 A checkpoint holds only state dicts and plain values: `state_dict`, `epoch` (1-based), `optimizer`,
-`scheduler`, `val_result` and optionally `rng_state`, so it loads with torch.load(weights_only=True).
+`scheduler`, `val_result` and optionally `rng_state` and `extra_state` (a trainer's own resumable state, see
+TrainerBase.checkpoint_extra_state), so it loads with torch.load(weights_only=True).
 """
 import os
 import os.path as osp

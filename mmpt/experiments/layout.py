@@ -93,6 +93,13 @@ def default_config(trainer, stage, dataset, shots):
     return method(trainer).default_config(STAGES[stage][0], dataset, shots)
 
 
+def dataset_opts(trainer, stage, dataset):
+    """KEY VALUE options the method declares for this protocol and dataset (`dataset_opts = {protocol: {dataset:
+    (KEY, VALUE, ...)}}`, e.g. PromptSRC's few-shot GPA), placed ahead of the user's own options (which win)."""
+    declared = getattr(method(trainer), "dataset_opts", None) or {}
+    return list(declared.get(STAGES[stage][0], {}).get(dataset, ()))
+
+
 def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
     """The run folder of one run, relative to the output root (also the job's id)."""
     tail = osp.join(dataset, f"shots_{shots}", trainer, cfg, f"seed{seed}")
@@ -254,6 +261,7 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
         argv += ["DATASET.NUM_SHOTS", str(shots)]
     if subsample != "all":
         argv += ["DATASET.SUBSAMPLE_CLASSES", subsample]
+    argv += dataset_opts(trainer, stage, dataset)
     argv += [str(o) for o in opts]
     return Job(id=rel, stage=stage, trainer=trainer, cfg=cfg, dataset=dataset, seed=seed, shots=shots,
                output_dir=output_dir, argv=argv, trains=trains, depends_on=depends_on, nproc=nproc, nnodes=nnodes)

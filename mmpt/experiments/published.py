@@ -1,5 +1,5 @@
-"""Published numbers (ViT-B/16, 16 shots; the MuDPT paper's, KgCoOp's from its release) as data: the "(paper)"
-rows of `python -m mmpt.results`.
+"""Published numbers (ViT-B/16, 16 shots; the MuDPT paper's, KgCoOp's and PromptSRC's from their releases) as
+data: the "(paper)" rows of `python -m mmpt.results`.
 
 Keys are our dataset config names (mmpt.experiments.layout.DATASETS_11 ...) and trainer names; "CLIP" is zero-shot CLIP
 (our ZeroshotCLIP). Accuracies in percent.
@@ -8,10 +8,12 @@ from mmpt.experiments.layout import DATASETS_11, DG_TARGETS, XD_TARGETS, ZERO_SH
 
 SOURCE = "MuDPT paper (Miao et al., ICME 2023), ViT-B/16, 16 shots"
 # rows taken from elsewhere than SOURCE: row name -> where its numbers come from
-ROW_SOURCES = {"KgCoOp": "KgCoOp's official repository readme (Yao et al., CVPR 2023), ViT-B/16, 16 shots"}
+ROW_SOURCES = {"KgCoOp": "KgCoOp's official repository readme (Yao et al., CVPR 2023), ViT-B/16, 16 shots",
+               "PromptSRC": "PromptSRC's official README (Khattak et al., ICCV 2023), ViT-B/16, 16 shots, 3 seeds"}
 
 # trainer name in our results -> the row name the paper uses
-PAPER_NAMES = {ZERO_SHOT: "CLIP", "CoOp": "CoOp", "CoCoOp": "CoCoOp", "MuDPT": "MuDPT", "KgCoOp": "KgCoOp"}
+PAPER_NAMES = {ZERO_SHOT: "CLIP", "CoOp": "CoOp", "CoCoOp": "CoCoOp", "MuDPT": "MuDPT", "KgCoOp": "KgCoOp",
+               "PromptSRC": "PromptSRC"}
 
 
 def _row(datasets, values, average):
@@ -52,6 +54,7 @@ BASE2NEW_AVERAGE = {
     "CoCoOp": {"base": 80.47, "new": 71.69, "hm": 75.83},
     "MuDPT": {"base": 82.71, "new": 74.5, "hm": 78.39},
     "KgCoOp": {"base": 80.73, "new": 73.6, "hm": 77.0},  # ROW_SOURCES (only its base-to-new average is published there)
+    "PromptSRC": {"base": 84.26, "new": 76.10, "hm": 79.97},  # ROW_SOURCES (its CLIP row agrees with ours)
 }
 
 
