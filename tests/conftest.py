@@ -3,13 +3,21 @@
 The toy dataset (`EngineToyImages`) and trainer (`EngineToyLinear`) register themselves once, here.
 """
 import os
-import os.path as osp
+
+# One intra-op thread for the tests and every process they start (train.py, torchrun, loader workers): the test
+# models are tiny, so a second thread buys little, and when two OpenMP thread pools share the 2 cores (a worker
+# beside the main process, or any other load) their spin-waits slow a run down by an order of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import os.path as osp  # noqa: E402
 
 import numpy as np
 import pytest
+import torch  # noqa: E402
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before this file
 
 from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
 from dassl.engine import TRAINER_REGISTRY, TrainerX
