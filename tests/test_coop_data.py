@@ -16,9 +16,8 @@ import pytest
 from scipy.io import loadmat
 
 import datasets  # noqa: F401  (registers the loaders)
-from dassl.config import get_cfg_default
-from dassl.data.datasets import build_dataset
 from mmpt.data.fixtures import make_dataset
+from tests.test_datasets import build  # the loaders built from a config, as train.py builds them
 
 SHOTS = 2
 CALTECH_IGNORED = ["BACKGROUND_Google", "Faces_easy"]
@@ -200,16 +199,6 @@ def coop_imagenet_train(image_dir, classnames_file):
 
 
 # ------------------------------------------------------------------------------ helpers
-def build(root, name, num_shots, seed):
-    cfg = get_cfg_default()
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = name
-    cfg.DATASET.NUM_SHOTS = num_shots
-    cfg.SEED = seed
-    cfg.VERBOSE = False
-    return build_dataset(cfg)
-
-
 def rows(items):
     return [(item.impath, item.label, item.classname) for item in items]
 
