@@ -59,6 +59,17 @@ def perturb_constant_parameters(model, std=0.02):
             param.add_(torch.randn_like(param) * std)
 
 
+def config_from_file(config_file):
+    """dassl's defaults + every declared method's node + `config_file` (what train.py reads before its opts)."""
+    import trainers
+    from dassl.config import get_cfg_default
+
+    cfg = get_cfg_default()
+    trainers.extend_cfg(cfg)
+    cfg.merge_from_file(config_file)
+    return cfg
+
+
 def small_clip_model(perturb=True, layers=3, **shape):
     """A random CLIP with distinct widths (text 64, vision 96, joint 48) so that formulas can't mix them up, and
     `layers` layers per tower. perturb: LayerNorm weights / biases away from 1 / 0 (no term vanishes by chance)."""

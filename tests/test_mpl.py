@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from clip.model import CLIP
 from dassl.utils import ConfigError
 
-from tests.e2e import small_clip_model, trainer_node
+from tests.e2e import config_from_file, small_clip_model, trainer_node
 from trainers import mpl
 
 CLASSNAMES = ["dog", "golden_retriever", "a very long class name of a thing", "cat"]
@@ -248,19 +248,9 @@ def vit_b16():
     return build_random_clip("random-ViT-B/16", seed=0)
 
 
-def release_cfg(config_file):
-    import trainers
-    from dassl.config import get_cfg_default
-
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    cfg.merge_from_file(config_file)
-    return cfg
-
-
 def test_config_files():
-    base2new = release_cfg("configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml")
-    cross = release_cfg("configs/trainers/MPL/vit_b4_c1_add2_rm1_cross_datasets.yaml")
+    base2new = config_from_file("configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml")
+    cross = config_from_file("configs/trainers/MPL/vit_b4_c1_add2_rm1_cross_datasets.yaml")
     for cfg, depth, lr, epochs in ((base2new, 9, 0.0035, 5), (cross, 3, 0.0026, 2)):
         node = cfg.TRAINER.MPL
         assert (node.N_CTX, node.CTX_INIT, node.PROMPT_DEPTH, node.N_ADD_OP, node.N_RM_OP) == \
@@ -275,7 +265,7 @@ def test_config_files():
 
 
 def test_release_parameter_count_vit_b16(vit_b16, capsys):
-    cfg = release_cfg("configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml")
+    cfg = config_from_file("configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml")
     model = mpl.MPL.build_method_model(vit_b16, ["cat", "dog"], cfg.TRAINER.MPL)
     printed = model.describe()
     assert sum(p.numel() for p in model.prompt_learner.parameters()) == 6_702_336

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mmpt.experiments import layout
 from mmpt.templates import PROMPTSRC_TEMPLATES
-from tests.e2e import run_train, small_clip_model, trainer_node
+from tests.e2e import config_from_file, run_train, small_clip_model, trainer_node
 from trainers import promptsrc
 from trainers.promptsrc import PromptSRC, PromptSRCCLIP, gpa_weights, self_consistency_losses
 
@@ -247,16 +247,6 @@ def test_base_to_new_eval_only_uses_the_aggregated_prompts(base_run):
 
 
 # ---------------------------------------------------------------- parameter counts, configs, layout
-def release_cfg(config_file):
-    import trainers
-    from dassl.config import get_cfg_default
-
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    cfg.merge_from_file(config_file)
-    return cfg
-
-
 def test_parameter_counts_at_vit_b16():
     """J_t n_t d_t + J_v n_v d_v with d_t 512, d_v 768 (the model is built, never run)."""
     from mmpt.clip_backbone import build_random_clip
@@ -264,7 +254,7 @@ def test_parameter_counts_at_vit_b16():
     clip_model = build_random_clip("random-ViT-B/16").requires_grad_(False)
     counts = {}
     for config in (B2N_CONFIG, FEWSHOT_CONFIG, XD_CONFIG):
-        model = PromptSRC.build_prompted_clip(None, release_cfg(config), CLASSNAMES, clip_model)
+        model = PromptSRC.build_prompted_clip(None, config_from_file(config), CLASSNAMES, clip_model)
         counts[config] = sum(p.numel() for p in model.prompt_learner.parameters())
     assert counts == {B2N_CONFIG: 9 * 4 * 512 + 9 * 4 * 768, FEWSHOT_CONFIG: 46_080, XD_CONFIG: 15_360}
     assert counts[B2N_CONFIG] == 46_080 and 3 * 4 * 512 + 3 * 4 * 768 == 15_360
@@ -273,7 +263,7 @@ def test_parameter_counts_at_vit_b16():
 @pytest.mark.parametrize("config,epochs,depth,gpa", [(B2N_CONFIG, 20, 9, (15, 1)), (XD_CONFIG, 20, 3, (6, 10)),
                                                      (FEWSHOT_CONFIG, 50, 9, (30, 30))])
 def test_config_files(config, epochs, depth, gpa):
-    cfg = release_cfg(config)
+    cfg = config_from_file(config)
     n = cfg.TRAINER.PROMPTSRC
     assert (n.N_CTX_TEXT, n.N_CTX_VISION, n.CTX_INIT, n.PROMPT_DEPTH_TEXT, n.PROMPT_DEPTH_VISION) == \
         (4, 4, "a photo of a", depth, depth)
