@@ -47,6 +47,8 @@ class PromptTrainer(TrainerX):
     config_folder = None  # where the configs live; None: configs/trainers/<trainer name> of the repository
     model_class = None  # model_class(clip_model, classnames, node) -> PromptedCLIP
     trains = True  # False: evaluation only (zero-shot CLIP)
+    # {variant name: config overrides} the bit-for-bit records (tests/records.py) build on their 3-layer backbone
+    record_variants = {}
 
     @staticmethod
     def add_config(node):
