@@ -97,3 +97,40 @@ def test_importing_mmpt_loads_no_method_and_no_torch():
             "assert not mmpt.declared_methods()\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_library_never_imports_the_repository_scripts_nor_edits_sys_path():
+    """mmpt finds the method package by module name (mmpt.experiments.config.import_method_package), never through
+    sys.path edits, and never imports train.py or parse_test_res.py (their code lives in mmpt.experiments)."""
+    scripts = {path.stem for path in REPO.glob("*.py")}  # train, parse_test_res, setup
+    assert {"train", "parse_test_res"} <= scripts
+    for path in sorted((REPO / "mmpt").rglob("*.py")):
+        tops = {name.split(".")[0] for name in imported_names(path)}
+        assert not tops & scripts, (path, tops & scripts)
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+                    and node.value.id == "sys":
+                raise AssertionError(f"{path.relative_to(REPO)}:{node.lineno} touches sys.path")
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in \
+                    ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) \
+                    and str(node.args[0].value).split(".")[0] in scripts:
+                raise AssertionError(f"{path.relative_to(REPO)}:{node.lineno} imports the script {node.args[0].value!r}")
+
+
+def test_the_method_package_is_imported_by_name_with_a_one_line_error_elsewhere(tmp_path):
+    """From a folder where `trainers` is not importable, the tooling says how to fix it in one line."""
+    code = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', %r)]\n"
+            "from dassl.errors import ConfigError\n"
+            "from mmpt.experiments import layout\n"
+            "try:\n    layout.declared_methods()\nexcept ConfigError as e:\n    print(e)\n") % str(REPO)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "elsewhere")}
+    import os
+
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(REPO / "mmpt", tmp_path / "elsewhere" / "mmpt")
+    os.symlink(REPO / "dassl", tmp_path / "elsewhere" / "dassl")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.stdout.strip() == ("cannot import the method package 'trainers': run from the repository root or "
+                                     "put the repository on PYTHONPATH"), result.stdout + result.stderr[-2000:]

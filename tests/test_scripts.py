@@ -21,7 +21,7 @@ TINY_OPTS = ("MODEL.BACKBONE.NAME random-tiny-ViT INPUT.SIZE '(32, 32)' OPTIM.MA
 
 
 def all_scripts():
-    return sorted(SCRIPTS.glob("*/*.sh")) + [SCRIPTS / "common.sh"]
+    return sorted(SCRIPTS.glob("*/*.sh")) + [SCRIPTS / "common.sh", SCRIPTS / "run.sh"]
 
 
 def run_script(path, *args, **env):
@@ -80,6 +80,26 @@ def test_clear_errors(tmp_path):
     result = run_script(script, "no_such_dataset", 1, DATA=tmp_path, DRY_RUN=1)
     assert result.returncode == 2 and "no_such_dataset.yaml" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_generic_entry_point_runs_what_the_per_method_scripts_run(tmp_path):
+    """scripts/run.sh TRAINER STEP ...: the same stages and commands as scripts/<folder>/STEP.sh (here CoOp's
+    few-shot and ZeroshotCLIP's two-stage base-to-new test); a bad step or trainer is one line."""
+    env = dict(DATA=tmp_path, DRY_RUN=1, OUTPUT=tmp_path / "out")
+    for folder, trainer, step, args in (("coop", "CoOp", "few_shot", ("dtd", 4, 2)),
+                                        ("zsclip", "ZeroshotCLIP", "base2new_test", ("caltech101", 1))):
+        own = run_script(SCRIPTS / folder / f"{step}.sh", *args, **env)
+        generic = run_script(SCRIPTS / "run.sh", trainer, step, *args, **env)
+        assert own.returncode == generic.returncode == 0, own.stderr + generic.stderr
+        assert generic.stdout == own.stdout and generic.stdout.count("Running ") == (2 if folder == "zsclip" else 1)
+    bad = run_script(SCRIPTS / "run.sh", "CoOp", "fewshot", "dtd", 4, 1, DATA=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip() == ("scripts/run.sh: error: unknown step 'fewshot' (known: "
+                                                          "base2new_train, base2new_test, few_shot, xd_train, xd_test)")
+    short = run_script(SCRIPTS / "run.sh", "CoOp", "few_shot", "dtd", DATA=tmp_path)
+    assert short.returncode == 2 and f"bash {SCRIPTS / 'run.sh'} CoOp few_shot DATASET SHOTS SEED" in short.stderr
+    unknown = run_script(SCRIPTS / "run.sh", "Nope", "xd_train", 1, DATA=tmp_path)
+    assert unknown.returncode == 2 and "unknown trainer 'Nope'" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
