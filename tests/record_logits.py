@@ -8,8 +8,13 @@ twice: "init" right after a seeded build (the initialisation, its order of rando
 order (the forward pass and the checkpoint keys and shapes, which are recorded too).
 tests/test_method_logits.py rebuilds each variant through `mmpt.create_model` and compares with torch.equal.
 Rebuild the file only when a change of numerics is intended (and say so in the commit).
+
+Bits are only reproducible on the kind of processor that recorded them: MKL and ATen pick their kernels by the
+CPU's instruction sets, and another choice moves the last bits (about 2e-6 here). The record therefore names the
+machine it was made on (`machine()`); on another machine the test compares within float tolerance and says so.
 """
 import os
+import platform
 import sys
 
 import torch
@@ -58,6 +63,20 @@ VARIANTS = [
 ]
 # variants also run on the ResNet backbone (no visual prompts)
 RESNET_VARIANTS = [("CoOp_rn", "CoOp", dict(N_CTX=4)), ("ZeroshotCLIP_rn", "ZeroshotCLIP", dict(TEMPLATE="{} texture."))]
+
+
+MACHINE_KEY = "__machine__"  # the record's entry naming the machine that recorded it
+
+
+def machine():
+    """What decides the kernels and so the last bits: torch's version, its CPU capability and the processor."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"torch": str(torch.__version__), "capability": torch.backends.cpu.get_cpu_capability(), "processor": model}
 
 
 _BACKBONES = {}  # resnet -> (model, RNG state right after building it)
@@ -126,7 +145,7 @@ def measure(trainer, overrides, resnet):
 
 
 def main():
-    record = {}
+    record = {MACHINE_KEY: machine()}
     for (variant, trainer, overrides), resnet in all_variants():
         record[variant] = measure(trainer, overrides, resnet)
         print(variant, tuple(record[variant]["set"].shape), len(record[variant]["shapes"]), "tensors")

@@ -1,5 +1,7 @@
 """Every method's logits equal, bit for bit, the ones recorded before the architecture change (issue 11), built
 through `mmpt.create_model` (tests/record_logits.py writes the record)."""
+import warnings
+
 import pytest
 import torch
 
@@ -17,6 +19,13 @@ def recorded():
     return torch.load(record.RECORD_PATH)
 
 
+def same_tensor(measured, expected, exact):
+    """torch.equal on the recording machine; elsewhere equal within float tolerance (other kernels)."""
+    if exact:
+        return torch.equal(measured, expected)
+    return torch.allclose(measured, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", record.all_variants(), ids=lambda v: v[0][0])
 def test_logits_equal_the_record(recorded, variant, monkeypatch):
     (name, trainer, overrides), resnet = variant
@@ -25,8 +34,12 @@ def test_logits_equal_the_record(recorded, variant, monkeypatch):
     measured = record.measure(trainer, overrides, resnet)
     expected = recorded[name]
     assert measured["shapes"] == expected["shapes"]  # checkpoint keys and shapes
-    assert torch.equal(measured["init"], expected["init"]), (measured["init"] - expected["init"]).abs().max()
-    assert torch.equal(measured["set"], expected["set"]), (measured["set"] - expected["set"]).abs().max()
+    exact = recorded.get(record.MACHINE_KEY) == record.machine()
+    if not exact:
+        warnings.warn(f"method_logits.pt was recorded on {recorded.get(record.MACHINE_KEY)}, this is "
+                      f"{record.machine()}: compared within 1e-5 instead of bit for bit")
+    for key in ("init", "set"):
+        assert same_tensor(measured[key], expected[key], exact), (measured[key] - expected[key]).abs().max()
 
 
 def test_record_covers_every_declared_method(recorded):
