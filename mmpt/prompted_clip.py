@@ -99,8 +99,8 @@ class ClassesTrainedOn(nn.Module):
     def get_extra_state(self):
         return {"dataset": self.dataset, "classnames": self.classnames}
 
-    def set_extra_state(self, state):
-        self.dataset, self.classnames = state["dataset"], list(state["classnames"])
+    def set_extra_state(self, state):  # classnames None: unknown (a checkpoint from another codebase)
+        self.dataset, self.classnames = state["dataset"], state["classnames"]
 
     def matches(self, dataset, classnames, same_dataset):
         return list(classnames) == self.classnames and (not same_dataset or dataset == self.dataset)
