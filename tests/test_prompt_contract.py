@@ -282,3 +282,30 @@ def test_trainer_tells_trained_classes_from_the_saved_record(small_clip):
     assert not trained(evaluated, "ImageNetV2", CLASSNAMES)  # same classes, another dataset (same_dataset)
     getattr(evaluated.prompt_learner, TRAINED_ON).set_extra_state({"dataset": None, "classnames": None})
     assert trained(evaluated, "ImageNet", CLASSNAMES[:2], "base") and not trained(evaluated, "x", [], "new")
+
+
+def test_eval_only_on_new_classes_uses_the_unseen_rule(tmp_path, monkeypatch):
+    """Through train.py: a model with a logit rule trains on the base classes (its checkpoint then holds them),
+    its final test is on the trained classes, an --eval-only run on the new classes is not; the predictions are
+    the rule's (here the "itm" set doubled on the trained classes, plain on unseen ones)."""
+    from tests.e2e import run_train
+    from trainers import coop
+
+    monkeypatch.setattr(coop.CoOpCLIP, "logit_rule", LogitRule(trained={"itm": 2.0}), raising=False)
+    seen = []
+    original_predict = PromptedCLIP.predict
+
+    def predict(self, images, on_trained_classes, **cached):
+        logits = original_predict(self, images, on_trained_classes, **cached)
+        seen.append((on_trained_classes, torch.allclose(logits, (2.0 if on_trained_classes else 1.0) * self(images))))
+        return logits
+
+    monkeypatch.setattr(PromptedCLIP, "predict", predict)
+    config = "configs/trainers/CoOp/vit_b16_ep50.yaml"
+    train_dir, _ = run_train(tmp_path, "CoOp", config, subsample="base", opts=("OPTIM.MAX_EPOCH", "1"))
+    assert seen and all(trained and right for trained, right in seen)
+    seen.clear()
+    run_train(tmp_path, "CoOp", config, subsample="new", eval_only=True, model_dir=train_dir, load_epoch=1)
+    assert seen and all(not trained and right for trained, right in seen)
+    checkpoint = torch.load(train_dir / "prompt_learner" / "model.pth.tar-1", weights_only=False)
+    assert len(checkpoint["state_dict"][f"{TRAINED_ON}._extra_state"]["classnames"]) > 0
