@@ -32,8 +32,10 @@ from dassl.utils import ConfigError, RunError
 from mmpt.clip_backbone import check_backbone_name, load_clip
 from mmpt.config import add_prompt_trainer_options
 from mmpt.precision import Precision, check_precision
+from mmpt.prompted_clip import ClassesTrainedOn
 
 LEARNER_NAME = "prompt_learner"
+TRAINED_ON = "classes_trained_on"  # in prompt_learner of a model with a logit rule (see `on_trained_classes`)
 # class-dependent tensors some upstream prompt learners (CoOp, CoCoOp, MaPLe) store; ours keep none
 UPSTREAM_CLASS_BUFFERS = ("token_prefix", "token_suffix")
 PROTOCOLS = ("b2n", "fewshot", "xd")  # base-to-new, few-shot, cross-dataset and domain generalisation
@@ -134,6 +136,8 @@ class PromptTrainer(TrainerX):
         if hasattr(model.prompt_learner, "parameter_breakdown"):  # [(group name, count)], e.g. MuDPT, MPL
             print("  of which: " + ", ".join(f"{name} {count:,}" for name, count in model.prompt_learner.parameter_breakdown()))
         # CLIP stays in eval mode (BatchNorm of ResNet backbones); the engine toggles only prompt_learner
+        if model.logit_rule is not None:  # the classes trained on, saved with the prompts
+            model.prompt_learner.add_module(TRAINED_ON, ClassesTrainedOn(cfg.DATASET.NAME, classnames))
         self.model = model.eval().to(self.device)
         self.precision = Precision(node.PREC, self.device, key=f"{self.trainer_key}.PREC")
         self.scaler = self.precision.grad_scaler()
@@ -204,7 +208,21 @@ class PromptTrainer(TrainerX):
 
     def model_inference(self, input):
         with self.precision.autocast():
-            return self.model(input, prompts=self.eval_prompts, class_features=self.eval_class_features).float()
+            if self.model.logit_rule is None:
+                return self.model(input, prompts=self.eval_prompts, class_features=self.eval_class_features).float()
+            return self.model.predict(input, self.on_trained_classes(), prompts=self.eval_prompts,
+                                      class_features=self.eval_class_features).float()
+
+    # ---------------------------------------------------------------- named logit sets (issue 20, arch-encoders)
+    def on_trained_classes(self):
+        """Whether this evaluation's class list is the one the model was trained on (its LogitRule picks the
+        logit sets by it): the dataset's class names (and, with `same_dataset`, DATASET.NAME) against the ones
+        saved with the prompts. A checkpoint without them (from another codebase): DATASET.SUBSAMPLE_CLASSES
+        is not "new"."""
+        record = getattr(self.model.prompt_learner, TRAINED_ON)
+        if record.classnames is None:
+            return self.cfg.DATASET.SUBSAMPLE_CLASSES != "new"
+        return record.matches(self.cfg.DATASET.NAME, self.dm.dataset.classnames, self.model.logit_rule.same_dataset)
 
     # ---------------------------------------------------------------- checkpoints
     def load_state_dict_into(self, name, state_dict, model_path):
@@ -212,6 +230,8 @@ class PromptTrainer(TrainerX):
         class buffers (token_prefix / token_suffix) are dropped."""
         state_dict = {key: value for key, value in state_dict.items()
                       if key.split(".")[-1] not in UPSTREAM_CLASS_BUFFERS}
+        if hasattr(self._models[name], TRAINED_ON):
+            state_dict.setdefault(f"{TRAINED_ON}._extra_state", {"dataset": None, "classnames": None})
         try:
             self._models[name].load_state_dict(state_dict)
         except RuntimeError as error:

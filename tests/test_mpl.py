@@ -8,6 +8,7 @@ from clip.model import CLIP
 from dassl.utils import ConfigError
 
 from tests.e2e import config_from_file, small_clip_model, trainer_node
+from mmpt.encoders import TowerSchedule
 from trainers import mpl
 
 CLASSNAMES = ["dog", "golden_retriever", "a very long class name of a thing", "cat"]
@@ -171,8 +172,8 @@ def test_text_schedule_truncation_is_exact(small_clip):
     with torch.no_grad():
         prompts, remove = model.compute_prompts().text, model.compute_prompts().text_remove
         assert remove == [None, 1, 2, 2]
-        truncated = model.text_encoder(token_ids, prompts, remove, truncate=True)
-        untruncated = model.text_encoder(token_ids, prompts, remove, truncate=False)
+        truncated = model.text_encoder.with_options(truncate=True)(token_ids, TowerSchedule(prompts, remove))
+        untruncated = model.text_encoder.with_options(truncate=False)(token_ids, TowerSchedule(prompts, remove))
         expected = reference_text_features(small_clip, token_ids, prompts, [1, 2, 2])
         features = model.class_features()
     torch.testing.assert_close(truncated, untruncated, atol=1e-5, rtol=1e-5)

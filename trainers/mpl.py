@@ -6,7 +6,7 @@ Vision tower: shallow prompts proj(ctx); at layer l = 1..J-1 the LAST N_RM_OP pr
 layer's output are removed (O_rm), the others are carried on (O_cr) and N_ADD_OP x n new tokens are appended
 (O_add), the k-th being F_{k,l}(T_l) with an independent Linear(text width -> vision width) per slot and layer.
 
-The add / remove / carry mechanics live in the shared encoders (`mmpt.prompted_clip`): this module only says
+The add / remove / carry mechanics live in the shared encoders (`mmpt.encoders`): this module only says
 which prompts exist at each layer and how many tokens to remove there. MaPLe is the special case
 N_ADD_OP = 1, N_RM_OP = N_CTX.
 

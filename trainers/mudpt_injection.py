@@ -8,7 +8,7 @@ from torch import nn
 from clip.model import LayerNorm, ResidualAttentionBlock
 
 from dassl.utils import ConfigError
-from mmpt.prompted_clip import run_block  # CLIP's residual block, batch-first, through SDPA
+from mmpt.blocks import run_block  # CLIP's residual block, batch-first, through SDPA
 
 INJECTION_FORMS = ("joint", "separate", "linear")
 
