@@ -15,7 +15,6 @@ import os
 import sys
 
 import torch
-from yacs.config import CfgNode as CN
 
 from tests import record_logits as logits_record
 
@@ -33,20 +32,16 @@ def training_variants():
 
 
 def bare_trainer(method, model, overrides):
-    """An instance of the method's trainer holding `model`, without data or optimizer; `backward_and_update` only
-    runs backward (so the gradients stay) and keeps the loss."""
+    """An instance of the method's trainer holding `model` and its typed config, without data or optimizer;
+    `backward_and_update` only runs backward (so the gradients stay) and keeps the loss."""
+    from mmpt.precision import Precision
+
     trainer = method.__new__(method)
-    cfg = CN()
-    cfg.TRAINER = CN()
-    cfg.TRAINER[method.cfg_node] = method.config_node(**overrides)
-    trainer.cfg = cfg
+    trainer.config = method.make_config(**overrides)
     trainer.model = model
     trainer.device = torch.device("cpu")
-    from mmpt.precision import Precision
-    trainer.precision = Precision(cfg.TRAINER[method.cfg_node].PREC, trainer.device)
+    trainer.precision = Precision(trainer.config.PREC, trainer.device)
     trainer.optim = "unused"  # the step checks that there is something to train; the step itself is replaced
-    with torch.no_grad():
-        trainer.text_is_constant = model.compute_prompts().text_is_constant
     trainer.constant_class_features = None
     trainer.batch_idx, trainer.num_batches = 0, 2  # not the epoch's last batch: no LR update
     trainer.losses = []
