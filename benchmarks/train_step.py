@@ -28,7 +28,8 @@ import torch.nn.functional as F  # noqa: E402
 from benchmarks import harness  # noqa: E402
 from mmpt.encoders import TowerSchedule  # noqa: E402
 from benchmarks.models import (Levers, LeverSwitch, build_clip, build_method, config_path,  # noqa: E402
-                               load_cfg, trainable_methods, precision_context, resolved_precision, trainable_parameters)
+                               load_cfg, trainable_methods, precision_context, resolved_precision, trainable_parameters,
+                               trainer_class)
 
 
 def lever_configs(device, chunk_size, cpu_bf16):
@@ -69,7 +70,7 @@ class StepBench:
         self.n_trainable = trainable_parameters(self.model)
         # PromptTrainer computes the class features of a text side with nothing to learn (VPT) once: so here
         self.constant_features = {}
-        self.text_is_constant = self.model.compute_prompts().text_is_constant
+        self.text_is_constant = trainer_class(trainer_name).text_is_constant  # declared by the method
 
     def class_features(self, levers):
         if not self.text_is_constant:

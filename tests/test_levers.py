@@ -177,7 +177,7 @@ def test_trainer_evaluation_computes_class_features_once(tmp_path):
 
     def evaluate(cache):
         trainer.cfg.defrost()
-        trainer.cfg.TRAINER.COOP.CACHE_TEXT_FEATURES = cache
+        trainer.config.CACHE_TEXT_FEATURES = cache  # the typed config the trainer was built from
         calls.clear(), outputs.clear()
         accuracy = trainer.test()
         return accuracy, len(calls), torch.cat(outputs)

@@ -239,7 +239,7 @@ def test_add1_rm_n_equals_maple(small_clip, n_ctx):
 
 def test_depth_beyond_backbone_is_a_clear_error(small_clip):
     with pytest.raises(ConfigError, match=r"TRAINER.MPL.PROMPT_DEPTH=9: expected an int in 1..5"):
-        mpl.MPLCLIP(small_clip, CLASSNAMES, mpl_node(PROMPT_DEPTH=9))
+        mpl.MPL.build_method_model(small_clip, CLASSNAMES, mpl_node(PROMPT_DEPTH=9))
 
 
 # ---- the release's parameter count on the real ViT-B/16 architecture ----
@@ -267,7 +267,7 @@ def test_config_files():
 
 def test_release_parameter_count_vit_b16(vit_b16, capsys):
     cfg = config_from_file("configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml")
-    model = mpl.MPL.build_method_model(vit_b16, ["cat", "dog"], cfg.TRAINER.MPL)
+    model = mpl.MPL.build_method_model(vit_b16, ["cat", "dog"], mpl.MPL.config_from_node(cfg.TRAINER.MPL))
     printed = model.describe()
     assert sum(p.numel() for p in model.prompt_learner.parameters()) == 6_702_336
     d_t, d_v = 512, 768

@@ -94,10 +94,9 @@ def default_config(trainer, stage, dataset, shots):
 
 
 def dataset_opts(trainer, stage, dataset):
-    """KEY VALUE options the method declares for this protocol and dataset (`dataset_opts = {protocol: {dataset:
-    (KEY, VALUE, ...)}}`, e.g. PromptSRC's few-shot GPA), placed ahead of the user's own options (which win)."""
-    declared = getattr(method(trainer), "dataset_opts", None) or {}
-    return list(declared.get(STAGES[stage][0], {}).get(dataset, ()))
+    """KEY VALUE options the method declares for this protocol and dataset (its `dataset_opts`, e.g. PromptSRC's
+    few-shot GPA), placed ahead of the user's own options (which win)."""
+    return method(trainer).dataset_options(STAGES[stage][0], dataset)
 
 
 def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
