@@ -85,6 +85,8 @@ class PromptTrainer(TrainerX):
     # a weight is a number or the name of a config field holding it; cross_entropy_weight 0: no CE term
     cross_entropy_weight = 1.0
     loss_weights = {}  # {term name: weight}, one entry per term `loss_terms` returns
+    # {variant name: config overrides} the bit-for-bit records (tests/records.py) build on their 3-layer backbone
+    record_variants = {}
 
     @classmethod
     def training_outputs(cls, model, images, labels, class_features=None):

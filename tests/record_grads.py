@@ -1,7 +1,7 @@
 """Records one training step of every method on a small random CLIP, so that a refactoring of the training step
 can be checked bit for bit.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python tests/record_grads.py      # rewrites tests/data/method_grads.pt
+    PYTHONPATH=$PWD python -m tests.records grads      # appends the variants missing from tests/data/method_grads.pt
 
 Per variant of tests/record_logits.py (the ones that train): the model is built as the logits record builds it
 (`mmpt.create_model`, seeded), its prompt learner is set to the record's seeded state, and one training step
@@ -68,18 +68,10 @@ def measure(trainer_name, overrides, resnet):
         torch.set_num_threads(threads)
 
 
-def main():
-    import trainers  # noqa: F401  (declares the methods)
-
-    record = {}
-    for variant, trainer, overrides, resnet in training_variants():
-        record[variant] = measure(trainer, overrides, resnet)
-        print(variant, f"loss {record[variant]['loss'].item():.6f}", len(record[variant]["grads"]), "gradients",
-              sorted(record[variant]["summary"]))
-    os.makedirs(os.path.dirname(RECORD_PATH), exist_ok=True)
-    torch.save(record, RECORD_PATH)
-    print(f"wrote {RECORD_PATH} ({os.path.getsize(RECORD_PATH)} bytes)")
+variants = training_variants  # what tests/records.py appends
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tests import records
+
+    sys.exit(records.main(["grads", *sys.argv[1:]]))

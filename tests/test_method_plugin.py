@@ -1,6 +1,7 @@
 """A method declared outside the repository (one module plus one config file in a temporary folder, found through
-MMPT_TRAINER_MODULES + PYTHONPATH) runs through train.py (train, then --eval-only) and the sweep's dry run with
-no file of the repository touched; an internal error in it keeps its traceback."""
+MMPT_TRAINER_MODULES + PYTHONPATH) runs through train.py (train, then --eval-only), the generic scripts
+(scripts/run.sh) and the sweep's dry run with no file of the repository touched; an internal error in it keeps its
+traceback."""
 import os
 import subprocess
 import sys
@@ -125,3 +126,46 @@ def test_plugin_bug_keeps_its_traceback_and_a_bad_module_name_is_one_line(plugin
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines()[-1] == \
         "train.py: error: MMPT_TRAINER_MODULES: cannot import 'no_such_plugin' (is its folder on PYTHONPATH?)"
+
+
+def test_plugin_method_runs_through_the_generic_scripts_and_records_its_results(plugin, tmp_path):
+    """scripts/run.sh (no scripts folder of its own): base-to-new train then test; each run folder gets its
+    result record; the sweep's dry run then counts both done; the repository is left untouched."""
+    import json
+
+    from mmpt.experiments import record
+
+    folder, env, data = plugin
+    status = run(["-c", "import subprocess; print(subprocess.run(['git', 'status', '--porcelain'], "
+                  "capture_output=True, text=True).stdout)"], env)
+    out = tmp_path / "out"
+    script_env = dict(env, DATA=str(data), OUTPUT=str(out), PYTHON=sys.executable,
+                      OPTS=" ".join(f"'{value}'" for value in TINY))
+    tail = Path("caltech101", "shots_16", "ToyPlugin", run_folder_tag(), "seed1")
+    for step, stage_dir, trained in (("base2new_train", "train_base", True), ("base2new_test", "test_new", False)):
+        done = subprocess.run(["bash", "scripts/run.sh", "ToyPlugin", step, "caltech101", "1"], cwd=REPO,
+                              env=script_env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        run_dir = out / "base2new" / stage_dir / tail
+        assert f"Running {step.replace('base2new_test', 'base2new_test_new')} -> {run_dir}" in done.stdout
+        result = record.read_result(str(run_dir))
+        assert (result.trainer, result.config, result.dataset, result.seed, result.trained) == \
+            ("ToyPlugin", "toy", "Caltech101", 1, trained)
+        assert result.subsample == ("base" if trained else "new") and result.epoch == 1 and result.finished
+        assert f"* accuracy: {result.accuracy:.1f}%" in (run_dir / "log.txt").read_text()
+        assert json.loads((run_dir / record.RESULT_FILE).read_text())["version"] == record.RECORD_VERSION
+    assert "--model-dir" in done.stdout and result.model_dir.endswith(str(Path("train_base") / tail))
+
+    swept = run(["-m", "mmpt.sweep", "--trainers", "ToyPlugin", "--protocol", "base2new", "--datasets",
+                 "caltech101", "--seeds", "1", "--dry-run", "--output", str(out), "--opts", *TINY], env)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    assert swept.stdout.count("[done]") == 2 and "[todo]" not in swept.stdout
+    after = run(["-c", "import subprocess; print(subprocess.run(['git', 'status', '--porcelain'], "
+                 "capture_output=True, text=True).stdout)"], env)
+    assert after.stdout == status.stdout
+
+
+def run_folder_tag():
+    from mmpt import run_folder
+
+    return run_folder.run_tag("toy", TINY)

@@ -74,17 +74,25 @@ def test_no_method_forgets_new_classes(results, trainer):
     assert results[(trainer, "new")] > 3 * CHANCE, results
 
 
-@pytest.mark.parametrize("trainer", ["ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "MuDPT", "MPL", "IVLP", "VPT",
-                                     "KgCoOp", "PromptSRC"])
+def declared_methods():
+    import mmpt
+    import trainers  # noqa: F401  (declares the methods)
+
+    return mmpt.declared_methods()
+
+
+@pytest.mark.parametrize("trainer", list(declared_methods()))
 def test_toy_demo_configs_fit_toy_vit(trainer):
-    """Every toy_demo config names toy-ViT, 32 px, no loader workers, and prompt depths within its 4 layers."""
+    """Every declared method's toy_demo config names toy-ViT, 32 px, no loader workers, and prompt depths within
+    its 4 layers."""
     from dassl.config import get_cfg_default
     import trainers
 
     cfg = get_cfg_default()
     trainers.extend_cfg(cfg)
-    cfg.merge_from_file(config(trainer))
+    method = declared_methods()[trainer]
+    cfg.merge_from_file(method.config_file("toy_demo", "."))
     assert (cfg.MODEL.BACKBONE.NAME, cfg.INPUT.SIZE, cfg.DATALOADER.NUM_WORKERS) == ("toy-ViT", (32, 32), 0)
-    node = cfg.TRAINER.get({"MaPLe": "MAPLE", "MuDPT": "MUDPT"}.get(trainer, trainer.upper()), {})
+    node = cfg.TRAINER[method.cfg_node]
     depths = [value for key, value in node.items() if "DEPTH" in key]
     assert all(1 <= depth <= 4 for depth in depths) and (depths or trainer in ("ZeroshotCLIP", "CoOp", "CoCoOp", "KgCoOp"))

@@ -12,7 +12,8 @@ of the same (stage, trainer, config, dataset, shots, seed) are the same command 
 
 A run with extra KEY VALUE options (OPTS, --opts) replaces <cfg> with `<cfg>__<KEY>=<value>,...`
 (mmpt.run_folder.run_tag), so an ablation never lands in, skips because of, or resumes the default run's folder.
-A run counts as done when its log holds `* accuracy:` and its recorded config.yaml equals the requested config.
+A run counts as done when its folder holds a finished result record (result.json, mmpt.experiments.record) and
+its recorded config.yaml equals the requested config.
 
 Shell use (what common.sh does; prints bash assignments RUN_DIR, RUN_DONE, RUN_CMD=(...)):
 
@@ -24,16 +25,18 @@ With --nproc N > 1 (or --nnodes M > 1) the command starts train.py through torch
 on this node, or on each of M nodes meeting at the rendezvous endpoint (docs/DISTRIBUTED.md).
 """
 import argparse
-import importlib
 import os
 import os.path as osp
 import shlex
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field
 
+from dassl.errors import ConfigError
 from mmpt import run_folder
+from mmpt.experiments import config as train_config
+from mmpt.experiments import record
 
+# the repository holding configs/ and train.py (mmpt runs from its checkout); build_job takes another repo_root
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # CoOp's config-file names of the datasets (configs/datasets/<name>.yaml)
@@ -45,19 +48,13 @@ SHOTS = [1, 2, 4, 8, 16]
 SEEDS = [1, 2, 3]
 SOURCE_DATASET = "imagenet"
 
-# the repository's method package: importing it declares every method (mmpt.methods); mmpt itself never
-# imports it, this tooling loads it by name
-METHOD_PACKAGE = "trainers"
 ZERO_SHOT = "ZeroshotCLIP"  # the published tables' CLIP row
 
 
 def declared_methods():
-    """{trainer name: trainer class} of every declared method (the repository's and MMPT_TRAINER_MODULES')."""
-    if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
-    with warnings.catch_warnings():  # clip's import warns about pkg_resources: noise on the scripts' stderr
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-        importlib.import_module(METHOD_PACKAGE)
+    """{trainer name: trainer class} of every declared method (the repository's and MMPT_TRAINER_MODULES'):
+    imports the method package by name (mmpt.experiments.config.import_method_package)."""
+    train_config.import_method_package()
     from mmpt.methods import declared_methods as declared
 
     return declared()
@@ -120,26 +117,12 @@ def is_training_stage(stage, trainer):
     return STAGES[stage][1] and method(trainer).trains
 
 
-def parser_module():
-    """parse_test_res.py, the repository's one log parser (scripts, sweep and results); it lives at the
-    repository root, which is not installed."""
-    if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
-    import parse_test_res
-
-    return parse_test_res
-
-
-def is_done(output_dir, trains, argv=None):
-    """True when a log of the run folder holds `* accuracy:` after `Finish training` (or `=> result`) and, given
-    the run's command `argv`, the folder's recorded config.yaml equals the config that command asks for (else
-    the run is not done: train.py then stops with one line naming the differing keys)."""
-    if not osp.isdir(output_dir):
-        return False
-    ptr = parser_module()
-    metric = {"name": "accuracy", "regex": ptr.metric_regex("accuracy")}
-    end_signal = ptr.END_SIGNAL_TRAIN if trains else ptr.END_SIGNAL_TEST
-    if "accuracy" not in ptr.parse_run(output_dir, [metric], end_signal):
+def is_done(output_dir, trains=None, argv=None):
+    """True when the run folder holds a finished result record (result.json) and, given the run's command `argv`,
+    the folder's recorded config.yaml equals the config that command asks for (else the run is not done: train.py
+    then stops with one line naming the differing keys). A corrupt record: RunError naming the file. `trains` is
+    kept for callers of the log-reading version (the record says what ran)."""
+    if not osp.isdir(output_dir) or not record.is_finished(output_dir):
         return False
     recorded = run_folder.recorded_config(output_dir)
     if argv is None or recorded is None:
@@ -150,19 +133,17 @@ def is_done(output_dir, trains, argv=None):
 
 def requested_config_text(argv):
     """The full config (yaml text) that a `python train.py ...` (or torchrun ... train.py ...) command line asks
-    for; None if it is invalid."""
-    parser_module()  # puts the repository root on sys.path
-    import train
-
+    for; None when train.py would refuse it (a ConfigError: train.py then reports it in one line)."""
+    start = next(i for i, arg in enumerate(argv) if osp.basename(str(arg)) == "train.py") + 1
     try:
-        start = next(i for i, arg in enumerate(argv) if osp.basename(str(arg)) == "train.py") + 1
-        return train.setup_cfg(train.get_parser().parse_args(argv[start:])).dump()
-    except Exception:  # noqa: BLE001  a bad option: not done; train.py reports it in one line
+        return train_config.config_from_argv([str(a) for a in argv[start:]]).dump()
+    except ConfigError:
         return None
 
 
 def config_max_epoch(config_file, opts=()):
-    """OPTIM.MAX_EPOCH after the config file and the KEY VALUE opts (the epoch a test run loads)."""
+    """OPTIM.MAX_EPOCH after the config file and the KEY VALUE opts (the epoch a test run loads); without either,
+    the engine's default (dassl's defaults: one source)."""
     opts = list(opts)
     for i in range(len(opts) - 2, -1, -1):
         if opts[i] == "OPTIM.MAX_EPOCH":
@@ -176,7 +157,7 @@ def config_max_epoch(config_file, opts=()):
     try:
         return int(data["OPTIM"]["MAX_EPOCH"])
     except (KeyError, TypeError):
-        return 10  # the engine's default OPTIM.MAX_EPOCH
+        return train_config.default_max_epoch()
 
 
 def launch_command(python, nproc=1, nnodes=1, rdzv_endpoint="", rdzv_id="mmpt"):
@@ -290,10 +271,11 @@ def main(argv=None):
                         data_root=args.data, output_root=args.output, opts=opts, python=args.python,
                         load_epoch=args.load_epoch, nproc=args.nproc, nnodes=args.nnodes,
                         rdzv_endpoint=args.rdzv_endpoint)
-    except (KeyError, FileNotFoundError, ValueError) as e:
+        done = is_done(job.output_dir, job.trains, job.argv)
+    except (KeyError, FileNotFoundError, ValueError) as e:  # ConfigError / RunError included
         sys.exit(str(e).strip("'\""))
     print(f"RUN_DIR={shlex.quote(job.output_dir)}")
-    print(f"RUN_DONE={int(is_done(job.output_dir, job.trains, job.argv))}")
+    print(f"RUN_DONE={int(done)}")
     print(f"RUN_CMD=({job.shell()})")
 
 

@@ -3,8 +3,8 @@
     python -m mmpt.results output                        # prints Markdown; writes output/results/*
     python -m mmpt.results output --out report --hm-convention per-dataset
 
-Reads the layout of mmpt.experiments.layout (scripts/<trainer>/*.sh and mmpt.sweep write it) with parse_test_res.py's
-parser, and writes into --out (default OUTPUT_ROOT/results):
+Reads the layout of mmpt.experiments.layout (scripts/<trainer>/*.sh and mmpt.sweep write it): the numbers of each
+run folder come from its result record (result.json, mmpt.experiments.record), and writes into --out (default OUTPUT_ROOT/results):
   results.md            few-shot accuracy per shots, base / new / HM per dataset and averaged, cross-dataset,
                         domain generalisation; mean +- std over seeds (numpy std, ddof 0, as CoOp's parser);
                         the published numbers (mmpt.experiments.published) beside ours as "<method> (paper)" rows
@@ -25,7 +25,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from mmpt.experiments import layout, published
+from dassl.errors import ConfigError
+from mmpt.experiments import layout, published, record
 
 HM_CONVENTIONS = {
     "avg": "HM = harmonic mean of the average base and the average new accuracy (CoCoOp / MaPLe / MuDPT)",
@@ -55,9 +56,16 @@ def _subdirs(path):
     return sorted(d for d in os.listdir(path) if osp.isdir(osp.join(path, d))) if osp.isdir(path) else []
 
 
-def _cell(directory, test_log):
-    found = layout.parser_module().collect_results(directory, keyword="accuracy", test_log=test_log)
-    return Cell(found["per_run"]) if found["n"] else None
+def _cell(directory, test_log=None):
+    """The Cell of a folder of seed folders: the accuracy of each seed folder's finished result record (a folder
+    without one is left out; a corrupt one stops with one line naming it). test_log: unused (the record says what
+    ran), kept for callers."""
+    per_run = OrderedDict()
+    for name in _subdirs(directory):
+        result = record.read_result(osp.join(directory, name))
+        if result is not None and result.finished:
+            per_run[name] = result.accuracy
+    return Cell(per_run) if per_run else None
 
 
 def _split_tag(trainer, tag):
@@ -443,8 +451,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         write_report(args.output_root, args.out, args.hm_convention)
-    except FileNotFoundError as e:
-        sys.exit(str(e))
+    except (FileNotFoundError, ConfigError) as e:  # ConfigError: a corrupt result record, named
+        sys.exit(f"mmpt.results: error: {e}" if isinstance(e, ConfigError) else str(e))
     return 0
 
 
