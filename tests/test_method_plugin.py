@@ -14,23 +14,39 @@ from mmpt.data.fixtures import make_dataset
 REPO = Path(__file__).resolve().parents[1]
 
 TOY_METHOD = '''
-"""A toy method: a shallow text context and one visual prompt per layer 0, from N_CTX."""
+"""A toy method: a shallow text context and one visual prompt per layer 0, from N_CTX, plus one extra loss
+term that keeps the prompted class features near frozen CLIP's hand-written ones."""
 import os
+from dataclasses import dataclass
 
+import torch.nn.functional as F
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
+from mmpt.config import PromptOptions
+from mmpt.frozen_clip import FrozenCLIP
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP, Prompts, normal_prompts, vision_width
-from mmpt.sentences import init_text_context, placeholder_sentences
+from mmpt.sentences import check_positive, init_text_context, placeholder_sentences
+
+
+@dataclass
+class ToyPluginConfig(PromptOptions):
+    N_CTX: int = 4
+    ANCHOR_WEIGHT: float = 2.0  # weight of the "anchor" term
+
+    def validate(self):
+        super().validate()
+        check_positive("N_CTX", self.N_CTX)
 
 
 class ToyPluginCLIP(PromptedCLIP):
-    def __init__(self, clip_model, classnames, node):
-        super().__init__(clip_model, placeholder_sentences(classnames, node.N_CTX))
+    def __init__(self, clip_model, classnames, config):
+        super().__init__(clip_model, placeholder_sentences(classnames, config.N_CTX))
         self.prompt_learner = nn.Module()
-        self.prompt_learner.ctx = nn.Parameter(init_text_context(clip_model, node.N_CTX))
-        self.prompt_learner.visual = normal_prompts(node.N_CTX, vision_width(clip_model))
+        self.prompt_learner.ctx = nn.Parameter(init_text_context(clip_model, config.N_CTX))
+        self.prompt_learner.visual = normal_prompts(config.N_CTX, vision_width(clip_model))
+        self.frozen = FrozenCLIP(["a photo of a {}.", "a {}."], classnames)
 
     def compute_prompts(self):
         ctx = self.prompt_learner.ctx
@@ -44,11 +60,14 @@ class ToyPlugin(PromptTrainer):
     cfg_node = "TOYPLUGIN"
     default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "toy")
     config_folder = os.path.dirname(os.path.abspath(__file__))
+    config_class = ToyPluginConfig
     model_class = ToyPluginCLIP
+    loss_weights = {"loss_anchor": "ANCHOR_WEIGHT"}
 
-    @staticmethod
-    def add_config(node):
-        node.N_CTX = 4
+    @classmethod
+    def loss_terms(cls, model, outputs):
+        frozen = model.frozen.class_features(model)
+        return {"loss_anchor": (1 - F.cosine_similarity(outputs.class_features.float(), frozen, dim=-1)).mean()}
 '''
 
 TOY_CONFIG = """
@@ -97,6 +116,9 @@ def test_plugin_method_trains_evaluates_and_sweeps(plugin, tmp_path):
     log = (tmp_path / "train" / "log.txt").read_text()
     # N_CTX 3 from the config file: 3 x 64 text + 3 x 64 visual (random-tiny-ViT)
     assert "Trainable parameters: 384" in log and "Finish training" in log and "* accuracy:" in log
+    # the declared extra term is logged in the epoch lines beside the cross-entropy and the weighted total
+    epoch_line = next(line for line in log.splitlines() if line.startswith("epoch [1/1]"))
+    assert "loss_ce" in epoch_line and "loss_anchor" in epoch_line, epoch_line
 
     evaluated = run(train_args(folder, data, tmp_path / "eval", "--eval-only", "--model-dir",
                                str(tmp_path / "train"), "--load-epoch", "1"), env)
