@@ -76,6 +76,11 @@ class PromptTrainer(TrainerX):
     default_configs = {}  # protocol -> config name (or a function (dataset, shots) -> config name)
     config_folder = None  # where the configs live; None: configs/trainers/<trainer name> of the repository
     trains = True  # False: evaluation only (zero-shot CLIP)
+    # README's and docs/METHODS.md's method tables (python -m mmpt.experiments.method_table --write):
+    summary = ""  # one line: what the method learns
+    # {config name: trainable parameters at ViT-B/16} the published / official figures of its configs (also the
+    # "expected" column of benchmarks/param_counts.py)
+    parameter_counts = {}
     # the class text features depend on no learnable tensor (VPT, zero-shot CLIP): computed once for training
     text_is_constant = False
     # {protocol: {dataset: {FIELD: value}}}: options the experiment layout puts ahead of the user's for that

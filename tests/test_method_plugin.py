@@ -13,72 +13,25 @@ from mmpt.data.fixtures import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
-TOY_METHOD = '''
-"""A toy method: a shallow text context and one visual prompt per layer 0, from N_CTX, plus one extra loss
-term that keeps the prompted class features near frozen CLIP's hand-written ones."""
-import os
-from dataclasses import dataclass
-
-import torch.nn.functional as F
-from torch import nn
-
-from dassl.engine import TRAINER_REGISTRY
-from mmpt.config import PromptOptions
-from mmpt.frozen_clip import FrozenCLIP
-from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP, Prompts, normal_prompts, vision_width
-from mmpt.sentences import check_positive, init_text_context, placeholder_sentences
+ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
 
 
-@dataclass
-class ToyPluginConfig(PromptOptions):
-    N_CTX: int = 4
-    ANCHOR_WEIGHT: float = 2.0  # weight of the "anchor" term
-
-    def validate(self):
-        super().validate()
-        check_positive("N_CTX", self.N_CTX)
+def walkthrough(name):
+    """The code block of docs/ARCHITECTURE.md's walk-through between <!-- walkthrough:NAME --> markers."""
+    text = ARCHITECTURE.read_text()
+    block = text.split(f"<!-- walkthrough:{name} -->\n", 1)[1].split(f"\n<!-- /walkthrough:{name} -->", 1)[0]
+    return block.split("\n", 1)[1].rsplit("```", 1)[0]  # without the fence lines
 
 
-class ToyPluginCLIP(PromptedCLIP):
-    def __init__(self, clip_model, classnames, config):
-        super().__init__(clip_model, placeholder_sentences(classnames, config.N_CTX))
-        self.prompt_learner = nn.Module()
-        self.prompt_learner.ctx = nn.Parameter(init_text_context(clip_model, config.N_CTX))
-        self.prompt_learner.visual = normal_prompts(config.N_CTX, vision_width(clip_model))
-        self.frozen = FrozenCLIP(["a photo of a {}.", "a {}."], classnames)
+# the documented method, plus a bug switched on by an environment variable (one context token fewer than the
+# sentences' placeholders) for the traceback test
+TOY_METHOD = walkthrough("method") + """
 
-    def compute_prompts(self):
-        ctx = self.prompt_learner.ctx
-        if os.environ.get("TOY_PLUGIN_BUG"):  # a bug: one context token fewer than the sentences' placeholders
-            ctx = ctx[1:]
-        return Prompts(text=[ctx], vision=[self.prompt_learner.visual])
-
-
-@TRAINER_REGISTRY.register()
-class ToyPlugin(PromptTrainer):
-    cfg_node = "TOYPLUGIN"
-    default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "toy")
-    config_folder = os.path.dirname(os.path.abspath(__file__))
-    config_class = ToyPluginConfig
-    model_class = ToyPluginCLIP
-    loss_weights = {"loss_anchor": "ANCHOR_WEIGHT"}
-
-    @classmethod
-    def loss_terms(cls, model, outputs):
-        frozen = model.frozen.class_features(model)
-        return {"loss_anchor": (1 - F.cosine_similarity(outputs.class_features.float(), frozen, dim=-1)).mean()}
-'''
-
-TOY_CONFIG = """
-OPTIM:
-  NAME: "sgd"
-  LR: 0.01
-  MAX_EPOCH: 1
-TRAINER:
-  TOYPLUGIN:
-    N_CTX: 3
+if os.environ.get("TOY_PLUGIN_BUG"):
+    ToyPluginCLIP.compute_prompts = lambda self: Prompts(text=[self.prompt_learner.ctx[1:]],
+                                                         vision=[self.prompt_learner.visual])
 """
+TOY_CONFIG = walkthrough("config")
 
 TINY = ["MODEL.BACKBONE.NAME", "random-tiny-ViT", "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
         "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16", "VERBOSE", "False"]

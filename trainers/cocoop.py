@@ -59,4 +59,6 @@ class CoCoOp(PromptTrainer):
     scripts_folder = "cocoop"
     default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_c4_ep10_batch1_ctxv1")
     config_class = CoCoOpConfig
+    summary = "text context + Meta-Net (image-conditioned)"
+    parameter_counts = {"vit_b16_c4_ep10_batch1_ctxv1": 35_360}
     model_class = CoCoOpCLIP

@@ -66,4 +66,6 @@ class CoOp(PromptTrainer):
     scripts_folder = "coop"
     default_configs = {"b2n": "vit_b16_ep50_ctxv1", "fewshot": coop_fewshot_config, "xd": "vit_b16_ep50"}
     config_class = CoOpConfig
+    summary = "shallow text context (unified or class-specific; class name at the end, middle or front)"
+    parameter_counts = {"vit_b16_ep50": 8_192, "vit_b16_ep50_ctxv1": 2_048}
     model_class = CoOpCLIP

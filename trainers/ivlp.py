@@ -65,4 +65,6 @@ class IVLP(PromptTrainer):
     scripts_folder = "ivlp"
     default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_c2_ep5_batch4_2+2ctx")
     config_class = IVLPConfig
+    summary = "independent deep text and visual prompts"
+    parameter_counts = {"vit_b16_c2_ep5_batch4_2+2ctx": 23_040}
     model_class = IVLPCLIP

@@ -88,6 +88,8 @@ class KgCoOp(PromptTrainer):
     # the release trains every protocol with its one config (100 epochs, batch 128)
     default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_ep100_ctxv1")
     config_class = KgCoOpConfig
+    summary = "CoOp's context kept close to the hand-written prompt's class features"
+    parameter_counts = {"vit_b16_ep100_ctxv1": 2_048}
     model_class = KgCoOpCLIP
     loss_weights = {"loss_kg": "W"}  # L = CE + W * loss_kg
 

@@ -64,4 +64,6 @@ class MaPLe(PromptTrainer):
     default_configs = {"b2n": "vit_b16_c2_ep5_batch4_2ctx", "fewshot": "vit_b16_c2_ep5_batch4_2ctx",
                        "xd": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"}
     config_class = MaPLeConfig
+    summary = "deep text prompts + per-layer text->vision projections"
+    parameter_counts = {"vit_b16_c2_ep5_batch4_2ctx": 3_555_072}
     model_class = MaPLeCLIP

@@ -202,6 +202,8 @@ class MPL(PromptTrainer):
     default_configs = {"b2n": "vit_b4_c1_add2_rm1", "fewshot": "vit_b4_c1_add2_rm1",
                        "xd": "vit_b4_c1_add2_rm1_cross_datasets"}
     config_class = MPLConfig
+    summary = "MaPLe-style prompts with add / remove / carry per layer"
+    parameter_counts = {"vit_b4_c1_add2_rm1": 6_702_336}
     model_class = MPLCLIP
 
     @classmethod

@@ -177,6 +177,12 @@ class MuDPT(PromptTrainer):
     # the paper trains every protocol with its one setting
     default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_c4_ep10_batch4_joint")
     config_class = MuDPTConfig
+    summary = "deep text + visual prompts, fused by a shared Injection Model"
+    parameter_counts = {
+        "vit_b16_c4_ep10_batch4_joint": 4_526_848,
+        "vit_b16_c2_ep5_batch4_linear": 1_204_736,
+        "vit_b16_c2_ep5_batch4_separate": 11_056_128,
+    }
     model_class = MuDPTCLIP
 
     @classmethod

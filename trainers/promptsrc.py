@@ -134,6 +134,13 @@ class PromptSRC(PromptTrainer):
     dataset_opts = {"fewshot": {dataset: {"GPA_MEAN": 45.0, "GPA_STD": 5.0}
                                 for dataset in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")}}
     config_class = PromptSRCConfig
+    summary = ('IVLP prompts regularised towards frozen CLIP (L1 on text / image features, KL on logits), '
+               'Gaussian prompt aggregation over epochs')
+    parameter_counts = {
+        "vit_b16_c2_ep20_batch4_4+4ctx": 46_080,
+        "vit_b16_c2_ep50_batch4_4+4ctx_few_shot": 46_080,
+        "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets": 15_360,
+    }
     model_class = PromptSRCCLIP
     loss_weights = {"loss_text": "TEXT_LOSS_WEIGHT", "loss_image": "IMAGE_LOSS_WEIGHT", "loss_logits": 1.0}
 

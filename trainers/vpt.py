@@ -51,5 +51,7 @@ class VPT(PromptTrainer):
     scripts_folder = "vpt"
     default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_c2_ep5_batch4_4")
     config_class = VPTConfig
+    summary = "deep visual prompts"
+    parameter_counts = {"vit_b16_c2_ep5_batch4_4": 36_864}
     model_class = VPTCLIP
     text_is_constant = True  # the fixed sentence "a photo of a <class>.": nothing learnable on the text side

@@ -35,6 +35,8 @@ class ZeroshotCLIP(PromptTrainer):
     scripts_folder = "zsclip"
     default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16")
     config_class = ZeroshotCLIPConfig
+    summary = "nothing (hand-written templates)"
+    parameter_counts = {"vit_b16": 0}
     model_class = ZeroshotCLIPModel
     trains = False
     text_is_constant = True
