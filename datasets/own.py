@@ -263,6 +263,11 @@ class OwnDataset(SplitDataset):
             train, val, test = match_to_source((train, val, test), [name for _, name in labels], source, self.name)
         return train, val, test
 
+    @classmethod
+    def data_prep(cls, cfg, workers=None):
+        """`python -m mmpt.data_prep --datasets <this yaml>`: the split made and reported (see `prepare`)."""
+        return prepare(cfg, workers)
+
     def finish(self, cfg, train, val, test):
         if not self.own.TEST_ONLY:
             return super().finish(cfg, train, val, test)
