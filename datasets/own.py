@@ -239,7 +239,8 @@ class OwnDataset(SplitDataset):
         self.own = cfg.DATASET.OWN
         self.image_dir = self.dataset_dir
         split_file = split_file_name(self.split_ratios, self.own.SPLIT_SEED)
-        self.split_path = osp.join(self.dataset_dir, split_file)
+        # a test-only target has nothing to split: its folders are read afresh every time
+        self.split_path = None if self.own.TEST_ONLY else osp.join(self.dataset_dir, split_file)
         self.split_fewshot_dir = osp.join(self.dataset_dir, "split_fewshot", split_file[:-len(".json")])
 
     @property
@@ -253,6 +254,10 @@ class OwnDataset(SplitDataset):
                                       "train/ and test/ above them, or DATASET.OWN.LIST)")
         names = class_names(class_keys(rows), self.dataset_dir, self.own.CLASSNAMES)
         check_classnames(list(names.values()), f"{self.name}")
+        if self.own.TEST_ONLY:  # a target: every image is a test image, nothing to split
+            labels = {key: label for label, key in enumerate(names)}
+            return [], [], [Datum(impath=osp.join(self.dataset_dir, rel), label=labels[key], classname=names[key])
+                            for rel, key, _ in rows]
         return make_split(self.dataset_dir, rows, names, self.split_ratios, self.own.SPLIT_SEED)
 
     def load_split(self):
@@ -290,7 +295,7 @@ def describe(cfg):
     parts = {"train": train, "val": val, "test": test}
     counts = {s: Counter(i.label for i in items) for s, items in parts.items()}
     names = OrderedDict(sorted({(i.label, i.classname) for items in parts.values() for i in items}))
-    lines.append(f"  split file: {dataset.split_path}")
+    lines.append(f"  split file: {dataset.split_path or 'none (TEST_ONLY: every image is a test image)'}")
     lines.append(f"  {len(names)} classes; images: " + ", ".join(f"{s} {len(parts[s])}" for s in SPLITS))
     width = max(len(n) for n in names.values())
     lines.append(f"  {'label':>5}  {'class':{width}}  {'train':>6} {'val':>6} {'test':>6}")
@@ -299,7 +304,7 @@ def describe(cfg):
     rows, skipped = scan(dataset_dir, dataset.own.LIST)
     in_split = {i.impath for items in parts.values() for i in items}
     outside = [osp.join(dataset_dir, rel) for rel, _, _ in rows if osp.join(dataset_dir, rel) not in in_split]
-    if outside:
+    if outside:  # (only with a split file: a test-only target holds every image)
         problems.append(f"{len(outside)} image(s) on disk are not in {dataset.split_path} (e.g. {outside[0]}); "
                         "delete the split file to make it again")
     if skipped:
@@ -313,7 +318,7 @@ def describe(cfg):
             problems.append(f"classes {names[other]!r} and {names[label]!r} have the same prompt after CLIP's "
                             "77-token truncation; shorten or rename them")
     try:
-        check_paths(sorted(in_split), dataset.split_path)
+        check_paths(sorted(in_split), dataset.split_path or dataset_dir)
     except DatasetContentError as e:
         problems.append(str(e))
     return lines, problems, sorted(in_split)
