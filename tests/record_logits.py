@@ -55,6 +55,7 @@ VARIANTS = [
     ("MPL_random", "MPL", dict(CTX_INIT="", N_CTX=2, PROMPT_DEPTH=2)),
     ("KgCoOp", "KgCoOp", dict(TEMPLATE="a photo of a {}, a type of pet.")),  # CoOp_ctxv1's prompt: same logits
     ("PromptSRC", "PromptSRC", dict(PROMPT_DEPTH_TEXT=3, PROMPT_DEPTH_VISION=2)),  # added after issue 11
+    ("TCP", "TCP", dict(INJECT_LAYER=2, SENTENCE="{}, a type of pet.", TEMPLATE="a photo of a {}, a type of pet.")),
 ]
 # variants also run on the ResNet backbone (no visual prompts)
 RESNET_VARIANTS = [("CoOp_rn", "CoOp", dict(N_CTX=4)), ("ZeroshotCLIP_rn", "ZeroshotCLIP", dict(TEMPLATE="{} texture."))]
