@@ -30,7 +30,14 @@ def _n_ctx(node):
 
 
 ANALYTIC = {"CoOp": lambda node: _n_ctx(node) * 512, "CoCoOp": lambda node: _n_ctx(node) * 512 + 35_360 - 4 * 512,
-            "KgCoOp": lambda node: _n_ctx(node) * 512}  # CoOp's context; the release's unused modules left out
+            "KgCoOp": lambda node: _n_ctx(node) * 512,  # CoOp's context; the release's unused modules left out
+            "TCP": lambda node: _tcp_count(_n_ctx(node), 512, 512, node.HIDDEN_RATIO)}  # 331,904 as released
+
+
+def _tcp_count(n, d_t, embed, ratio):
+    """context n x d_t + the TKE: Linear(E, E / ratio) and Linear(E / ratio, n x d_t), with biases."""
+    hidden = embed // ratio
+    return n * d_t + (embed * hidden + hidden) + (hidden * n * d_t + n * d_t)
 
 
 def expected_count(trainer_name, config_name, cfg):

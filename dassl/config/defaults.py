@@ -95,6 +95,9 @@ _C.OPTIM.SGD_NESTEROV = False
 _C.OPTIM.RMSPROP_ALPHA = 0.99
 _C.OPTIM.ADAM_BETA1 = 0.9
 _C.OPTIM.ADAM_BETA2 = 0.999
+# the epsilon of every optimizer that has one (adam, amsgrad, adamw, radam, rmsprop); 1e-8 is torch's default
+# for all of them, so runs that leave it alone are unchanged. sgd has none.
+_C.OPTIM.EPS = 1e-8
 _C.OPTIM.STAGED_LR = False
 _C.OPTIM.NEW_LAYERS = ()
 _C.OPTIM.BASE_LR_MULT = 0.1
