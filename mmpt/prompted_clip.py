@@ -27,18 +27,26 @@ from dassl.utils import ConfigError
 # ------------------------------------------------------------------------------------------------------------
 # shared block mechanics
 
-def run_block(block, x, causal=False):
-    """One `clip.model.ResidualAttentionBlock` on batch-first x [N, L, d], attention through SDPA."""
-    q, k, v = attention_inputs(block, x)
-    return finish_block(block, x, F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+def run_block(block, x, causal=False, adapter=None):
+    """One `clip.model.ResidualAttentionBlock` on batch-first x [N, L, d], attention through SDPA; `adapter`
+    (None or f(ln_1(x)) -> [N, L, d]) adds a residual branch computed from the block input to its output."""
+    normed = block.ln_1(x)
+    q, k, v = attention_inputs(block, normed)
+    return add_adapter(finish_block(block, x, F.scaled_dot_product_attention(q, k, v, is_causal=causal)), adapter,
+                       normed)
 
 
-def attention_inputs(block, x):
-    """The block's queries, keys and values of x [N, L, d], each [N, heads, L, d / heads]."""
+def add_adapter(out, adapter, normed):
+    """out + adapter(normed): a block-level residual adapter (MMA), token-wise, from ln_1 of the block input."""
+    return out if adapter is None else out + adapter(normed).to(out.dtype)
+
+
+def attention_inputs(block, normed):
+    """The block's queries, keys and values of ln_1(x) [N, L, d], each [N, heads, L, d / heads]."""
     attn = block.attn
-    n_seq, length, width = x.shape
+    n_seq, length, width = normed.shape
     heads = attn.num_heads
-    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = F.linear(normed, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     return tuple(t.reshape(n_seq, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
 
 
@@ -89,19 +97,24 @@ def check_schedule_length(prompts, remove, n_layers, tower):
             raise ValueError(f"{tower} {name}: {len(schedule)} layers given, the tower has {n_layers}")
 
 
-def run_tower(blocks, x, prompts, remove, region_start, k, causal, use_checkpoint):
-    """Blocks with the per-layer remove / append ops (layer 0's prompts are already in x).
+def run_tower(blocks, x, prompts, remove, region_start, k, causal, use_checkpoint, adapters=None):
+    """Blocks with the per-layer remove / append ops (layer 0's prompts are already in x) and adapters.
     `region_start(x, k)` gives where the k-token prompt region begins. Returns (output, final region size)."""
     for layer, block in enumerate(blocks):
         if layer >= 1:
             added, removed = layer_ops(prompts, remove, layer)
             if added is not None or removed:
                 x, k = splice_region(x, region_start(x, k), k, added, removed)
+        adapter = layer_adapter(adapters, layer)
         if use_checkpoint and torch.is_grad_enabled():
-            x = activation_checkpoint(run_block, block, x, causal, use_reentrant=False)
+            x = activation_checkpoint(run_block, block, x, causal, adapter, use_reentrant=False)
         else:
-            x = run_block(block, x, causal)
+            x = run_block(block, x, causal, adapter)
     return x, k
+
+
+def layer_adapter(adapters, layer):
+    return adapters[layer] if adapters is not None and layer < len(adapters) else None
 
 
 def pick(value, default):
@@ -192,19 +205,22 @@ def attend_after_prefix(q, k, v, k_prefix, v_prefix):
     return from_prefix.view(n_sets, heads, n_rows, span, head_width) + weights[..., prefix_length:] @ v
 
 
-def run_block_with_prefix(block, prefix, suffixes, layout):
-    """One block on the shared prefix [G, p, d] and the packed suffixes [G, T, d] (layout: PackedSuffixes)."""
-    q_prefix, k_prefix, v_prefix = attention_inputs(block, prefix)
-    new_prefix = finish_block(block, prefix, F.scaled_dot_product_attention(q_prefix, k_prefix, v_prefix,
-                                                                            is_causal=True))
+def run_block_with_prefix(block, prefix, suffixes, layout, adapter=None):
+    """One block on the shared prefix [G, p, d] and the packed suffixes [G, T, d] (layout: PackedSuffixes);
+    a token-wise adapter applies to both (the prefix stays shared)."""
+    prefix_normed = block.ln_1(prefix)
+    q_prefix, k_prefix, v_prefix = attention_inputs(block, prefix_normed)
+    new_prefix = add_adapter(finish_block(block, prefix, F.scaled_dot_product_attention(
+        q_prefix, k_prefix, v_prefix, is_causal=True)), adapter, prefix_normed)
     attn = block.attn
     n_sets, _, width = suffixes.shape
     heads = attn.num_heads
-    qkv = layout.pad(F.linear(block.ln_1(suffixes), attn.in_proj_weight, attn.in_proj_bias))
+    normed = block.ln_1(suffixes)
+    qkv = layout.pad(F.linear(normed, attn.in_proj_weight, attn.in_proj_bias))
     q, k, v = qkv.view(n_sets, layout.n_rows, layout.span, 3, heads, width // heads).permute(3, 0, 4, 1, 2, 5)
     out = attend_after_prefix(q, k, v, k_prefix, v_prefix).permute(0, 2, 3, 1, 4)
     suffixes = suffixes + attn.out_proj(layout.unpad(out.reshape(n_sets, -1, width)))
-    return new_prefix, suffixes + block.mlp(block.ln_2(suffixes))
+    return new_prefix, add_adapter(suffixes + block.mlp(block.ln_2(suffixes)), adapter, normed)
 
 
 def check_shared_prompt_tokens(prompts, count):
@@ -258,7 +274,7 @@ class PromptedTextEncoder(nn.Module):
                 pick(share_prefix, self.share_prefix))
 
     def forward(self, token_ids, prompts=None, remove=None, truncate=None, chunk_size=None, checkpoint=None,
-                share_prefix=None, shared_prompt_tokens=0, placeholders=None):
+                share_prefix=None, shared_prompt_tokens=0, placeholders=None, adapters=None):
         """`placeholders`: the sentences' placeholder count (mmpt.sentences); the shallow prompt must fill it.
         shared_prompt_tokens: the first j tokens of a per-sequence shallow prompt [N, n, d] are one tensor
         shared by all sequences (e.g. CoOp's unified context before a class name in the middle); they may then
@@ -279,9 +295,9 @@ class PromptedTextEncoder(nn.Module):
                                                                   shared_prompt_tokens=shared_prompt_tokens)
             if prefix_length:
                 chunks.append(self.encode_shared(chunk_ids, chunk_prompts, remove, prefix_length, truncate,
-                                                 use_checkpoint, n_sets=1)[0])
+                                                 use_checkpoint, n_sets=1, adapters=adapters)[0])
             else:
-                chunks.append(self.encode(chunk_ids, chunk_prompts, remove, truncate, use_checkpoint))
+                chunks.append(self.encode(chunk_ids, chunk_prompts, remove, truncate, use_checkpoint, adapters))
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     def per_prompt_set(self, token_ids, prompts, remove=None, truncate=None, chunk_size=None, checkpoint=None,
@@ -328,7 +344,7 @@ class PromptedTextEncoder(nn.Module):
         # LayerNorm is per token: normalising only the EOT rows equals CLIP's ln_final on all, then picking
         return self.ln_final(eot_features) @ self.text_projection.to(eot_features.dtype)
 
-    def encode(self, token_ids, prompts, remove, truncate, use_checkpoint):
+    def encode(self, token_ids, prompts, remove, truncate, use_checkpoint, adapters=None):
         """The plain pass: every sequence on all its tokens (up to max EOT + 1 when truncating)."""
         eot = token_ids.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
         if truncate:
@@ -338,10 +354,11 @@ class PromptedTextEncoder(nn.Module):
         n_shallow = prompt_count(shallow)
         x = self.embed(token_ids, shallow)
         x, k = run_tower(self.transformer.resblocks, x, prompts, remove, lambda x, k: 1, n_shallow,
-                         causal=True, use_checkpoint=use_checkpoint)
+                         causal=True, use_checkpoint=use_checkpoint, adapters=adapters)
         return self.project(x[torch.arange(x.shape[0], device=x.device), eot + (k - n_shallow)])
 
-    def encode_shared(self, token_ids, prompts, remove, prefix_length, truncate, use_checkpoint, n_sets):
+    def encode_shared(self, token_ids, prompts, remove, prefix_length, truncate, use_checkpoint, n_sets,
+                      adapters=None):
         """The shared-prefix pass -> [G, N, E]. The prefix (length `prefix_length`, from shared_prefix_length)
         runs as G rows (G = n_sets prompt sets; 1 unless grouped); the N suffixes packed, G times."""
         eot = token_ids.argmax(dim=-1)
@@ -363,11 +380,12 @@ class PromptedTextEncoder(nn.Module):
                 added, removed = layer_ops(prompts, remove, layer)
                 if added is not None or removed:  # the prompt region [1, 1 + k) lies inside the prefix
                     prefix, k = splice_region(prefix, 1, k, added, removed)
+            adapter = layer_adapter(adapters, layer)
             if use_checkpoint and torch.is_grad_enabled():
                 prefix, suffixes = activation_checkpoint(run_block_with_prefix, block, prefix, suffixes, layout,
-                                                         use_reentrant=False)
+                                                         adapter, use_reentrant=False)
             else:
-                prefix, suffixes = run_block_with_prefix(block, prefix, suffixes, layout)
+                prefix, suffixes = run_block_with_prefix(block, prefix, suffixes, layout, adapter)
         return self.project(suffixes[:, layout.eot])
 
 
@@ -381,10 +399,10 @@ class PromptedImageEncoder(nn.Module):
         self.is_vit = hasattr(self.visual, "class_embedding")
         self.checkpoint = checkpoint
 
-    def forward(self, images, prompts=None, remove=None, checkpoint=None):
+    def forward(self, images, prompts=None, remove=None, checkpoint=None, adapters=None):
         visual = self.visual
         if not self.is_vit:
-            if any(p is not None for p in (prompts or [])):
+            if any(p is not None for p in (prompts or [])) or any(a is not None for a in (adapters or [])):
                 raise ValueError("visual prompts need a ViT backbone; this CLIP has a ResNet image tower")
             return visual(images.to(visual.conv1.weight.dtype))
         check_schedule_length(prompts, remove, len(visual.transformer.resblocks), "vision")
@@ -399,7 +417,8 @@ class PromptedImageEncoder(nn.Module):
             x = torch.cat([x, expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)], dim=1)
         x = visual.ln_pre(x)
         x, _ = run_tower(visual.transformer.resblocks, x, prompts, remove, lambda x, k: x.shape[1] - k,
-                         prompt_count(shallow), causal=False, use_checkpoint=pick(checkpoint, self.checkpoint))
+                         prompt_count(shallow), causal=False, use_checkpoint=pick(checkpoint, self.checkpoint),
+                         adapters=adapters)
         return visual.ln_post(x[:, 0]) @ visual.proj.to(x.dtype)
 
 
@@ -421,6 +440,8 @@ class Prompts:
     vision: Optional[list] = None
     vision_remove: Optional[list] = None
     text_per_image: Optional[Callable] = None
+    text_adapters: Optional[list] = None
+    vision_adapters: Optional[list] = None
 
     @property
     def depends_on_image(self):
@@ -429,7 +450,8 @@ class Prompts:
     @property
     def text_is_constant(self):
         """True when the class text features depend on no learnable tensor (no text prompts, e.g. VPT)."""
-        return not self.depends_on_image and not any(p is not None for p in (self.text or []))
+        return not self.depends_on_image and not any(p is not None for p in (self.text or [])) and \
+            not any(a is not None for a in (self.text_adapters or []))
 
 
 class PromptedCLIP(nn.Module):
@@ -480,7 +502,8 @@ class PromptedCLIP(nn.Module):
         text = prompts.text if text is None else text
         passes = self.sentences.passes(text)
         encode = lambda p: self.text_encoder(p.token_ids, p.prompts, prompts.text_remove, placeholders=p.placeholders,
-                                             shared_prompt_tokens=p.shared_prompt_tokens)
+                                             shared_prompt_tokens=p.shared_prompt_tokens,
+                                             adapters=prompts.text_adapters)
         if len(passes) == 1 and passes[0].rows is None:
             return F.normalize(encode(passes[0]), dim=-1)
         rows = [None] * len(self.sentences.texts)
@@ -506,7 +529,8 @@ class PromptedCLIP(nn.Module):
     def image_features(self, images, prompts=None):
         """[B, E] L2-normalised image features."""
         prompts = prompts if prompts is not None else self.compute_prompts()
-        return F.normalize(self.image_encoder(images, prompts.vision, prompts.vision_remove), dim=-1)
+        return F.normalize(self.image_encoder(images, prompts.vision, prompts.vision_remove,
+                                              adapters=prompts.vision_adapters), dim=-1)
 
     def forward(self, images, prompts=None, class_features=None):
         """[B, C] logits = logit_scale.exp() * cosine(image, class). `prompts` / `class_features` reuse values
