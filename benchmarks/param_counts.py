@@ -30,6 +30,9 @@ EXPECTED = {
     ("PromptSRC", "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"): 46_080,
     ("PromptSRC", "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"): 15_360,
     # cross-dataset config: J = 3 -> (2 x 512 + Linear(512, 768)) x 3 = 1,185,024
+    # MMA: 8 levels x (text 2 r 512 + r + 512, vision 2 r 768 + r + 768, shared r^2 + r), r = 32
+    ("MMA", "vit_b16_ep5"): 674_560,
+    ("MMA", "vit_b16_ep5_imnet"): 674_560,
 }
 # counts that follow from the architecture alone (CoOp: n x 512; CoCoOp's n = 4 + Meta-Net 512-32-512, as in
 # MaPLe's parameter table)

@@ -9,11 +9,12 @@ from mmpt.experiments.layout import DATASETS_11, DG_TARGETS, XD_TARGETS, ZERO_SH
 SOURCE = "MuDPT paper (Miao et al., ICME 2023), ViT-B/16, 16 shots"
 # rows taken from elsewhere than SOURCE: row name -> where its numbers come from
 ROW_SOURCES = {"KgCoOp": "KgCoOp's official repository readme (Yao et al., CVPR 2023), ViT-B/16, 16 shots",
-               "PromptSRC": "PromptSRC's official README (Khattak et al., ICCV 2023), ViT-B/16, 16 shots, 3 seeds"}
+               "PromptSRC": "PromptSRC's official README (Khattak et al., ICCV 2023), ViT-B/16, 16 shots, 3 seeds",
+               "MMA": "MMA's official README, the paper's table (Yang et al., CVPR 2024), ViT-B/16, 16 shots, 3 seeds"}
 
 # trainer name in our results -> the row name the paper uses
 PAPER_NAMES = {ZERO_SHOT: "CLIP", "CoOp": "CoOp", "CoCoOp": "CoCoOp", "MuDPT": "MuDPT", "KgCoOp": "KgCoOp",
-               "PromptSRC": "PromptSRC"}
+               "PromptSRC": "PromptSRC", "MMA": "MMA"}
 
 
 def _row(datasets, values, average):
@@ -55,6 +56,7 @@ BASE2NEW_AVERAGE = {
     "MuDPT": {"base": 82.71, "new": 74.5, "hm": 78.39},
     "KgCoOp": {"base": 80.73, "new": 73.6, "hm": 77.0},  # ROW_SOURCES (only its base-to-new average is published there)
     "PromptSRC": {"base": 84.26, "new": 76.10, "hm": 79.97},  # ROW_SOURCES (its CLIP row agrees with ours)
+    "MMA": {"base": 83.20, "new": 76.80, "hm": 79.87},  # ROW_SOURCES (its CLIP, CoOp, CoCoOp, KgCoOp rows agree)
 }
 
 
