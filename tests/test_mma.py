@@ -286,3 +286,30 @@ def test_base_to_new_through_the_scripts(base_to_new):
     assert all(k.split(".")[0] in ("text_adapter", "visual_adapter", "shared_adapter") for k in state)
     assert len(state) == 2 * (4 + 4 + 2)  # levels 3, 4: text (4 tensors), visual (4), shared (2)
     assert all(state[k].abs().sum() > 0 for k in state if k.endswith("bias"))  # zero-initialised biases moved
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_forward_and_gradients(small_clip, dtype):
+    """Under autocast (what PREC amp / bf16 / fp16 run on CUDA; here on the CPU): fp32 logits near the fp32 ones;
+    every adapter's gradient finite and near its fp32 value (vision: the loss; text: a fixed projection of the
+    class features, the CE loss's text gradient being too small on this random CLIP to compare); parameters fp32."""
+    model = build(small_clip, **TINY)
+    images, labels = batch()
+    weights = torch.randn(len(CLASSNAMES), 48, generator=torch.Generator().manual_seed(6))
+
+    def gradients(autocast):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            logits = model(images)
+            features = model.class_features()
+        (F.cross_entropy(logits, labels) + (features.float() * weights).sum()).backward()
+        return logits, {n: p.grad.clone() for n, p in model.prompt_learner.named_parameters()}
+
+    exact, exact_grads = gradients(False)
+    logits, grads = gradients(True)
+    assert logits.dtype == torch.float32
+    assert (logits - exact).abs().max() < 0.05 * exact.abs().max()
+    for name, param in model.prompt_learner.named_parameters():
+        assert param.dtype == torch.float32 and torch.isfinite(grads[name]).all(), name
+        error = (grads[name] - exact_grads[name]).norm() / exact_grads[name].norm()
+        assert error < 0.1, (name, error.item())
