@@ -114,12 +114,15 @@ def test_autocast_keeps_residual_streams_and_logits_fp32(small_clip, precision):
 
 
 @pytest.mark.parametrize("prec", ["amp", "fp16"])
-@pytest.mark.parametrize("trainer, config", [("CoOp", "vit_b16_ep50.yaml"), ("MaPLe", "vit_b16_c2_ep5_batch4_2ctx.yaml")])
+@pytest.mark.parametrize("trainer, config", [("CoOp", "vit_b16_ep50.yaml"), ("MaPLe", "vit_b16_c2_ep5_batch4_2ctx.yaml"),
+                                             ("MMA", "vit_b16_ep5.yaml")])
 def test_training_end_to_end_on_the_device(tmp_path, trainer, config, prec):
-    node = {"CoOp": "COOP", "MaPLe": "MAPLE"}[trainer]
+    node = {"CoOp": "COOP", "MaPLe": "MAPLE", "MMA": "MMA"}[trainer]
     opts = ["USE_CUDA", str(DEVICE.type == "cuda"), f"TRAINER.{node}.PREC", prec]
     if trainer == "MaPLe":
         opts += ["TRAINER.MAPLE.PROMPT_DEPTH", "2"]  # the tiny backbone has 2 layers
+    if trainer == "MMA":  # adapters on both blocks of the tiny backbone; gradient scaling under the GradScaler
+        opts += ["TRAINER.MMA.ADAPTER_START", "1", "TRAINER.MMA.ADAPTER_END", "2"]
     _, log, trained = run_train(tmp_path, trainer, config_path(trainer, config), opts=opts, return_trainer=True)
     assert trained.device.type == DEVICE.type
     assert "Finish training" in log and "* accuracy:" in log
