@@ -96,7 +96,7 @@ def expected_split(images_by_class):
 
 def run_in_process(stage, trainer, yaml_path, data, out, shots=16):
     """The command the scripts run for this stage (layout.build_job), through train.py in this process (the
-    scripts' own subprocess path is exercised by the other variant)."""
+    scripts themselves run in test_the_documented_example)."""
     import train
 
     job = layout.build_job(stage, trainer, yaml_path, 1, shots, data_root=str(data), output_root=str(out),
@@ -106,7 +106,7 @@ def run_in_process(stage, trainer, yaml_path, data, out, shots=16):
 
 
 @pytest.mark.parametrize("variant", ["birds", "birds_csv"])
-def test_base_to_new_through_the_scripts(own_data, tmp_path, variant):
+def test_base_to_new_through_train_py(own_data, tmp_path, variant):
     data, yaml_path = own_data["data"], own_data[variant]
     out = tmp_path / "output"
     run_in_process("base2new_train", "CoOp", yaml_path, data, out, shots=2)
@@ -117,12 +117,6 @@ def test_base_to_new_through_the_scripts(own_data, tmp_path, variant):
     test_log = (out / "base2new/test_new" / tail / "log.txt").read_text()
     assert "Finish training" in train_log and "* accuracy:" in train_log and "* accuracy:" in test_log
     assert "Saved split to" in train_log and "Saved split to" not in test_log  # made once, then reused
-    if variant == "birds":  # scripts/coop/*.sh <yaml path> 1: the same runs (same folders, same configs), done
-        env = dict(DATA=data, OUTPUT=out, OPTS=TINY_OPTS, SHOTS=2)
-        for script, stage in (("base2new_train.sh", "train_base"), ("base2new_test.sh", "test_new")):
-            result = run_script(SCRIPTS / "coop" / script, yaml_path, 1, **env)
-            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-            assert f"Skipping {out / 'base2new' / stage / tail}: its results already exist" in result.stdout
 
     # the split file: CoOp's format, the seeded split restated independently, class names from names.txt
     dataset_dir = data / variant
@@ -278,3 +272,38 @@ def test_cross_dataset_and_dg_targets_through_the_scripts_and_the_tables(own_dat
     assert [j.id.split(os.sep)[:3] for j in jobs] == [["base2new", "train_base", "birds"],
                                                       ["base2new", "test_new", "birds"]]
     assert own_data["birds"] in jobs[0].argv
+
+
+def doc_examples():
+    """{name: text} of the blocks marked `<!-- example: NAME -->` in docs/DATASETS.md."""
+    text = (Path(layout.REPO_ROOT) / "docs" / "DATASETS.md").read_text()
+    blocks = {}
+    for part in text.split("<!-- example: ")[1:]:
+        name, rest = part.split(" -->", 1)
+        blocks[name] = rest.split("```", 2)[1].split("\n", 1)[1]
+    return blocks
+
+
+def test_the_documented_example(tmp_path):
+    """docs/DATASETS.md's example as written: the yaml, the class-name file, the commands (bash, the scripts),
+    the report it shows; a tiny backbone through OPTS."""
+    examples = doc_examples()
+    data = tmp_path / "data"
+    for label, cls in enumerate(["barn_swallow", "blue_jay", "house_sparrow", "snowy_owl"]):
+        for i in range(6):
+            write_image(data / "my_birds" / cls / f"{i}.jpg", label, i)
+    (data / "my_birds.yaml").write_text(examples["my_birds.yaml"])
+    (data / "my_birds" / "classnames.txt").write_text(examples["my_birds/classnames.txt"])
+    (tmp_path / "scripts").symlink_to(SCRIPTS)  # the commands run from a checkout; the output stays in tmp
+    env = dict(os.environ, DATA=str(data), OPTS=TINY_OPTS, PYTHON=sys.executable,
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               PYTHONPATH=layout.REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(["bash", "-euc", examples["commands"]], capture_output=True, text=True, env=env,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for line in examples["report"].strip("\n").splitlines():
+        assert line in result.stdout.splitlines(), line
+    assert (data / "my_birds" / SPLIT_FILE).is_file()
+    assert "Base-to-new on my_birds" in result.stdout
+    runs = list((tmp_path / "output" / "base2new" / "test_new" / "my_birds" / "shots_16" / "CoOp").glob("*/seed1"))
+    assert len(runs) == 1 and "* accuracy:" in (runs[0] / "log.txt").read_text()
