@@ -131,3 +131,18 @@ def run_train(tmp_path, trainer, config_file, dataset="Caltech101", opts=(), eva
     trainer = train.main(train.get_parser().parse_args(args))
     log_text = (output_dir / "log.txt").read_text()
     return (output_dir, log_text, trainer) if return_trainer else (output_dir, log_text)
+
+
+def assert_only_prompts_differ(model, clip_model):
+    """Every tensor of `model` outside prompt_learner equals its counterpart in `clip_model` (the frozen CLIP the
+    run started from), and every CLIP tensor is compared."""
+    frozen = dict(clip_model.named_parameters())
+    clip_name = {"text_encoder.": "", "image_encoder.visual.": "visual.", "logit_scale": "logit_scale"}
+    checked = 0
+    for name, tensor in model.state_dict().items():
+        if name.startswith("prompt_learner."):
+            continue
+        ours = next(prefix for prefix in clip_name if name.startswith(prefix))
+        assert torch.equal(tensor, frozen[clip_name[ours] + name[len(ours):]]), name
+        checked += 1
+    assert checked == len(frozen)

@@ -10,7 +10,7 @@ import mmpt
 import trainers  # noqa: F401  (declares the methods)
 from dassl.utils import ConfigError
 from mmpt.clip_backbone import build_random_clip, load_clip_by_name
-from tests.e2e import config_from_file, run_train, small_clip_model, trainer_node
+from tests.e2e import assert_only_prompts_differ, config_from_file, run_train, small_clip_model, trainer_node
 from trainers import tcp
 
 CLASSNAMES = ["banded", "golden_retriever", "sea lion of the north", "cat", "tabby cat"]
@@ -254,16 +254,7 @@ def test_base_to_new_end_to_end(tmp_path):
     model = trainer.model
     assert model.template == "a photo of a {}, a type of pet."
     clip_model = load_clip_by_name("random-tiny-ViT", seed=0)  # the weights the run started from
-    frozen = dict(clip_model.named_parameters())
-    clip_name = {"text_encoder.": "", "image_encoder.visual.": "visual.", "logit_scale": "logit_scale"}
-    checked = 0
-    for name, tensor in model.state_dict().items():
-        if name.startswith("prompt_learner."):
-            continue
-        ours = next(prefix for prefix in clip_name if name.startswith(prefix))
-        assert torch.equal(tensor, frozen[clip_name[ours] + name[len(ours):]]), name
-        checked += 1
-    assert checked == len(frozen)
+    assert_only_prompts_differ(model, clip_model)  # every CLIP tensor compared
 
     base_names = trainer.dm.dataset.classnames
     batch = next(iter(trainer.train_loader_x))

@@ -27,29 +27,16 @@ from mmpt.frozen_clip import FrozenCLIP
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP, Prompts, layer_counts
 from mmpt.sentences import ClassSentences, check_positive, init_text_context, placeholder_words, readable, word_count
-from mmpt.templates import DEFAULT_TEMPLATE
+from mmpt.templates import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
 
 from trainers.kgcoop import KgCoOp, KgCoOpCLIP
 
 # the frozen hand-written prompt per dataset: the TKE's input and the knowledge-guided target (the release's
 # CUSTOM_TEMPLATES_ori; FGVCAircraft, Food101 and DTD differ from CoOp's table)
-TCP_TEMPLATES = {
-    "OxfordPets": "a photo of a {}, a type of pet.",
-    "OxfordFlowers": "a photo of a {}, a type of flower.",
-    "FGVCAircraft": "a photo of an aircraft {}.",
-    "DescribableTextures": "a photo of a {}, a type of texture.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "StanfordCars": "a photo of a {}.",
-    "Food101": "a photo of a {}, a type of food.",
-    "SUN397": "a photo of a {}.",
-    "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.",
-    "ImageNet": "a photo of a {}.",
-    "ImageNetSketch": "a photo of a {}.",
-    "ImageNetV2": "a photo of a {}.",
-    "ImageNetA": "a photo of a {}.",
-    "ImageNetR": "a photo of a {}.",
-}
+TCP_TEMPLATES = {**CUSTOM_TEMPLATES,
+                 "FGVCAircraft": "a photo of an aircraft {}.",
+                 "Food101": "a photo of a {}, a type of food.",
+                 "DescribableTextures": "a photo of a {}, a type of texture."}
 # the prompted sentence per dataset: what follows the n learned context tokens (the release's CUSTOM_TEMPLATES
 # with their "X X X X" left out). Its UCF101 / ImageNet sentences start with "a photo of a", which the context
 # replaces: token for token they are "X X X X person doing {}." and "X X X X {}.". StanfordCars has no period.
