@@ -78,3 +78,26 @@ def official_state_dict(state_dict):
         elif key == "image_encoder.proj_rep":
             ours["proj_rep"] = value
     return ours
+
+
+# the official trainers/config.py table (its MMRL branch, applied whatever the task), by our dataset config names;
+# it overrides the config file's REG_WEIGHT in base-to-new and few-shot alike
+REG_WEIGHT_PER_DATASET = {"stanford_cars": 7.0, "fgvc_aircraft": 6.0, "sun397": 6.0, "dtd": 6.0, "food101": 5.0,
+                          "oxford_flowers": 4.0, "ucf101": 3.0, "imagenet": 0.5, "caltech101": 0.5,
+                          "oxford_pets": 0.2, "eurosat": 0.01}
+REP_DIM_PER_DATASET = {"eurosat": 2048}
+
+
+def per_dataset_opts():
+    """{dataset: KEY VALUE options} of the official table (the experiment layout adds them ahead of the user's)."""
+    opts = {}
+    for dataset, weight in REG_WEIGHT_PER_DATASET.items():
+        opts[dataset] = ("TRAINER.MMRL.REG_WEIGHT", str(weight))
+        if dataset in REP_DIM_PER_DATASET:
+            opts[dataset] += ("TRAINER.MMRL.REP_DIM", str(REP_DIM_PER_DATASET[dataset]))
+    return opts
+
+
+def b2n_or_fewshot_config(name):
+    """ImageNet trains with its own config in base-to-new and few-shot alike (the official scripts)."""
+    return lambda dataset, shots: "vit_b16_imagenet" if dataset == "imagenet" else name
