@@ -8,19 +8,20 @@ final accuracy when a test ran).
 
 Several GPUs or nodes: `torchrun --nproc_per_node N train.py <the same arguments>` (docs/DISTRIBUTED.md).
 """
-import argparse
 import os
 import signal
 import sys
 
 import torch
 
-from dassl.config import ConfigError, get_cfg_default
+from dassl.config import ConfigError
 from dassl.engine import build_trainer
 from dassl.utils import (
     collect_env_info, distributed, remove_temp_files, set_random_seed, setup_logger,
 )
 from mmpt.data.image_check import check_run_images
+from mmpt.experiments.config import get_parser, reset_cfg, setup_cfg  # noqa: F401  (train.setup_cfg for callers)
+from mmpt.experiments.record import run_result, write_result
 from mmpt.run_folder import (  # noqa: F401  (OutputDirInUseError: train.OutputDirInUseError for callers)
     OutputDirInUseError, RunInterrupted, check_config, interrupt_on_stop_signals, locked_output_dir, record_config,
     stop_signal_received,
@@ -39,46 +40,6 @@ def print_args(args, cfg):
     print("** Config **")
     print("************")
     print(cfg)
-
-
-def reset_cfg(cfg, args):
-    """Command-line arguments override the config files (CoOp's reset_cfg; `--seed 0` counts)."""
-    if args.root:
-        cfg.DATASET.ROOT = args.root
-    if args.output_dir:
-        cfg.OUTPUT_DIR = args.output_dir
-    if args.resume:
-        cfg.RESUME = args.resume
-    if args.seed is not None:
-        cfg.SEED = args.seed
-    if args.source_domains:
-        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
-    if args.target_domains:
-        cfg.DATASET.TARGET_DOMAINS = args.target_domains
-    if args.transforms:
-        cfg.INPUT.TRANSFORMS = args.transforms
-    if args.trainer:
-        cfg.TRAINER.NAME = args.trainer
-    if args.backbone:
-        cfg.MODEL.BACKBONE.NAME = args.backbone
-    if args.head:
-        cfg.MODEL.HEAD.NAME = args.head
-
-
-def setup_cfg(args):
-    """defaults -> trainers' nodes -> dataset config -> method config -> arguments -> KEY VALUE opts; frozen."""
-    import trainers  # declares every method (and MMPT_TRAINER_MODULES'); imported here, where a bad module name
-                     # is a ConfigError that main's caller prints as one line
-    cfg = get_cfg_default()
-    trainers.extend_cfg(cfg)
-    if args.dataset_config_file:
-        cfg.merge_from_file(args.dataset_config_file)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    reset_cfg(cfg, args)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    return cfg
 
 
 def main(args):
@@ -131,37 +92,26 @@ def run(cfg, args):
         if args.eval_only:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
             trainer.test_result = trainer.test()
+            record_result(cfg, args, trainer, trained=False)
             return trainer
         if not args.no_train:
             trainer.train()
+            if getattr(trainer, "test_result", None) is not None:  # TEST.NO_TEST: nothing was tested, nothing to record
+                record_result(cfg, args, trainer, trained=True)
         return trainer
     finally:
         sys.stdout.flush()
         setup_logger(None)  # stop teeing into this run's log.txt (in-process callers run several)
 
 
-def get_parser():
-    parser = argparse.ArgumentParser(description="Train / evaluate a prompt-tuning trainer (CoOp interface)")
-    parser.add_argument("--root", type=str, default="", help="path to the datasets")
-    parser.add_argument("--output-dir", type=str, default="", help="output directory")
-    parser.add_argument("--resume", type=str, default="", help="checkpoint directory to resume from "
-                        "(default: OUTPUT_DIR itself)")
-    parser.add_argument("--seed", type=int, default=None, help="only non-negative values fix the seed; -1: random")
-    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
-    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
-    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
-    parser.add_argument("--config-file", type=str, default="", help="path to the method config file")
-    parser.add_argument("--dataset-config-file", type=str, default="", help="path to the dataset config file")
-    parser.add_argument("--trainer", type=str, default="", help="name of the trainer")
-    parser.add_argument("--backbone", type=str, default="", help="name of the CNN backbone")
-    parser.add_argument("--head", type=str, default="", help="name of the head")
-    parser.add_argument("--eval-only", action="store_true", help="evaluation only")
-    parser.add_argument("--model-dir", type=str, default="", help="load the model from this directory for eval-only")
-    parser.add_argument("--load-epoch", type=int, help="load the weights of this epoch (default: model-best)")
-    parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="modify config options using the command line (KEY VALUE pairs)")
-    return parser
+def record_result(cfg, args, trainer, trained):
+    """The run folder's result.json (mmpt.experiments.record): what the scripts, the sweep and the results tables
+    read. Written after the test, so a record means a finished run."""
+    if not distributed.is_main_process():
+        return
+    epoch = trainer.loaded_epoch if not trained or cfg.TEST.FINAL_MODEL == "best_val" else trainer.max_epoch
+    write_result(cfg.OUTPUT_DIR, run_result(cfg, args.config_file, trainer.test_metrics, epoch, trained,
+                                            args.model_dir if not trained else ""))
 
 
 def cli(argv=None):

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# Shared logic of every scripts/<trainer>/*.sh (sourced; each of those only names its trainer, then calls
-# one run_* function below; the default config per protocol is the one the method declares in its trainer
-# class). The output layout and the train.py command line come from mmpt/experiments/layout.py, the same code
+# Shared logic of scripts/run.sh (the generic entry point: `bash scripts/run.sh TRAINER STEP ARGS...`, for every
+# declared method, a plugin's included) and of every scripts/<trainer>/*.sh (CoOp-style per-method scripts: each
+# only names its trainer, then calls one run_* function below). The default config per protocol is the one the
+# method declares in its trainer class. The output layout and the train.py command line come from mmpt/experiments/layout.py, the same code
 # the sweep runner (python -m mmpt.sweep) uses.
 #
 # Environment:
@@ -31,11 +32,13 @@ _die() {
     exit 2
 }
 
+USAGE_CMD="bash $0"  # how the usage line names the command (run.sh adds TRAINER STEP)
+
 _require_args() {  # _require_args N "USAGE" "$@"
     local n=$1 usage=$2
     shift 2
     if (($# < n)); then
-        _die "usage: [DATA=/path/to/datasets] bash $0 $usage [KEY VALUE ...]"
+        _die "usage: [DATA=/path/to/datasets] $USAGE_CMD $usage [KEY VALUE ...]"
     fi
 }
 
@@ -65,7 +68,7 @@ _run_stage() {
     local -a RUN_CMD
     eval "$plan"
     if [[ "$RUN_DONE" == 1 ]]; then
-        echo "Skipping $RUN_DIR: its results already exist (log.txt holds '* accuracy:', config.yaml matches); delete the folder to rerun"
+        echo "Skipping $RUN_DIR: its results already exist (result.json records a finished run, config.yaml matches); delete the folder to rerun"
         return 0
     fi
     echo "Running $stage -> $RUN_DIR"
@@ -108,4 +111,26 @@ run_xd_train() {
 run_xd_test() {
     _require_args 2 "DATASET SEED" "$@"
     _run_stage xd_test "$1" "$2" "${SHOTS:-16}" "${@:3}"
+}
+
+# the steps of every protocol, by the per-method scripts' names (scripts/<trainer>/<step>.sh)
+STEPS="base2new_train base2new_test few_shot xd_train xd_test"
+
+# run.sh TRAINER STEP ARGS...: STEP's run_* function for TRAINER (a declared method's registry name)
+run_step() {
+    if (($# < 2)); then
+        _die "usage: [DATA=/path/to/datasets] bash $0 TRAINER STEP ARGS... [KEY VALUE ...] (STEP: ${STEPS// / / })"
+    fi
+    TRAINER=$1
+    local step=$2
+    shift 2
+    USAGE_CMD="bash $0 $TRAINER $step"
+    case "$step" in
+        base2new_train) run_base2new_train "$@" ;;
+        base2new_test) run_base2new_test "$@" ;;
+        few_shot) run_few_shot "$@" ;;
+        xd_train) run_xd_train "$@" ;;
+        xd_test) run_xd_test "$@" ;;
+        *) _die "unknown step '$step' (known: ${STEPS// /, })" ;;
+    esac
 }

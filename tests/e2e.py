@@ -41,13 +41,14 @@ def device_under_test():
 
 
 def trainer_node(module, name, **overrides):
-    """cfg.TRAINER.<name> as the method declared in `module` defines it, with `overrides` set."""
+    """The typed config of the method declared in `module` whose cfg_node is `name`, with `overrides` set
+    (what the method's model is built from)."""
     from mmpt.prompt_trainer import PromptTrainer
 
     methods = [cls for cls in vars(module).values()
                if isinstance(cls, type) and issubclass(cls, PromptTrainer) and cls.cfg_node == name]
     assert len(methods) == 1, f"{module.__name__} declares no method with cfg_node {name!r}"
-    return methods[0].config_node(**overrides)
+    return methods[0].make_config(**overrides)
 
 
 @torch.no_grad()

@@ -1,13 +1,24 @@
 """Records every method's logits on a small random CLIP, so that a refactoring can be checked bit for bit.
 
-    PYTHONPATH=$PWD python tests/record_logits.py      # rewrites tests/data/method_logits.pt
+    PYTHONPATH=$PWD python -m tests.records      # appends the variants missing from the records (this one included)
 
 The file holds, per variant (a trainer name plus config overrides), the logits of a fixed batch of images
 twice: "init" right after a seeded build (the initialisation, its order of random draws included), and
 "set" after every entry of the prompt learner's state dict has been overwritten with seeded values in key
 order (the forward pass and the checkpoint keys and shapes, which are recorded too).
-tests/test_method_logits.py rebuilds each variant through `mmpt.create_model` and compares with torch.equal.
-Rebuild the file only when a change of numerics is intended (and say so in the commit).
+tests/test_method_logits.py rebuilds each variant through `measure` (the same function, hence the same settings:
+one thread, the 3-layer backbone, COMMON_OVERRIDES) and compares with torch.equal.
+
+The variants: VARIANTS / RESNET_VARIANTS below (the methods recorded before methods declared their own), then the
+`record_variants = {name: overrides}` of every declared method (a new method declares its variants in its module
+and runs the command; nothing here changes). `python -m tests.records` only appends: entries already in the file
+stay as they are. Rebuild the file (`--rewrite`) only when a change of numerics is intended (and say so in the
+commit).
+
+Bits are only reproducible on the kind of processor that recorded them: MKL and ATen pick their kernels by the
+CPU's instruction sets, and another choice moves the last bits (about 2e-6 between two of our machines). A record
+therefore names the machine each entry was made on (tests/records.py `machine()`); on another machine the test
+compares within float tolerance and says so.
 """
 import os
 import sys
@@ -16,6 +27,10 @@ import torch
 from clip.model import CLIP
 
 RECORD_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "method_logits.pt")
+
+# Shared options that every variant is built with. A lever that changes numerics within float tolerance (not
+# bit for bit; the shared text prefix) is switched off here, so the comparison keeps testing the prompt mechanics.
+COMMON_OVERRIDES = {"TEXT_SHARED_PREFIX": False}
 
 # class names of different BPE lengths (CoOp's middle / front groups classes by name length)
 CLASSNAMES = ["cat", "golden_retriever", "sunflower", "aircraft carrier ship", "tabby cat"]
@@ -92,8 +107,28 @@ def build(trainer, clip_model, overrides):
     return mmpt.create_model(trainer, clip_model, CLASSNAMES, **overrides)
 
 
+def declared_variants():
+    """[(variant, trainer, overrides)] of the declared methods' `record_variants` (ViT backbone)."""
+    import mmpt
+
+    return [(variant, trainer, dict(overrides)) for trainer, method in mmpt.declared_methods().items()
+            for variant, overrides in method.record_variants.items()]
+
+
 def all_variants():
-    return [(v, False) for v in VARIANTS] + [(v, True) for v in RESNET_VARIANTS]
+    """[((variant, trainer, overrides), resnet)]: the listed variants, then the declared ones (names unique)."""
+    listed = [(v, False) for v in VARIANTS] + [(v, True) for v in RESNET_VARIANTS]
+    names = [v[0] for v, _ in listed]
+    declared = [(v, False) for v in declared_variants()]
+    clashes = sorted({v[0] for v, _ in declared} & set(names))
+    if clashes:
+        raise ValueError(f"record_variants {clashes} clash with tests/record_logits.py's VARIANTS: rename them")
+    return listed + declared
+
+
+def variants():
+    """[(variant, trainer, overrides, resnet)]: what tests/records.py appends (every record module's shape)."""
+    return [(name, trainer, overrides, resnet) for (name, trainer, overrides), resnet in all_variants()]
 
 
 @torch.no_grad()
@@ -116,7 +151,7 @@ def measure(trainer, overrides, resnet):
     torch.set_num_threads(1)
     try:
         torch.manual_seed(2)
-        model = build(trainer, backbone(resnet), overrides)
+        model = build(trainer, backbone(resnet), {**overrides, **COMMON_OVERRIDES})
         init = logits_of(model)
         state = seeded_state(model)
         model.prompt_learner.load_state_dict(state)
@@ -125,15 +160,7 @@ def measure(trainer, overrides, resnet):
         torch.set_num_threads(threads)
 
 
-def main():
-    record = {}
-    for (variant, trainer, overrides), resnet in all_variants():
-        record[variant] = measure(trainer, overrides, resnet)
-        print(variant, tuple(record[variant]["set"].shape), len(record[variant]["shapes"]), "tensors")
-    os.makedirs(os.path.dirname(RECORD_PATH), exist_ok=True)
-    torch.save(record, RECORD_PATH)
-    print(f"wrote {RECORD_PATH} ({os.path.getsize(RECORD_PATH)} bytes)")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from tests import records
+
+    sys.exit(records.main(["logits", *sys.argv[1:]]))

@@ -97,3 +97,20 @@ def test_importing_mmpt_loads_no_method_and_no_torch():
             "assert not mmpt.declared_methods()\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# the prompt mechanics, bottom up: each module imports only the ones before it (and torch); the contract
+# (mmpt.prompted_clip) sits on top of the encoders, and methods never reach below the encoders' block mechanics
+PROMPT_MECHANICS = ("mmpt.blocks", "mmpt.shared_prefix", "mmpt.encoders", "mmpt.prompted_clip")
+
+
+def test_prompt_mechanics_are_layered():
+    known = modules()
+    for position, name in enumerate(PROMPT_MECHANICS):
+        repository_imports = {i for i in imported_names(known[name]) if i.split(".")[0] in PACKAGES}
+        allowed = set(PROMPT_MECHANICS[:position]) | ({"dassl.utils"} if name == "mmpt.prompted_clip" else set())
+        outside = {i for i in repository_imports if not any(i == a or i.startswith(a + ".") for a in allowed)}
+        assert not outside, (name, sorted(outside))
+    for name, path in known.items():
+        if name.startswith("trainers"):
+            assert not {i for i in imported_names(path) if i.startswith("mmpt.shared_prefix")}, name

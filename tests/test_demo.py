@@ -2,7 +2,7 @@
 import os
 
 from mmpt.data import toy_world
-from mmpt.experiments import demo, layout
+from mmpt.experiments import demo, layout, record
 
 
 def demo_jobs(tmp_path, epochs=None):
@@ -44,7 +44,7 @@ def test_demo_data_is_the_toy_world_made_once(tmp_path):
 def test_demo_orchestration_on_finished_runs(tmp_path):
     """With every run already finished, the demo skips them and prints the banner, the sweep, table and chart."""
     accuracy = {"ZeroshotCLIP": (50.0, 40.0), "CoOp": (70.0, 30.0), "CoCoOp": (65.0, 38.0), "MaPLe": (72.0, 41.0),
-                "MuDPT": (80.0, 60.0), "MPL": (71.0, 42.0)}
+                "MuDPT": (80.0, 60.0), "MPL": (71.0, 42.0), "TCP": (69.0, 45.0)}
     jobs = demo_jobs(tmp_path)
     for job in jobs:
         os.makedirs(job.output_dir)
@@ -53,6 +53,8 @@ def test_demo_orchestration_on_finished_runs(tmp_path):
         head = "Finish training\n" if job.trains else ""
         with open(os.path.join(job.output_dir, "log.txt"), "w") as f:
             f.write(f"{head}=> result\n* accuracy: {value}%\n")
+        record.write_result(job.output_dir, record.RunResult(job.trainer, job.cfg, job.dataset, job.seed, job.shots,
+                                                             "all", "test", value, 100 - value, value))
     lines = []
     code, report = demo.run_demo(str(tmp_path), echo=lines.append)
     assert code == 0
@@ -64,5 +66,5 @@ def test_demo_orchestration_on_finished_runs(tmp_path):
     assert chart and chart[0].count("#") == round(68.57 / 100 * demo.CHART_WIDTH)
     assert os.path.getsize(report["files"]["base2new_bars"]) > 1024
     first = jobs[0]
-    assert layout.is_done(first.output_dir, first.trains)  # skipped, not rerun: the fake log is still there
+    assert layout.is_done(first.output_dir, first.trains)  # skipped, not rerun: the fake record is still there
     assert "stdout.log" not in os.listdir(first.output_dir)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from benchmarks.models import config_path
 from benchmarks.reference import ReferenceImageEncoder, ReferenceTextEncoder
-from mmpt.prompted_clip import PromptedImageEncoder, PromptedTextEncoder
+from mmpt.encoders import PromptedImageEncoder, PromptedTextEncoder, TextOptions, TowerSchedule
 from tests.e2e import device_under_test, run_train, small_clip_model, trainer_node
 from trainers import cocoop, maple, mpl
 
@@ -87,10 +87,11 @@ def test_sdpa_towers_equal_clip_blocks(small_clip):
     vision_prompts = [(torch.randn(2, 96, generator=generator) * 0.1).to(DEVICE) for _ in range(3)]
     with torch.no_grad():
         for share_prefix in (False, True):
-            ours = PromptedTextEncoder(small_clip, share_prefix=share_prefix)(ids, text_prompts)
-            torch.testing.assert_close(ours, ReferenceTextEncoder(small_clip)(ids, text_prompts), rtol=1e-4, atol=1e-4)
-        ours = PromptedImageEncoder(small_clip)(images(3), vision_prompts)
-        torch.testing.assert_close(ours, ReferenceImageEncoder(small_clip)(images(3), vision_prompts),
+            ours = PromptedTextEncoder(small_clip, TextOptions(share_prefix=share_prefix))(ids, TowerSchedule(text_prompts))
+            torch.testing.assert_close(ours, ReferenceTextEncoder(small_clip)(ids, TowerSchedule(text_prompts)),
+                                       rtol=1e-4, atol=1e-4)
+        ours = PromptedImageEncoder(small_clip)(images(3), TowerSchedule(vision_prompts))
+        torch.testing.assert_close(ours, ReferenceImageEncoder(small_clip)(images(3), TowerSchedule(vision_prompts)),
                                    rtol=1e-4, atol=1e-4)
 
 

@@ -1,15 +1,13 @@
 """Every method's logits equal, bit for bit, the ones recorded before the architecture change (issue 11), built
-through `mmpt.create_model` (tests/record_logits.py writes the record)."""
+through `mmpt.create_model` by tests/record_logits.py's `measure`, the function that wrote the record
+(`python -m tests.records` appends a new method's variants)."""
 import pytest
 import torch
 
 import mmpt
 import trainers  # noqa: F401  (declares the methods)
 from tests import record_logits as record
-
-# Shared options that every variant is built with. A lever that changes numerics within float tolerance (not
-# bit for bit; the shared text prefix) is switched off here, so the comparison keeps testing the prompt mechanics.
-COMMON_OVERRIDES = {"TEXT_SHARED_PREFIX": False}
+from tests import records
 
 
 @pytest.fixture(scope="module")
@@ -18,19 +16,24 @@ def recorded():
 
 
 @pytest.mark.parametrize("variant", record.all_variants(), ids=lambda v: v[0][0])
-def test_logits_equal_the_record(recorded, variant, monkeypatch):
+def test_logits_equal_the_record(recorded, variant):
     (name, trainer, overrides), resnet = variant
-    monkeypatch.setattr(record, "build", lambda t, clip_model, o: mmpt.create_model(
-        t, clip_model, record.CLASSNAMES, **{**o, **COMMON_OVERRIDES}))
+    if name not in recorded:
+        pytest.fail(records.missing_hint("logits", name), pytrace=False)
     measured = record.measure(trainer, overrides, resnet)
     expected = recorded[name]
     assert measured["shapes"] == expected["shapes"]  # checkpoint keys and shapes
-    assert torch.equal(measured["init"], expected["init"]), (measured["init"] - expected["init"]).abs().max()
-    assert torch.equal(measured["set"], expected["set"]), (measured["set"] - expected["set"]).abs().max()
+    for key in ("init", "set"):
+        assert records.equal_as_recorded(recorded, name, measured[key], expected[key]), \
+            (measured[key] - expected[key]).abs().max()
 
 
 def test_record_covers_every_declared_method(recorded):
-    assert {trainer for (_, trainer, _), _ in record.all_variants()} >= set(mmpt.declared_methods())
+    covered = {trainer for name, trainer, _, _ in record.variants() if name in recorded}
+    for method in mmpt.declared_methods():
+        if method not in covered:
+            pytest.fail(f"{method} has no recorded logits: declare `record_variants = {{name: overrides}}` in its "
+                        f"trainer class, then run `{records.COMMAND}`", pytrace=False)
 
 
 def test_create_model_errors_are_one_line_config_errors():
@@ -46,3 +49,41 @@ def test_create_model_errors_are_one_line_config_errors():
     model = mmpt.create_model("CoOp", clip_model, record.CLASSNAMES, PREC="fp32", TRUNCATE_TEXT=False)
     assert model.text_encoder.truncate is False
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["prompt_learner.ctx"]
+
+
+def test_the_record_command_appends_missing_variants_and_leaves_entries_alone(tmp_path):
+    """python -m tests.records: computes only the variants a file lacks, with the record's own measure."""
+    calls = []
+
+    class FakeRecord:
+        RECORD_PATH = str(tmp_path / "data" / "fake.pt")
+
+        @staticmethod
+        def variants():
+            return [("a", "CoOp", {}, False), ("b", "CoOp", {"N_CTX": 2}, True)]
+
+        @staticmethod
+        def measure(trainer, overrides, resnet):
+            calls.append((trainer, overrides, resnet))
+            return torch.tensor([float(len(calls))])
+
+    records.save(FakeRecord.RECORD_PATH, {"a": torch.tensor([-1.0]), "__machine__": {"x": 1}, "old": 0})
+    lines = []
+    assert records.extend(FakeRecord, echo=lines.append) == ["b"]
+    assert calls == [("CoOp", {"N_CTX": 2}, True)]
+    saved = torch.load(FakeRecord.RECORD_PATH)
+    assert torch.equal(saved["a"], torch.tensor([-1.0])) and torch.equal(saved["b"], torch.tensor([1.0]))
+    assert saved["__machine__"] == {"x": 1} and saved["old"] == 0  # kept, reported
+    assert any("old" in line and "__machine__" not in line for line in lines)
+    assert records.extend(FakeRecord) == [] and len(calls) == 1  # nothing missing: nothing computed
+    assert records.missing_hint("logits", "X") == \
+        "no entry for 'X' in tests/data record 'logits': run `PYTHONPATH=$PWD python -m tests.records logits`"
+
+
+def test_declared_record_variants_join_the_record(monkeypatch):
+    method = mmpt.declared_methods()["CoOp"]
+    monkeypatch.setattr(method, "record_variants", {"CoOp_declared": {"N_CTX": 3}})
+    assert ("CoOp_declared", "CoOp", {"N_CTX": 3}, False) in record.variants()
+    monkeypatch.setattr(method, "record_variants", {"CoOp": {}})
+    with pytest.raises(ValueError, match=r"record_variants \['CoOp'\] clash"):
+        record.all_variants()

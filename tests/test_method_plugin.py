@@ -1,6 +1,7 @@
 """A method declared outside the repository (one module plus one config file in a temporary folder, found through
-MMPT_TRAINER_MODULES + PYTHONPATH) runs through train.py (train, then --eval-only) and the sweep's dry run with
-no file of the repository touched; an internal error in it keeps its traceback."""
+MMPT_TRAINER_MODULES + PYTHONPATH) runs through train.py (train, then --eval-only), the generic scripts
+(scripts/run.sh) and the sweep's dry run with no file of the repository touched; an internal error in it keeps its
+traceback."""
 import os
 import subprocess
 import sys
@@ -12,53 +13,25 @@ from mmpt.data.fixtures import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
-TOY_METHOD = '''
-"""A toy method: a shallow text context and one visual prompt per layer 0, from N_CTX."""
-import os
-
-from torch import nn
-
-from dassl.engine import TRAINER_REGISTRY
-from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP, Prompts, normal_prompts, vision_width
-from mmpt.sentences import init_text_context, placeholder_sentences
+ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
 
 
-class ToyPluginCLIP(PromptedCLIP):
-    def __init__(self, clip_model, classnames, node):
-        super().__init__(clip_model, placeholder_sentences(classnames, node.N_CTX))
-        self.prompt_learner = nn.Module()
-        self.prompt_learner.ctx = nn.Parameter(init_text_context(clip_model, node.N_CTX))
-        self.prompt_learner.visual = normal_prompts(node.N_CTX, vision_width(clip_model))
-
-    def compute_prompts(self):
-        ctx = self.prompt_learner.ctx
-        if os.environ.get("TOY_PLUGIN_BUG"):  # a bug: one context token fewer than the sentences' placeholders
-            ctx = ctx[1:]
-        return Prompts(text=[ctx], vision=[self.prompt_learner.visual])
+def walkthrough(name):
+    """The code block of docs/ARCHITECTURE.md's walk-through between <!-- walkthrough:NAME --> markers."""
+    text = ARCHITECTURE.read_text()
+    block = text.split(f"<!-- walkthrough:{name} -->\n", 1)[1].split(f"\n<!-- /walkthrough:{name} -->", 1)[0]
+    return block.split("\n", 1)[1].rsplit("```", 1)[0]  # without the fence lines
 
 
-@TRAINER_REGISTRY.register()
-class ToyPlugin(PromptTrainer):
-    cfg_node = "TOYPLUGIN"
-    default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "toy")
-    config_folder = os.path.dirname(os.path.abspath(__file__))
-    model_class = ToyPluginCLIP
+# the documented method, plus a bug switched on by an environment variable (one context token fewer than the
+# sentences' placeholders) for the traceback test
+TOY_METHOD = walkthrough("method") + """
 
-    @staticmethod
-    def add_config(node):
-        node.N_CTX = 4
-'''
-
-TOY_CONFIG = """
-OPTIM:
-  NAME: "sgd"
-  LR: 0.01
-  MAX_EPOCH: 1
-TRAINER:
-  TOYPLUGIN:
-    N_CTX: 3
+if os.environ.get("TOY_PLUGIN_BUG"):
+    ToyPluginCLIP.compute_prompts = lambda self: Prompts(text=[self.prompt_learner.ctx[1:]],
+                                                         vision=[self.prompt_learner.visual])
 """
+TOY_CONFIG = walkthrough("config")
 
 TINY = ["MODEL.BACKBONE.NAME", "random-tiny-ViT", "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
         "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16", "VERBOSE", "False"]
@@ -96,6 +69,9 @@ def test_plugin_method_trains_evaluates_and_sweeps(plugin, tmp_path):
     log = (tmp_path / "train" / "log.txt").read_text()
     # N_CTX 3 from the config file: 3 x 64 text + 3 x 64 visual (random-tiny-ViT)
     assert "Trainable parameters: 384" in log and "Finish training" in log and "* accuracy:" in log
+    # the declared extra term is logged in the epoch lines beside the cross-entropy and the weighted total
+    epoch_line = next(line for line in log.splitlines() if line.startswith("epoch [1/1]"))
+    assert "loss_ce" in epoch_line and "loss_anchor" in epoch_line, epoch_line
 
     evaluated = run(train_args(folder, data, tmp_path / "eval", "--eval-only", "--model-dir",
                                str(tmp_path / "train"), "--load-epoch", "1"), env)
@@ -125,3 +101,46 @@ def test_plugin_bug_keeps_its_traceback_and_a_bad_module_name_is_one_line(plugin
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines()[-1] == \
         "train.py: error: MMPT_TRAINER_MODULES: cannot import 'no_such_plugin' (is its folder on PYTHONPATH?)"
+
+
+def test_plugin_method_runs_through_the_generic_scripts_and_records_its_results(plugin, tmp_path):
+    """scripts/run.sh (no scripts folder of its own): base-to-new train then test; each run folder gets its
+    result record; the sweep's dry run then counts both done; the repository is left untouched."""
+    import json
+
+    from mmpt.experiments import record
+
+    folder, env, data = plugin
+    status = run(["-c", "import subprocess; print(subprocess.run(['git', 'status', '--porcelain'], "
+                  "capture_output=True, text=True).stdout)"], env)
+    out = tmp_path / "out"
+    script_env = dict(env, DATA=str(data), OUTPUT=str(out), PYTHON=sys.executable,
+                      OPTS=" ".join(f"'{value}'" for value in TINY))
+    tail = Path("caltech101", "shots_16", "ToyPlugin", run_folder_tag(), "seed1")
+    for step, stage_dir, trained in (("base2new_train", "train_base", True), ("base2new_test", "test_new", False)):
+        done = subprocess.run(["bash", "scripts/run.sh", "ToyPlugin", step, "caltech101", "1"], cwd=REPO,
+                              env=script_env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        run_dir = out / "base2new" / stage_dir / tail
+        assert f"Running {step.replace('base2new_test', 'base2new_test_new')} -> {run_dir}" in done.stdout
+        result = record.read_result(str(run_dir))
+        assert (result.trainer, result.config, result.dataset, result.seed, result.trained) == \
+            ("ToyPlugin", "toy", "Caltech101", 1, trained)
+        assert result.subsample == ("base" if trained else "new") and result.epoch == 1 and result.finished
+        assert f"* accuracy: {result.accuracy:.1f}%" in (run_dir / "log.txt").read_text()
+        assert json.loads((run_dir / record.RESULT_FILE).read_text())["version"] == record.RECORD_VERSION
+    assert "--model-dir" in done.stdout and result.model_dir.endswith(str(Path("train_base") / tail))
+
+    swept = run(["-m", "mmpt.sweep", "--trainers", "ToyPlugin", "--protocol", "base2new", "--datasets",
+                 "caltech101", "--seeds", "1", "--dry-run", "--output", str(out), "--opts", *TINY], env)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    assert swept.stdout.count("[done]") == 2 and "[todo]" not in swept.stdout
+    after = run(["-c", "import subprocess; print(subprocess.run(['git', 'status', '--porcelain'], "
+                 "capture_output=True, text=True).stdout)"], env)
+    assert after.stdout == status.stdout
+
+
+def run_folder_tag():
+    from mmpt import run_folder
+
+    return run_folder.run_tag("toy", TINY)

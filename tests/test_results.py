@@ -1,11 +1,11 @@
-"""mmpt.results on a generated output tree: fake log.txt files with known accuracies."""
+"""mmpt.results on a generated output tree: fake run folders (log.txt and result record) with known accuracies."""
 import csv
 import os
 import statistics
 
 import pytest
 
-from mmpt.experiments import layout, published, results
+from mmpt.experiments import layout, published, record, results
 from trainers.coop import coop_fewshot_config
 
 TRAIN_LOG = "epoch [1/1] batch [1/1] loss 1.0\nFinish training\nEvaluate on the *test* set\n=> result\n" \
@@ -29,7 +29,15 @@ def write_run(root, stage, trainer, dataset, seed, accuracy, shots=16, finished=
         text = text.split("Finish training")[0] if job.trains else text.split("=> result")[0]
     with open(os.path.join(job.output_dir, "log.txt"), "w") as f:
         f.write(text)
+    if finished:
+        write_record(job.output_dir, trainer, accuracy, job.trains)
     return job
+
+
+def write_record(run_dir, trainer, accuracy, trained=True):
+    record.write_result(str(run_dir), record.RunResult(
+        trainer=trainer, config="c", dataset="d", seed=1, shots=16, subsample="all", split="test",
+        accuracy=accuracy, error_rate=100 - accuracy, macro_f1=accuracy, epoch=1, trained=trained))
 
 
 @pytest.fixture
@@ -138,6 +146,7 @@ def test_a_dataset_beyond_the_papers_eleven_gets_no_paper_number(output_tree, tm
     run_dir = output_tree / "fewshot" / "my_dataset" / "shots_16" / "CoOp" / cfg / "seed1"
     run_dir.mkdir(parents=True)
     (run_dir / "log.txt").write_text(TRAIN_LOG.format(40.0))
+    write_record(run_dir, "CoOp", 40.0)
     results.write_report(str(output_tree), out_dir=str(tmp_path / "report"), echo=lambda *a: None)
     lines = (tmp_path / "report" / "results.md").read_text().splitlines()
     assert any(line.startswith("| CoOp |") and "40.00" in line for line in lines)

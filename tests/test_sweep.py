@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mmpt import run_folder
-from mmpt.experiments import layout, results, sweep
+from mmpt.experiments import layout, record, results, sweep
 
 TINY = ["MODEL.BACKBONE.NAME", "random-tiny-ViT", "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", "1",
         "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "2", "DATALOADER.TEST.BATCH_SIZE", "8",
@@ -48,12 +48,14 @@ def test_expand_other_protocols():
 
 
 def fake_job(root, name, behaviour, depends_on=()):
-    """A job whose command is a tiny Python program: 'ok' writes a finished log, 'fail' exits 3,
+    """A job whose command is a tiny Python program: 'ok' writes a finished log and record, 'fail' exits 3,
     'kill' SIGKILLs itself, 'silent' exits 0 without a result."""
     output_dir = os.path.join(root, name)
     code = {
         "ok": f"import os; open(os.path.join({output_dir!r}, 'log.txt'), 'w').write("
-              "'Finish training\\n=> result\\n* accuracy: 50.0%\\n'); print('epoch [1/1] batch [1/1]')",
+              "'Finish training\\n=> result\\n* accuracy: 50.0%\\n'); print('epoch [1/1] batch [1/1]'); "
+              "from mmpt.experiments import record; record.write_result("
+              f"{output_dir!r}, record.RunResult('CoOp', 'c', 'd', 1, 1, 'all', 'test', 50.0, 50.0, 50.0))",
         "fail": "import sys; print('boom'); sys.exit(3)",
         "kill": "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
         "silent": "print('nothing')",
@@ -84,7 +86,7 @@ def test_local_runner_failures_do_not_stop_others_and_resume(tmp_path):
     assert records["b"]["returncode"] == 3 and records["b"]["error"] == "exit code 3"
     assert records["c"]["error"] == "killed by signal 9"
     assert records["b_eval"]["error"] == "dependency failed" and records["b_eval"]["returncode"] is None
-    assert "no '* accuracy:'" in records["d"]["error"]
+    assert "no result record (result.json)" in records["d"]["error"]
     assert "boom" in Path(records["b"]["log"]).read_text()
     assert any(f"FAILED b: exit code 3; log: {records['b']['log']}" in line for line in lines)
     assert records["a"]["command"].startswith(sys.executable) and records["a"]["attempts"] == 1
@@ -142,6 +144,7 @@ def test_real_grid_local_resume_and_submitit(data_root, tmp_path):
     killed = next(k for k, j in jobs.items() if j["stage"] == "base2new_test_new" and j["trainer"] == "MuDPT")
     log = out / killed / "log.txt"
     log.write_text(log.read_text().split("=> result")[0])
+    (out / killed / record.RESULT_FILE).unlink()  # killed before its test: no record
     manifest = json.loads((out / sweep.MANIFEST_NAME).read_text())
     manifest["jobs"][killed]["status"] = "running"
     (out / sweep.MANIFEST_NAME).write_text(json.dumps(manifest))
@@ -154,6 +157,7 @@ def test_real_grid_local_resume_and_submitit(data_root, tmp_path):
     retrain = next(k for k, j in jobs.items() if j["stage"] == "base2new_train" and j["trainer"] == "CoOp")
     log = out / retrain / "log.txt"
     log.write_text(log.read_text().split("Finish training")[0])
+    (out / retrain / record.RESULT_FILE).unlink()
     dry = []
     sweep.main(sweep_args(data_root, out, "--dry-run"), echo=dry.append)
     assert [line.split("\n")[0] for line in dry if line.startswith("[todo]")] == [f"[todo] {retrain}"]

@@ -156,6 +156,7 @@ class TrainerBase:
                 raise MissingFileError(f'Model not found at "{model_path}" (check --model-dir / --load-epoch)')
             checkpoint = load_checkpoint(model_path)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
+            self.loaded_epoch = checkpoint["epoch"]  # the epoch a result record names
             self.load_state_dict_into(name, checkpoint["state_dict"], model_path)
 
     def load_state_dict_into(self, name, state_dict, model_path):
@@ -295,6 +296,8 @@ class SimpleTrainer(TrainerBase):
         distributed.broadcast_parameters(self._models.values())
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
+        self.loaded_epoch = None  # the epoch of the last checkpoint load_model read
+        self.test_metrics = None  # {name: value} of the last test()'s evaluator (a result record's numbers)
 
     def check_cfg(self, cfg):
         """Hook: check that the config suits the trainer."""
@@ -405,6 +408,7 @@ class SimpleTrainer(TrainerBase):
                            f"are kept: replace the file, then run the same command again (a finished training "
                            f"only evaluates)") from None
         results = distributed.evaluate_gathered(self.evaluator)
+        self.test_metrics = dict(results)
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
         return list(results.values())[0]

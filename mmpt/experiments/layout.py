@@ -12,7 +12,8 @@ of the same (stage, trainer, config, dataset, shots, seed) are the same command 
 
 A run with extra KEY VALUE options (OPTS, --opts) replaces <cfg> with `<cfg>__<KEY>=<value>,...`
 (mmpt.run_folder.run_tag), so an ablation never lands in, skips because of, or resumes the default run's folder.
-A run counts as done when its log holds `* accuracy:` and its recorded config.yaml equals the requested config.
+A run counts as done when its folder holds a finished result record (result.json, mmpt.experiments.record) and
+its recorded config.yaml equals the requested config.
 
 Shell use (what common.sh does; prints bash assignments RUN_DIR, RUN_DONE, RUN_CMD=(...)):
 
@@ -24,16 +25,18 @@ With --nproc N > 1 (or --nnodes M > 1) the command starts train.py through torch
 on this node, or on each of M nodes meeting at the rendezvous endpoint (docs/DISTRIBUTED.md).
 """
 import argparse
-import importlib
 import os
 import os.path as osp
 import shlex
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field
 
+from dassl.errors import ConfigError
 from mmpt import run_folder
+from mmpt.experiments import config as train_config
+from mmpt.experiments import record
 
+# the repository holding configs/ and train.py (mmpt runs from its checkout); build_job takes another repo_root
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # CoOp's config-file names of the datasets (configs/datasets/<name>.yaml)
@@ -45,19 +48,13 @@ SHOTS = [1, 2, 4, 8, 16]
 SEEDS = [1, 2, 3]
 SOURCE_DATASET = "imagenet"
 
-# the repository's method package: importing it declares every method (mmpt.methods); mmpt itself never
-# imports it, this tooling loads it by name
-METHOD_PACKAGE = "trainers"
 ZERO_SHOT = "ZeroshotCLIP"  # the published tables' CLIP row
 
 
 def declared_methods():
-    """{trainer name: trainer class} of every declared method (the repository's and MMPT_TRAINER_MODULES')."""
-    if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
-    with warnings.catch_warnings():  # clip's import warns about pkg_resources: noise on the scripts' stderr
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-        importlib.import_module(METHOD_PACKAGE)
+    """{trainer name: trainer class} of every declared method (the repository's and MMPT_TRAINER_MODULES'):
+    imports the method package by name (mmpt.experiments.config.import_method_package)."""
+    train_config.import_method_package()
     from mmpt.methods import declared_methods as declared
 
     return declared()
@@ -88,16 +85,30 @@ STAGES = {
 TRAIN_STAGE_OF = {"base2new_test_new": "base2new_train", "xd_test": "xd_train"}
 
 
+def dataset_config_file(dataset, repo_root=REPO_ROOT):
+    """The dataset yaml of `dataset`: a config name (configs/datasets/<name>.yaml) or the path of a yaml of
+    one's own (an OwnDataset anywhere on disk, docs/DATASETS.md)."""
+    if dataset.endswith((".yaml", ".yml")):
+        return osp.abspath(osp.expanduser(dataset))
+    return osp.join(repo_root, "configs", "datasets", f"{dataset}.yaml")
+
+
+def dataset_name(dataset):
+    """The name a dataset's runs and table columns go by: the config name, or the stem of a yaml path."""
+    if dataset.endswith((".yaml", ".yml")):
+        return osp.splitext(osp.basename(dataset))[0]
+    return dataset
+
+
 def default_config(trainer, stage, dataset, shots):
     """The method's declared default config for the stage's protocol."""
     return method(trainer).default_config(STAGES[stage][0], dataset, shots)
 
 
 def dataset_opts(trainer, stage, dataset):
-    """KEY VALUE options the method declares for this protocol and dataset (`dataset_opts = {protocol: {dataset:
-    (KEY, VALUE, ...)}}`, e.g. PromptSRC's few-shot GPA), placed ahead of the user's own options (which win)."""
-    declared = getattr(method(trainer), "dataset_opts", None) or {}
-    return list(declared.get(STAGES[stage][0], {}).get(dataset, ()))
+    """KEY VALUE options the method declares for this protocol and dataset (its `dataset_opts`, e.g. PromptSRC's
+    few-shot GPA), placed ahead of the user's own options (which win)."""
+    return method(trainer).dataset_options(STAGES[stage][0], dataset)
 
 
 def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
@@ -121,26 +132,12 @@ def is_training_stage(stage, trainer):
     return STAGES[stage][1] and method(trainer).trains
 
 
-def parser_module():
-    """parse_test_res.py, the repository's one log parser (scripts, sweep and results); it lives at the
-    repository root, which is not installed."""
-    if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
-    import parse_test_res
-
-    return parse_test_res
-
-
-def is_done(output_dir, trains, argv=None):
-    """True when a log of the run folder holds `* accuracy:` after `Finish training` (or `=> result`) and, given
-    the run's command `argv`, the folder's recorded config.yaml equals the config that command asks for (else
-    the run is not done: train.py then stops with one line naming the differing keys)."""
-    if not osp.isdir(output_dir):
-        return False
-    ptr = parser_module()
-    metric = {"name": "accuracy", "regex": ptr.metric_regex("accuracy")}
-    end_signal = ptr.END_SIGNAL_TRAIN if trains else ptr.END_SIGNAL_TEST
-    if "accuracy" not in ptr.parse_run(output_dir, [metric], end_signal):
+def is_done(output_dir, trains=None, argv=None):
+    """True when the run folder holds a finished result record (result.json) and, given the run's command `argv`,
+    the folder's recorded config.yaml equals the config that command asks for (else the run is not done: train.py
+    then stops with one line naming the differing keys). A corrupt record: RunError naming the file. `trains` is
+    kept for callers of the log-reading version (the record says what ran)."""
+    if not osp.isdir(output_dir) or not record.is_finished(output_dir):
         return False
     recorded = run_folder.recorded_config(output_dir)
     if argv is None or recorded is None:
@@ -151,19 +148,17 @@ def is_done(output_dir, trains, argv=None):
 
 def requested_config_text(argv):
     """The full config (yaml text) that a `python train.py ...` (or torchrun ... train.py ...) command line asks
-    for; None if it is invalid."""
-    parser_module()  # puts the repository root on sys.path
-    import train
-
+    for; None when train.py would refuse it (a ConfigError: train.py then reports it in one line)."""
+    start = next(i for i, arg in enumerate(argv) if osp.basename(str(arg)) == "train.py") + 1
     try:
-        start = next(i for i, arg in enumerate(argv) if osp.basename(str(arg)) == "train.py") + 1
-        return train.setup_cfg(train.get_parser().parse_args(argv[start:])).dump()
-    except Exception:  # noqa: BLE001  a bad option: not done; train.py reports it in one line
+        return train_config.config_from_argv([str(a) for a in argv[start:]]).dump()
+    except ConfigError:
         return None
 
 
 def config_max_epoch(config_file, opts=()):
-    """OPTIM.MAX_EPOCH after the config file and the KEY VALUE opts (the epoch a test run loads)."""
+    """OPTIM.MAX_EPOCH after the config file and the KEY VALUE opts (the epoch a test run loads); without either,
+    the engine's default (dassl's defaults: one source)."""
     opts = list(opts)
     for i in range(len(opts) - 2, -1, -1):
         if opts[i] == "OPTIM.MAX_EPOCH":
@@ -177,7 +172,7 @@ def config_max_epoch(config_file, opts=()):
     try:
         return int(data["OPTIM"]["MAX_EPOCH"])
     except (KeyError, TypeError):
-        return 10  # the engine's default OPTIM.MAX_EPOCH
+        return train_config.default_max_epoch()
 
 
 def launch_command(python, nproc=1, nnodes=1, rdzv_endpoint="", rdzv_id="mmpt"):
@@ -229,6 +224,8 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     rdzv_endpoint: launch_command's."""
     if stage not in STAGES:
         raise KeyError(f"mmpt.experiments.layout: unknown stage '{stage}' (known: {', '.join(STAGES)})")
+    dataset_file = dataset_config_file(dataset, repo_root)
+    dataset = dataset_name(dataset)
     cfg = cfg or default_config(trainer, stage, dataset, shots)
     seed, shots = int(seed), int(shots)
     trains = is_training_stage(stage, trainer)
@@ -236,7 +233,6 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     rel = run_dir(stage, trainer, tag, dataset, seed, shots)
     output_dir = osp.join(output_root, rel)
     config_file = method(trainer).config_file(cfg, repo_root)
-    dataset_file = osp.join(repo_root, "configs", "datasets", f"{dataset}.yaml")
     for path in (config_file, dataset_file):
         if not osp.isfile(path):
             folder = osp.dirname(path)
@@ -291,10 +287,11 @@ def main(argv=None):
                         data_root=args.data, output_root=args.output, opts=opts, python=args.python,
                         load_epoch=args.load_epoch, nproc=args.nproc, nnodes=args.nnodes,
                         rdzv_endpoint=args.rdzv_endpoint)
-    except (KeyError, FileNotFoundError, ValueError) as e:
+        done = is_done(job.output_dir, job.trains, job.argv)
+    except (KeyError, FileNotFoundError, ValueError) as e:  # ConfigError / RunError included
         sys.exit(str(e).strip("'\""))
     print(f"RUN_DIR={shlex.quote(job.output_dir)}")
-    print(f"RUN_DONE={int(is_done(job.output_dir, job.trains, job.argv))}")
+    print(f"RUN_DONE={int(done)}")
     print(f"RUN_CMD=({job.shell()})")
 
 

@@ -8,8 +8,8 @@
     python -m mmpt.sweep ... --dry-run          # list the jobs (and which are finished) without running anything
 
 Every job is one train.py command built by mmpt.experiments.layout (the same commands and folders as scripts/<trainer>/;
---opts give the runs folders of their own). Finished runs (their log.txt holds `* accuracy:` and their config.yaml
-equals the requested config) are skipped, so re-running a sweep resumes it: killed or
+--opts give the runs folders of their own). Finished runs (their folder holds a finished result record, result.json,
+and their config.yaml equals the requested config) are skipped, so re-running a sweep resumes it: killed or
 failed jobs run again (a killed training resumes from its last checkpoint). Jobs run in parallel, one per GPU
 (--gpus, through CUDA_VISIBLE_DEVICES; with --gpus-per-run N, one job per group of N GPUs, started with torchrun)
 or N at a time (--jobs); each writes its stdout to `stdout.log` in its run folder. On SLURM a job of
@@ -31,6 +31,7 @@ import time
 from collections import OrderedDict
 from datetime import datetime
 
+from dassl.errors import ConfigError
 from dassl.utils import atomic_write
 from mmpt import run_folder
 from mmpt.experiments import layout
@@ -172,11 +173,11 @@ def start_job(job, cuda_devices=None, progress=None, extra_env=None):
 
 
 def finished_status(job, returncode):
-    """done when the command succeeded AND its log holds the result (a run that printed none failed)."""
+    """done when the command succeeded AND its folder holds its result record (a run that wrote none failed)."""
     if returncode == 0 and layout.is_done(job.output_dir, job.trains):
         return "done", None
     if returncode == 0:
-        return "failed", "exit code 0 but no '* accuracy:' in its log.txt"
+        return "failed", "exit code 0 but no result record (result.json) in its run folder"
     if returncode < 0:
         return "failed", f"killed by signal {-returncode}"
     return "failed", f"exit code {returncode}"
@@ -369,8 +370,9 @@ def get_parser():
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--trainers", nargs="+", required=True, help="e.g. MuDPT CoOp (or script folder names)")
     p.add_argument("--protocol", nargs="+", default=["base2new"], choices=PROTOCOLS)
-    p.add_argument("--datasets", nargs="+", default=["all"], help="config names (configs/datasets/*.yaml) or all "
-                   "(base2new / fewshot: the 11; xd: the 10 targets; dg: the 4 ImageNet variants)")
+    p.add_argument("--datasets", nargs="+", default=["all"], help="config names (configs/datasets/*.yaml), "
+                   "paths of dataset yamls of one's own, or all (base2new / fewshot: the 11; xd: the 10 targets; "
+                   "dg: the 4 ImageNet variants)")
     p.add_argument("--seeds", nargs="+", type=int, default=list(layout.SEEDS))
     p.add_argument("--shots", nargs="+", type=int, default=list(layout.SHOTS), help="few-shot protocol only")
     p.add_argument("--cfg", default=None, help="config name for every trainer (default: each trainer's default)")
@@ -410,15 +412,18 @@ def main(argv=None, echo=print):
                            nproc=nproc)
     except (ValueError, KeyError, FileNotFoundError) as e:
         sys.exit(f"mmpt.sweep: error: {str(e).strip(chr(39))}")
-    if args.dry_run:
-        for job in jobs:
-            state = "done" if layout.is_done(job.output_dir, job.trains, job.argv) else "todo"
-            echo(f"[{state}] {job.id}\n    {job.shell()}")
-        echo(f"{len(jobs)} jobs")
-        return 0
-    manifest = Manifest(output_root, command=shlex.join([sys.executable, "-m", "mmpt.sweep"] + list(
-        sys.argv[1:] if argv is None else argv)))
-    skipped, pending = prepare(jobs, manifest)
+    try:
+        if args.dry_run:
+            for job in jobs:
+                state = "done" if layout.is_done(job.output_dir, job.trains, job.argv) else "todo"
+                echo(f"[{state}] {job.id}\n    {job.shell()}")
+            echo(f"{len(jobs)} jobs")
+            return 0
+        manifest = Manifest(output_root, command=shlex.join([sys.executable, "-m", "mmpt.sweep"] + list(
+            sys.argv[1:] if argv is None else argv)))
+        skipped, pending = prepare(jobs, manifest)
+    except ConfigError as e:  # a corrupt result record: one line naming the file
+        sys.exit(f"mmpt.sweep: error: {e}")
     echo(f"Sweep: {len(jobs)} jobs, {skipped} already finished (skipped), {pending} to run")
     # SIGTERM (e.g. scancel, kill) unwinds like Ctrl-C: the runner stops its children and saves the manifest
     try:

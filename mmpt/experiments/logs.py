@@ -1,0 +1,167 @@
+"""The log parser of CoOp's parse_test_res.py: the values printed after `Finish training` (or `=> result`).
+
+`parse_test_res.py` at the repository root is the CoOp-compatible command on top of this module. The tooling
+(scripts, sweep, results) reads a run's result record (mmpt.experiments.record) instead; the logs keep their
+format for researchers' own parsers.
+
+Each run folder holds log.txt; a run that was resumed also holds log.txt-<timestamp>: all of them are read in
+order of modification time and the last value found counts. The value read is `* <keyword>: X%` after the line
+`Finish training` (or after `=> result` with --test-log).
+"""
+import argparse
+import glob
+import os
+import os.path as osp
+import re
+from collections import OrderedDict, defaultdict
+
+import numpy as np
+
+END_SIGNAL_TRAIN = "Finish training"
+END_SIGNAL_TEST = "=> result"
+
+
+def compute_ci95(res):
+    """Half-width of the 95% confidence interval (normal approximation, as CoOp)."""
+    return 1.96 * np.std(res) / np.sqrt(len(res))
+
+
+def metric_regex(keyword):
+    return re.compile(rf"\* {re.escape(keyword)}: ([\.\deE+-]+)%")
+
+
+def sub_folders(directory):
+    """Non-hidden sub-folders of `directory`, sorted (one per run, or one per experiment with --multi-exp)."""
+    return [osp.join(directory, d) for d in sorted(os.listdir(directory))
+            if not d.startswith(".") and osp.isdir(osp.join(directory, d))]
+
+
+def run_logs(run_dir):
+    """log.txt and log.txt-<timestamp> files of one run, oldest first."""
+    files = [f for f in glob.glob(osp.join(run_dir, "log.txt*")) if osp.isfile(f)]
+    return sorted(files, key=lambda f: (os.path.getmtime(f), f))
+
+
+def parse_log(fpath, metrics, end_signal):
+    """{metric name: last value found after end_signal} for one log file."""
+    output = OrderedDict()
+    good_to_go = False
+    with open(fpath, "r", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if line == end_signal:
+                good_to_go = True
+            if not good_to_go:
+                continue
+            for metric in metrics:
+                match = metric["regex"].search(line)
+                if match:
+                    output[metric["name"]] = float(match.group(1))
+    return output
+
+
+def parse_run(run_dir, metrics, end_signal):
+    """The values of one run folder (the latest log that holds them wins)."""
+    output = OrderedDict()
+    for fpath in run_logs(run_dir):
+        found = parse_log(fpath, metrics, end_signal)
+        if found:
+            output = OrderedDict(file=fpath, **found)
+    return output
+
+
+def parse_function(*metrics, directory="", args=None, end_signal=None):
+    """Print each run's values and the summary; return {metric: mean} (CoOp's function).
+
+    `args` needs `ci95` (bool); `end_signal` defaults from `args.test_log`.
+    """
+    ci95 = bool(getattr(args, "ci95", False))
+    if end_signal is None:
+        end_signal = END_SIGNAL_TEST if getattr(args, "test_log", False) else END_SIGNAL_TRAIN
+    print(f"Parsing files in {directory}")
+    outputs, skipped = [], []
+    for run_dir in sub_folders(directory):
+        output = parse_run(run_dir, metrics, end_signal)
+        (outputs if output else skipped).append(output if output else osp.basename(run_dir))
+    if not outputs:
+        raise ValueError(f"No '{metrics[0]['name']}' result after '{end_signal}' in any log of {directory}")
+    metrics_results = defaultdict(list)
+    for output in outputs:
+        msg = ""
+        for key, value in output.items():
+            msg += f"{key}: {value:.2f}%. " if isinstance(value, float) else f"{key}: {value}. "
+            if key != "file":
+                metrics_results[key].append(value)
+        print(msg)
+    if skipped:
+        print(f"Note: no result found in {skipped} (unfinished runs?); they are left out")
+    output_results = OrderedDict()
+    print("===")
+    print(f"Summary of directory: {directory}")
+    for key, values in metrics_results.items():
+        avg = np.mean(values)
+        spread = compute_ci95(values) if ci95 else np.std(values)
+        print(f"* {key}: {avg:.2f}% +- {spread:.2f}%")
+        output_results[key] = avg
+    print("===")
+    return output_results
+
+
+def collect_results(directory, keyword="accuracy", test_log=False):
+    """Parse the run folders of `directory` without printing.
+
+    Returns {"per_run": {run folder name: value}, "mean", "std", "ci95", "n"}; runs without a result are
+    left out (per_run may be empty, then the statistics are nan).
+    """
+    metrics = [{"name": keyword, "regex": metric_regex(keyword)}]
+    end_signal = END_SIGNAL_TEST if test_log else END_SIGNAL_TRAIN
+    per_run = OrderedDict()
+    for run_dir in sub_folders(directory):
+        output = parse_run(run_dir, metrics, end_signal)
+        if keyword in output:
+            per_run[osp.basename(run_dir)] = output[keyword]
+    values = list(per_run.values())
+    nan = float("nan")
+    return {
+        "per_run": per_run,
+        "mean": float(np.mean(values)) if values else nan,
+        "std": float(np.std(values)) if values else nan,
+        "ci95": float(compute_ci95(values)) if values else nan,
+        "n": len(values),
+    }
+
+
+def main(args, end_signal):
+    metric = {"name": args.keyword, "regex": metric_regex(args.keyword)}
+    if args.multi_exp:
+        final_results = defaultdict(list)
+        for directory in sub_folders(args.directory):
+            results = parse_function(metric, directory=directory, args=args, end_signal=end_signal)
+            for key, value in results.items():
+                final_results[key].append(value)
+        print("Average performance")
+        for key, values in final_results.items():
+            print(f"* {key}: {np.mean(values):.2f}%")
+        return final_results
+    return parse_function(metric, directory=args.directory, args=args, end_signal=end_signal)
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description="Average the results of the run folders in a directory")
+    parser.add_argument("directory", type=str, help="folder holding one folder per run (seed)")
+    parser.add_argument("--ci95", action="store_true", help="report the 95%% confidence interval, not the std")
+    parser.add_argument("--test-log", action="store_true", help="the logs are from --eval-only runs")
+    parser.add_argument("--multi-exp", action="store_true", help="average over the sub-folders too")
+    parser.add_argument("--keyword", default="accuracy", type=str, help="the metric to read (`* KEYWORD: X%%`)")
+    return parser
+
+
+def cli(argv=None, prog="parse_test_res.py"):
+    """The command line: one `<prog>: error: ...` line for a missing folder or a folder without results."""
+    args = get_parser().parse_args(argv)
+    if not osp.isdir(args.directory):
+        raise SystemExit(f"{prog}: error: not a directory: {args.directory}")
+    try:
+        main(args, END_SIGNAL_TEST if args.test_log else END_SIGNAL_TRAIN)
+    except ValueError as e:
+        raise SystemExit(f"{prog}: error: {e}")
