@@ -14,11 +14,21 @@ evaluation on the trained classes predicts with ALPHA itm + (1 - ALPHA) readout,
 with itm only (docs/MMRL.md). Trainable at ViT-B/16, shipped config: 4,992,256.
 """
 import copy
+from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from mmpt.prompted_clip import normal_prompts, text_width, vision_width
+from dassl.engine import TRAINER_REGISTRY
+from dassl.utils import ConfigError
+from mmpt.config import PromptOptions
+from mmpt.frozen_clip import FrozenCLIP
+from mmpt.prompt_trainer import PromptTrainer, TrainingOutputs
+from mmpt.prompted_clip import (LogitRule, PromptedCLIP, Prompts, layer_counts, normal_prompts, text_width,
+                                vision_width)
+from mmpt.sentences import template_sentences
+from mmpt.templates import DEFAULT_TEMPLATE, template_for
 
 FUSIONS = ("logits", "probs")
 EVAL_LOGITS = ("auto", "fusion", "class", "rep")
@@ -89,15 +99,143 @@ REP_DIM_PER_DATASET = {"eurosat": 2048}
 
 
 def per_dataset_opts():
-    """{dataset: KEY VALUE options} of the official table (the experiment layout adds them ahead of the user's)."""
-    opts = {}
-    for dataset, weight in REG_WEIGHT_PER_DATASET.items():
-        opts[dataset] = ("TRAINER.MMRL.REG_WEIGHT", str(weight))
-        if dataset in REP_DIM_PER_DATASET:
-            opts[dataset] += ("TRAINER.MMRL.REP_DIM", str(REP_DIM_PER_DATASET[dataset]))
-    return opts
+    """{dataset: {FIELD: value}} of the official table (the experiment layout adds them ahead of the user's)."""
+    return {dataset: {"REG_WEIGHT": weight, **({"REP_DIM": REP_DIM_PER_DATASET[dataset]}
+                                               if dataset in REP_DIM_PER_DATASET else {})}
+            for dataset, weight in REG_WEIGHT_PER_DATASET.items()}
 
 
 def b2n_or_fewshot_config(name):
     """ImageNet trains with its own config in base-to-new and few-shot alike (the official scripts)."""
     return lambda dataset, shots: "vit_b16_imagenet" if dataset == "imagenet" else name
+
+
+@dataclass
+class MMRLConfig(PromptOptions):
+    """MMRL's fields (defaults = the official vit_b16 config)."""
+
+    N_REP_TOKENS: int = 5  # K
+    REP_DIM: int = 512  # d_r, the representation space's width
+    REP_LAYERS: list = field(default_factory=lambda: list(range(6, 13)))  # 1-based blocks, as the official code
+    ALPHA: float = 0.7  # weight of the class-token logits / CE (1 - ALPHA: the read-out's)
+    REG_WEIGHT: float = 1.0  # lambda of both cosine terms
+    LOGIT_SCALE: float = 100.0  # fixed, as the official code; 0 = CLIP's logit_scale.exp()
+    FUSION: str = "logits"  # official: ALPHA s_c + (1 - ALPHA) s_r; "probs": the same mixture of softmaxes
+    EVAL_LOGITS: str = "auto"  # auto: fusion on the trained classes, class-token logits on unseen; or one set
+    PROJ_REP_INIT: str = "random"  # official N(0, 1/d_v); "clip": a copy of CLIP's proj
+    ALIGNER_INIT: str = "shared"  # official: one Linear per tower deep-copied; "independent": each drawn
+    TEMPLATE: str = ""  # the class sentence; "" = the dataset's hand-written template
+
+    def validate(self):
+        super().validate()
+        for name in ("N_REP_TOKENS", "REP_DIM"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected an int >= 1")
+        layers = self.REP_LAYERS
+        if not (layers and all(isinstance(b, int) and not isinstance(b, bool) for b in layers)
+                and list(layers) == sorted(set(layers)) and layers[0] >= 2):
+            raise ConfigError(f"REP_LAYERS={layers!r}: expected increasing 1-based block numbers >= 2 "
+                              f"(e.g. [6, 7, 8, 9, 10, 11, 12])")
+        if not 0.0 <= self.ALPHA <= 1.0:
+            raise ConfigError(f"ALPHA={self.ALPHA!r}: expected a number in [0, 1]")
+        for name in ("REG_WEIGHT", "LOGIT_SCALE"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected a number >= 0")
+        for name, choices in (("FUSION", FUSIONS), ("EVAL_LOGITS", EVAL_LOGITS), ("PROJ_REP_INIT", PROJ_REP_INITS),
+                              ("ALIGNER_INIT", ALIGNER_INITS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {choices}")
+        if self.TEMPLATE and self.TEMPLATE.count("{}") != 1:
+            raise ConfigError(f"TEMPLATE={self.TEMPLATE!r}: expected a sentence with one '{{}}' for the class name")
+
+
+def logit_rule(config):
+    """The evaluation's logit sets: "itm" (class token) and "readout" (representation tokens)."""
+    fusion = {"itm": config.ALPHA, "readout": 1.0 - config.ALPHA}
+    forced = {"fusion": fusion, "class": {"itm": 1.0}, "rep": {"readout": 1.0}}.get(config.EVAL_LOGITS)
+    if forced is not None:
+        return LogitRule(trained=forced, unseen=forced, combine=config.FUSION)
+    # the official test(): fusion iff the evaluated dataset and classes are the ones trained on
+    return LogitRule(trained=fusion, unseen={"itm": 1.0}, same_dataset=True, combine=config.FUSION)
+
+
+class MMRLCLIP(PromptedCLIP):
+    def __init__(self, clip_model, classnames, config):
+        n_text, n_vision = layer_counts(clip_model)
+        if config.REP_LAYERS[-1] > min(n_text, n_vision):
+            raise ConfigError(f"REP_LAYERS={config.REP_LAYERS!r}: the backbone has {min(n_text, n_vision)} blocks")
+        self.template = config.TEMPLATE or DEFAULT_TEMPLATE  # the trainer fills TEMPLATE in from the dataset
+        super().__init__(clip_model, template_sentences(self.template, classnames, "TEMPLATE"))
+        self.layers = [block - 1 for block in config.REP_LAYERS]  # library layer l = official block l + 1
+        self.n_layers = (n_text, n_vision)
+        self.prompt_learner = MMRLRepresentationLearner(
+            config.N_REP_TOKENS, config.REP_DIM, len(self.layers), text_width(clip_model), vision_width(clip_model),
+            clip_model.visual.proj.shape[1], config.ALIGNER_INIT, config.PROJ_REP_INIT, clip_model.visual.proj)
+        self.frozen = FrozenCLIP([self.template], classnames, "TEMPLATE")  # z_t on first use; z_i per batch
+        self.logit_rule = logit_rule(config)
+        self.alpha = config.ALPHA
+        self.fixed_logit_scale = config.LOGIT_SCALE or None
+
+    def describe(self):
+        return f"MMRL template: {self.template!r}; representation tokens in blocks {[l + 1 for l in self.layers]}"
+
+    def compute_prompts(self):
+        text, vision = self.prompt_learner.rep_tokens()
+        return Prompts(text=per_layer(text, self.layers, self.n_layers[0]),
+                       vision=per_layer(vision, self.layers, self.n_layers[1]), vision_readout=self.read_out)
+
+    def read_out(self, region):
+        """The representation feature f_r: ln_post per read-out token, their mean, @ proj_rep."""
+        return self.image_encoder.visual.ln_post(region).mean(dim=1) @ self.prompt_learner.proj_rep.to(region.dtype)
+
+
+def one_minus_cosine(features, reference):
+    """1 - mean cos (F.cosine_similarity, eps 1e-8, as the official MMRL_Loss), in fp32."""
+    return 1.0 - F.cosine_similarity(features.float(), reference, dim=1).mean()
+
+
+@TRAINER_REGISTRY.register()
+class MMRL(PromptTrainer):
+    cfg_node = "MMRL"
+    scripts_folder = "mmrl"
+    default_configs = {"b2n": b2n_or_fewshot_config("vit_b16"), "fewshot": b2n_or_fewshot_config("vit_b16_few_shot"),
+                       "xd": "vit_b16_cross_datasets"}
+    dataset_opts = {"b2n": per_dataset_opts(), "fewshot": per_dataset_opts()}  # the official table
+    config_class = MMRLConfig
+    model_class = MMRLCLIP
+    # ALPHA CE(itm) + (1 - ALPHA) CE(readout) + REG_WEIGHT (image term + text term); loss_ce_rep is logged
+    # as (1 - ALPHA) CE(readout) (a weight must be a number or a field)
+    cross_entropy_weight = "ALPHA"
+    loss_weights = {"loss_ce_rep": 1.0, "loss_image": "REG_WEIGHT", "loss_text": "REG_WEIGHT"}
+
+    @classmethod
+    def training_outputs(cls, model, images, labels, class_features=None):
+        """Both logit sets of one forward pass, and the frozen CLIP image features of the batch (same autocast)."""
+        prompts = model.compute_prompts()
+        out = model.outputs(images, prompts)
+        return TrainingOutputs(images, labels, prompts, out.logits["itm"], out.class_features, out.image_features,
+                               extra={"readout": out.logits["readout"],
+                                      "frozen_image": model.frozen.image_features(model, images)})
+
+    @classmethod
+    def loss_terms(cls, model, outputs):
+        return {"loss_ce_rep": (1.0 - model.alpha) * F.cross_entropy(outputs.extra["readout"].float(),
+                                                                           outputs.labels),
+                "loss_image": one_minus_cosine(outputs.image_features, outputs.extra["frozen_image"]),
+                "loss_text": one_minus_cosine(outputs.class_features, model.frozen.class_features(model))}
+
+    @classmethod
+    def parameter_breakdown(cls, model):
+        return model.prompt_learner.parameter_breakdown()
+
+    def model_config(self, cfg):
+        """TEMPLATE filled in from DATASET.NAME when the config leaves it empty."""
+        config = super().model_config(cfg)
+        return config if config.TEMPLATE else replace(config, TEMPLATE=template_for(cfg.DATASET.NAME))
+
+    def load_state_dict_into(self, name, state_dict, model_path):
+        """Official checkpoints (the whole CustomCLIP) load through the name map."""
+        if any(key.startswith("representation_learner.") for key in state_dict):
+            state_dict = official_state_dict(state_dict)
+        super().load_state_dict_into(name, state_dict, model_path)
+
