@@ -203,6 +203,10 @@ class MMRL(PromptTrainer):
     dataset_opts = {"b2n": per_dataset_opts(), "fewshot": per_dataset_opts()}  # the official table
     config_class = MMRLConfig
     model_class = MMRLCLIP
+    # the logits records (tests/records.py) on their 3-layer backbone: tokens from block 2 on; probability fusion
+    record_variants = {"MMRL": dict(N_REP_TOKENS=3, REP_DIM=16, REP_LAYERS=[2, 3], TEMPLATE="a photo of a {}."),
+                       "MMRL_probs": dict(N_REP_TOKENS=2, REP_DIM=8, REP_LAYERS=[3], FUSION="probs",
+                                          ALIGNER_INIT="independent", PROJ_REP_INIT="clip")}
     # ALPHA CE(itm) + (1 - ALPHA) CE(readout) + REG_WEIGHT (image term + text term); loss_ce_rep is logged
     # as (1 - ALPHA) CE(readout) (a weight must be a number or a field)
     cross_entropy_weight = "ALPHA"
