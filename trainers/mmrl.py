@@ -203,6 +203,10 @@ class MMRL(PromptTrainer):
     dataset_opts = {"b2n": per_dataset_opts(), "fewshot": per_dataset_opts()}  # the official table
     config_class = MMRLConfig
     model_class = MMRLCLIP
+    # the official count at ViT-B/16 (benchmarks/param_counts.py): K d_r + L_r (d_r d_v + d_v) + L_r (d_r d_t + d_t)
+    # + d_v E with K 5, d_r 512, L_r 7 (EuroSAT's REP_DIM 2048 from dataset_opts: 18,762,496)
+    parameter_counts = dict.fromkeys(("vit_b16", "vit_b16_imagenet", "vit_b16_few_shot", "vit_b16_cross_datasets"),
+                                     4_992_256)
     # the logits records (tests/records.py) on their 3-layer backbone: tokens from block 2 on; probability fusion
     record_variants = {"MMRL": dict(N_REP_TOKENS=3, REP_DIM=16, REP_LAYERS=[2, 3], TEMPLATE="a photo of a {}."),
                        "MMRL_probs": dict(N_REP_TOKENS=2, REP_DIM=8, REP_LAYERS=[3], FUSION="probs",
