@@ -73,12 +73,17 @@ class LogitRule:
     trained: Dict[str, float] = field(default_factory=lambda: {"itm": 1.0})
     unseen: Dict[str, float] = field(default_factory=lambda: {"itm": 1.0})
     same_dataset: bool = False
+    # "logits": the weighted sum of the logit sets; "probs": log of the weighted sum of their softmaxes (a
+    # mixture of the sets' class probabilities, returned as logits whose softmax is that mixture)
+    combine: str = "logits"
 
     def pick(self, logits, on_trained_classes):
         weights = self.trained if on_trained_classes else self.unseen
         missing = sorted(set(weights) - set(logits))
         if missing:
             raise ValueError(f"logit rule names {missing}; the model gives {sorted(logits)}")
+        if self.combine == "probs" and len(weights) > 1:
+            return torch.log(sum(weight * logits[name].float().softmax(dim=-1) for name, weight in weights.items()))
         (first, w0), *rest = weights.items()
         if not rest and w0 == 1.0:
             return logits[first]
@@ -127,6 +132,7 @@ class PromptedCLIP(nn.Module):
     """
 
     logit_rule = None  # None: evaluations predict with the "itm" logits
+    fixed_logit_scale = None  # a number: every logit set's scale instead of CLIP's logit_scale.exp() (MMRL: 100)
 
     def __init__(self, clip_model, sentences):
         super().__init__()
@@ -229,7 +235,7 @@ class PromptedCLIP(nn.Module):
         """logit_scale.exp() * image_features @ class_features.T ([C, E], or [B, C, E] per image), in fp32 even
         under autocast: bf16 would round logits of ~30 to steps of 0.25, enough to flip close classes."""
         with torch.autocast(image_features.device.type, enabled=False):
-            scale = self.logit_scale.exp().float()
+            scale = self.logit_scale.exp().float() if self.fixed_logit_scale is None else self.fixed_logit_scale
             if class_features.dim() == 3:
                 return scale * torch.einsum("be,bce->bc", image_features.float(), class_features.float())
             return scale * image_features.float() @ class_features.float().t()
