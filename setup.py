@@ -32,8 +32,10 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "submitit"],
+        "test": ["pytest", "submitit", "huggingface_hub>=0.23"],
         "slurm": ["submitit"],
         "tensorboard": ["tensorboard"],
+        # the Hub mirror of python -m mmpt.data_prep (--source hub)
+        "hub": ["huggingface_hub>=0.23"],
     },
 )

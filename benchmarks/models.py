@@ -15,6 +15,7 @@ import torch
 
 from benchmarks.harness import REPO_ROOT
 from benchmarks.reference import ReferenceImageEncoder, ReferenceTextEncoder
+from mmpt.encoders import TextOptions
 
 # The config a method is benchmarked with unless --config says otherwise: its declared few-shot config at
 # ImageNet, 16 shots (each method's main setting).
@@ -144,11 +145,12 @@ class LeverSwitch:
             text, image = self.reference
         # assigning a registered submodule through nn.Module.__setattr__ keeps the trainable parameters unchanged
         self.model.text_encoder, self.model.image_encoder = text, image
-        text.truncate = levers.truncate
         if levers.sdpa:
-            text.chunk_size, text.checkpoint = levers.chunk_size, levers.checkpoint
-            text.share_prefix = levers.share_prefix
-        elif levers.chunk_size or levers.checkpoint or levers.share_prefix:
+            text.options = TextOptions(truncate=levers.truncate, chunk_size=levers.chunk_size,
+                                       checkpoint=levers.checkpoint, share_prefix=levers.share_prefix)
+            return self.model
+        text.truncate = levers.truncate
+        if levers.chunk_size or levers.checkpoint or levers.share_prefix:
             raise ValueError("the reference (nn.MultiheadAttention) text encoder runs unchunked, without checkpointing "
                              "or a shared prefix")
         return self.model

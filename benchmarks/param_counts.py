@@ -19,18 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import harness  # noqa: E402
 from benchmarks.models import build_clip, build_method, declared_methods, load_cfg, trainable_parameters  # noqa: E402
 
-# Official / published trainable-parameter counts at ViT-B/16 (docs/METHODS.md; the papers and releases).
-EXPECTED = {
-    ("MuDPT", "linear"): 1_204_736,  # official code's MuDPT trainer, n = 2, J = 9
-    ("MuDPT", "separate"): 11_056_128,  # official last variant, n = 2, J = 9
-    ("MPL", "vit_b4_c1_add2_rm1"): 6_702_336,
-    ("MaPLe", "vit_b16_c2_ep5_batch4_2ctx"): 3_555_072,
-    # PromptSRC's release (IVLP 4 + 4 tokens): depth 9 + 9 (base-to-new, few-shot), 3 + 3 (cross-dataset / DG)
-    ("PromptSRC", "vit_b16_c2_ep20_batch4_4+4ctx"): 46_080,
-    ("PromptSRC", "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"): 46_080,
-    ("PromptSRC", "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"): 15_360,
-    # cross-dataset config: J = 3 -> (2 x 512 + Linear(512, 768)) x 3 = 1,185,024
-}
+# Official / published counts come from the declarations (`parameter_counts`: {config name: count at ViT-B/16}).
 # counts that follow from the architecture alone (CoOp: n x 512; CoCoOp's n = 4 + Meta-Net 512-32-512, as in
 # MaPLe's parameter table)
 def _n_ctx(node):
@@ -41,19 +30,23 @@ def _n_ctx(node):
 
 
 ANALYTIC = {"CoOp": lambda node: _n_ctx(node) * 512, "CoCoOp": lambda node: _n_ctx(node) * 512 + 35_360 - 4 * 512,
-            "KgCoOp": lambda node: _n_ctx(node) * 512}  # CoOp's context; the release's unused modules left out
+            "KgCoOp": lambda node: _n_ctx(node) * 512,  # CoOp's context; the release's unused modules left out
+            "TCP": lambda node: _tcp_count(_n_ctx(node), 512, 512, node.HIDDEN_RATIO)}  # 331,904 as released
+
+
+def _tcp_count(n, d_t, embed, ratio):
+    """context n x d_t + the TKE: Linear(E, E / ratio) and Linear(E / ratio, n x d_t), with biases."""
+    hidden = embed // ratio
+    return n * d_t + (embed * hidden + hidden) + (hidden * n * d_t + n * d_t)
 
 
 def expected_count(trainer_name, config_name, cfg):
-    if (trainer_name, config_name) in EXPECTED:
-        return EXPECTED[(trainer_name, config_name)]
-    node = cfg.TRAINER[declared_methods()[trainer_name].cfg_node]
+    method = declared_methods()[trainer_name]
+    if config_name in method.parameter_counts:
+        return method.parameter_counts[config_name]
+    node = cfg.TRAINER[method.cfg_node]
     if trainer_name in ANALYTIC and not getattr(node, "CSC", False):
         return ANALYTIC[trainer_name](node)
-    if trainer_name == "MuDPT":
-        node = cfg.TRAINER.MUDPT
-        if node.N_CTX_TEXT == 2 and node.PROMPT_DEPTH == 9:
-            return EXPECTED.get(("MuDPT", node.INJECTION))
     return None
 
 

@@ -3,14 +3,23 @@
 CoOp's `TextEncoder` and MaPLe's prompted towers run CLIP's own `ResidualAttentionBlock.forward`
 (`nn.MultiheadAttention`, sequence-first, CLIP's 77x77 additive causal mask) on the full 77-token context, and
 splice prompts in between blocks. These classes do exactly that, following the same call contract as
-`mmpt.prompted_clip.PromptedTextEncoder` / `PromptedImageEncoder` (docs/ARCHITECTURE.md):
-`encoder(inputs, prompts=None, remove=None)`, shallow prompts at index 0, deep prompts before block l >= 1,
-`remove[l]` tokens dropped from the end of the prompt region first (None: all of them when prompts are given).
+`mmpt.encoders.PromptedTextEncoder` / `PromptedImageEncoder` (docs/ARCHITECTURE.md):
+`encoder(inputs, schedule)` with a `mmpt.encoders.TowerSchedule`: shallow prompts at index 0, deep prompts
+before block l >= 1, `remove[l]` tokens dropped from the end of the prompt region first (None: all of them when
+prompts are given). Adapters are not part of the reference codebases: a schedule with adapters is refused.
 
 They are written independently of mmpt's encoders on purpose: tests/test_levers.py compares the two.
 """
 import torch
 from torch import nn
+
+from mmpt.encoders import NO_PROMPTS
+
+
+def _prompts_and_remove(schedule):
+    if any(a is not None for a in schedule.adapters or ()):
+        raise ValueError("the reference encoders have no adapters")
+    return schedule.prompts, schedule.remove
 
 
 def _prompt_tokens_seq_first(prompt, batch_size, dtype):
@@ -62,15 +71,15 @@ class ReferenceTextEncoder(nn.Module):
         self.ln_final = clip_model.ln_final
         self.text_projection = clip_model.text_projection
 
-    def per_prompt_set(self, token_ids, prompts, remove=None, placeholders=None):
+    def per_prompt_set(self, token_ids, schedule):
         """Every sequence under each of G prompt sets ([G, n, d] prompts) -> [G, N, E]: one pass per set, as the
         reference CoCoOp loops over its images."""
-        n_sets = next(p.shape[0] for p in prompts if p is not None and p.dim() == 3)
-        return torch.stack([self(token_ids, [p[g] if p is not None and p.dim() == 3 else p for p in prompts], remove)
-                            for g in range(n_sets)])
+        n_sets = next(p.shape[0] for p in schedule.prompts if p is not None and p.dim() == 3)
+        return torch.stack([self(token_ids, schedule.for_set(g)) for g in range(n_sets)])
 
-    def forward(self, token_ids, prompts=None, remove=None, placeholders=None, shared_prompt_tokens=0):
+    def forward(self, token_ids, schedule=NO_PROMPTS):
         # placeholders / shared_prompt_tokens: checks and hints of our encoder's call; the result is the same
+        prompts, remove = _prompts_and_remove(schedule)
         dtype = self.text_projection.dtype
         if self.truncate:
             token_ids = token_ids[:, :int(token_ids.argmax(dim=-1).max()) + 1]
@@ -103,7 +112,8 @@ class ReferenceImageEncoder(nn.Module):
         super().__init__()
         self.visual = clip_model.visual
 
-    def forward(self, images, prompts=None, remove=None):
+    def forward(self, images, schedule=NO_PROMPTS):
+        prompts, remove = _prompts_and_remove(schedule)
         visual = self.visual
         dtype = visual.conv1.weight.dtype
         x = visual.conv1(images.to(dtype))

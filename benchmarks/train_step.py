@@ -26,8 +26,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
+from mmpt.encoders import TowerSchedule  # noqa: E402
 from benchmarks.models import (Levers, LeverSwitch, build_clip, build_method, config_path,  # noqa: E402
-                               load_cfg, trainable_methods, precision_context, resolved_precision, trainable_parameters)
+                               load_cfg, trainable_methods, precision_context, resolved_precision, trainable_parameters,
+                               trainer_class)
 
 
 def lever_configs(device, chunk_size, cpu_bf16):
@@ -68,7 +70,7 @@ class StepBench:
         self.n_trainable = trainable_parameters(self.model)
         # PromptTrainer computes the class features of a text side with nothing to learn (VPT) once: so here
         self.constant_features = {}
-        self.text_is_constant = self.model.compute_prompts().text_is_constant
+        self.text_is_constant = trainer_class(trainer_name).text_is_constant  # declared by the method
 
     def class_features(self, levers):
         if not self.text_is_constant:
@@ -118,7 +120,7 @@ class StepBench:
         _, (prompts, remove) = self.tower_prompts()
         learns = any(p is not None for p in prompts or ())
         with torch.set_grad_enabled(learns), precision_context(Levers(), self.device):
-            features = self.model.image_encoder(self.images, prompts, remove)
+            features = self.model.image_encoder(self.images, TowerSchedule(prompts, remove))
         if learns:
             features.float().sum().backward()
 
@@ -133,10 +135,10 @@ class StepBench:
         with precision_context(Levers(), self.device):
             # the class sentences' text passes (one, or one per class-name length: CoOp middle / front)
             features = [
-                encoder.per_prompt_set(p.token_ids, p.prompts, remove, placeholders=p.placeholders)
+                encoder.per_prompt_set(p.token_ids, TowerSchedule(p.prompts, remove, placeholders=p.placeholders))
                 if self.text_per_image else
-                encoder(p.token_ids, p.prompts, remove, placeholders=p.placeholders,
-                        shared_prompt_tokens=p.shared_prompt_tokens)
+                encoder(p.token_ids, TowerSchedule(p.prompts, remove, placeholders=p.placeholders,
+                                                   shared_prompt_tokens=p.shared_prompt_tokens))
                 for p in self.model.sentences.passes(prompts)]
         sum(f.float().sum() for f in features).backward()
 

@@ -16,6 +16,7 @@ DATASET_MODULES = [
     "eurosat",
     "ucf101",
     "toy_world",
+    "own",
 ]
 
 for _name in DATASET_MODULES:

@@ -260,13 +260,20 @@ class SplitDataset(DatasetBase):
     val_is_test = False  # True: the test set doubles as val (ImageNet, as in CoOp)
 
     def __init__(self, cfg):
-        root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT))
-        self.root = root
-        self.dataset_dir = require_path(osp.join(root, type(self).dataset_dir), self.name, root)
+        self.root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT))
+        self.locate(cfg)
+        train, val, test = self.load_split()
+        self.finish(cfg, train, val, test)
+
+    def locate(self, cfg):
+        """Set dataset_dir, image_dir, split_path and split_fewshot_dir."""
+        self.dataset_dir = require_path(osp.join(self.root, type(self).dataset_dir), self.name, self.root)
         self.image_dir = osp.join(self.dataset_dir, self.image_subdir)
         self.split_path = osp.join(self.dataset_dir, self.split_file) if self.split_file else None
         self.split_fewshot_dir = osp.join(self.dataset_dir, "split_fewshot")
-        train, val, test = self.load_split()
+
+    def finish(self, cfg, train, val, test):
+        """The few-shot subset (cached) and the base / new half of the split."""
         check_labels(train, f"{self.name} training set")
         if self.val_is_test:  # ImageNet: no val split of its own, so nothing to sample or cache for it
             val = None

@@ -37,6 +37,13 @@ def imagenet_classnames(root, dataset_dir=None):
             return read_classnames(path)
 
 
+def shipped_duplicate_names():
+    """The names CLIP's ImageNet list gives to two classes each ("missile", "sunglasses"): CoOp and every
+    published number use them as they are, so they are the one duplicate the class-name check lets through."""
+    names = list(read_classnames(osp.join(SHIPPED_CLASSNAMES, "imagenet.txt")).values())
+    return tuple(sorted({name for name in names if names.count(name) > 1}))
+
+
 def read_subset_wnids(filename):
     """The wnids of a shipped subset list (imagenet_a.txt / imagenet_r.txt: `wnid<TAB>index`)."""
     return list(read_classnames(osp.join(SHIPPED_CLASSNAMES, filename)))
@@ -47,6 +54,7 @@ class ImageNet(SplitDataset):
     dataset_dir = "imagenet"
     image_subdir = "images"
     val_is_test = True
+    official_duplicate_classnames = shipped_duplicate_names()
 
     def load_split(self):
         preprocessed = osp.join(self.dataset_dir, "preprocessed.pkl")

@@ -11,7 +11,7 @@ from dassl.utils import listdir_nohidden
 
 from ._split import (DatasetContentError, check_labels, make_items, read_class_folders, require_path,
                      subsample_classes)
-from .imagenet import imagenet_classnames, read_subset_wnids
+from .imagenet import imagenet_classnames, read_subset_wnids, shipped_duplicate_names
 
 
 class ImageNetVariant(DatasetBase):
@@ -19,6 +19,7 @@ class ImageNetVariant(DatasetBase):
 
     dataset_dir = ""
     image_subdir = ""
+    official_duplicate_classnames = shipped_duplicate_names()
 
     def __init__(self, cfg):
         root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT))

@@ -5,7 +5,7 @@ Tooling lives in sub-packages: `mmpt.data` (dataset preparation, generated datas
 (output layout, sweep runner, results, demo). `python -m mmpt.sweep | results | demo | data_prep` are kept as
 the stable commands.
 
-`mmpt.create_model(name, clip_model, classnames, **overrides)` builds any declared method's model (see
+`mmpt.create_model(name, clip_model, classnames, **fields)` builds any declared method's model (see
 mmpt.methods); it is imported on first use, so that `import mmpt` stays light for the command-line tools.
 """
 

@@ -31,7 +31,7 @@ def get_method(name):
 
 
 def add_method_nodes(cfg):
-    """cfg.TRAINER.<cfg_node> with its defaults, for every declared method."""
+    """cfg.TRAINER.<cfg_node>, generated from the method's config class, for every declared method."""
     owners = {}
     for name, cls in declared_methods().items():
         if cls.cfg_node in owners:
@@ -41,9 +41,9 @@ def add_method_nodes(cfg):
     return cfg
 
 
-def create_model(name, clip_model, classnames, **overrides):
-    """The model of method `name` on `clip_model` (frozen; only `prompt_learner` trainable), without a trainer or
-    a dataset. `overrides` are keys of the method's config node (e.g. N_CTX=4) and the shared options
-    (e.g. PREC="fp32", TRUNCATE_TEXT=False)."""
+def create_model(name, clip_model, classnames, **fields):
+    """The model of method `name` on `clip_model` (frozen; only `prompt_learner` trainable), without a trainer,
+    a dataset or yacs. `fields` are fields of the method's config class (e.g. N_CTX=4), shared options included
+    (e.g. PREC="fp32", TRUNCATE_TEXT=False); an unknown one is a one-line ConfigError listing the fields."""
     method = get_method(name)
-    return method.build_method_model(clip_model, list(classnames), method.config_node(**overrides))
+    return method.build_method_model(clip_model, list(classnames), method.make_config(**fields))

@@ -1,18 +1,23 @@
-"""PromptTrainer: everything the prompt-tuning trainers share (CoOp's trainer skeleton, written once), and the
-place a method is declared (docs/ARCHITECTURE.md).
+"""PromptTrainer: everything the prompt-tuning trainers share (CoOp's trainer skeleton and the training step,
+written once), and the place a method is declared (docs/ARCHITECTURE.md).
 
-A method is one registered subclass whose class attributes declare it:
+A method is a typed config, a model and one registered subclass whose class attributes declare it:
+
+    @dataclass
+    class CoOpConfig(PromptOptions):       # cfg.TRAINER.COOP is generated from it (mmpt.config)
+        N_CTX: int = 16
 
     @TRAINER_REGISTRY.register()
     class CoOp(PromptTrainer):
         cfg_node = "COOP"                  # its options live in cfg.TRAINER.COOP
+        config_class = CoOpConfig
+        model_class = CoOpCLIP             # model_class(clip_model, classnames, config) -> a PromptedCLIP
         scripts_folder = "coop"            # scripts/coop/*.sh (None: no scripts)
         default_configs = {"b2n": ..., "fewshot": ..., "xd": ...}   # config name, or f(dataset, shots) -> name
-        model_class = CoOpCLIP             # model_class(clip_model, classnames, node) -> a PromptedCLIP
 
-        @staticmethod
-        def add_config(node):              # the method's own keys and defaults
-            node.N_CTX = 16
+A method with extra losses declares them: `loss_terms(model, outputs) -> {name: scalar}` and their weights
+(`loss_weights = {name: config field or number}`); the library's step sums cross-entropy and the weighted terms,
+logs each term, and owns backward, gradient scaling, the non-finite check and the LR schedule.
 
 This class loads CLIP, builds `model_class`, freezes everything outside `prompt_learner`, builds the optimizer
 / scheduler on it, registers it as "prompt_learner" (checkpoints hold only the learnable prompts,
@@ -20,69 +25,133 @@ CoOp-compatible), trains with the PREC policy and evaluates with the prompts (an
 depend on the image, the class text features) computed once per evaluation.
 """
 import os
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from yacs.config import CfgNode as CN
 
 from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import ConfigError, RunError
 from mmpt.clip_backbone import check_backbone_name, load_clip
-from mmpt.config import add_prompt_trainer_options
-from mmpt.precision import Precision, check_precision
+from mmpt.config import PromptOptions, config_from_node, config_node, make_config, option_errors
+from mmpt.precision import Precision
+from mmpt.prompted_clip import ClassesTrainedOn, Prompts
 
 LEARNER_NAME = "prompt_learner"
+TRAINED_ON = "classes_trained_on"  # in prompt_learner of a model with a logit rule (see `on_trained_classes`)
 # class-dependent tensors some upstream prompt learners (CoOp, CoCoOp, MaPLe) store; ours keep none
 UPSTREAM_CLASS_BUFFERS = ("token_prefix", "token_suffix")
 PROTOCOLS = ("b2n", "fewshot", "xd")  # base-to-new, few-shot, cross-dataset and domain generalisation
+CROSS_ENTROPY = "loss_ce"
+
+
+@dataclass
+class TrainingOutputs:
+    """One training forward pass, as the library's step hands it to a method's `loss_terms`.
+
+    logits [B, C]: the logits of the cross-entropy and of the logged accuracy; class_features [C, E] ([B, C, E]
+    when the text depends on the image) and image_features [B, E]: the L2-normalised prompted features the
+    logits came from (the step's precision: call .float() for a term in fp32); extra: named values a method's
+    `training_outputs` adds (a second logit set, a head's logits, a frozen pass run under the step's autocast).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    prompts: Prompts
+    logits: torch.Tensor
+    class_features: Optional[torch.Tensor]
+    image_features: torch.Tensor
+    extra: dict = field(default_factory=dict)
 
 
 class PromptTrainer(TrainerX):
     # ---------------------------------------------------------------- the declaration
-    cfg_node = None  # e.g. "COOP"
+    cfg_node = None  # e.g. "COOP": the options live in cfg.TRAINER.<cfg_node>
+    config_class = PromptOptions  # the method's typed config (a dataclass extending PromptOptions)
+    model_class = None  # model_class(clip_model, classnames, config) -> PromptedCLIP
     scripts_folder = None  # e.g. "coop"
     default_configs = {}  # protocol -> config name (or a function (dataset, shots) -> config name)
     config_folder = None  # where the configs live; None: configs/trainers/<trainer name> of the repository
-    model_class = None  # model_class(clip_model, classnames, node) -> PromptedCLIP
     trains = True  # False: evaluation only (zero-shot CLIP)
+    # README's and docs/METHODS.md's method tables (python -m mmpt.experiments.method_table --write):
+    summary = ""  # one line: what the method learns
+    # {config name: trainable parameters at ViT-B/16} the published / official figures of its configs (also the
+    # "expected" column of benchmarks/param_counts.py)
+    parameter_counts = {}
+    # the class text features depend on no learnable tensor (VPT, zero-shot CLIP): computed once for training
+    text_is_constant = False
+    # {protocol: {dataset: {FIELD: value}}}: options the experiment layout puts ahead of the user's for that
+    # protocol and dataset (the user's own options come later and win), e.g. PromptSRC's few-shot GPA
+    dataset_opts = {}
+    # the training loss: cross_entropy_weight * CE(outputs.logits) + sum of weight * term over `loss_terms`;
+    # a weight is a number or the name of a config field holding it; cross_entropy_weight 0: no CE term
+    cross_entropy_weight = 1.0
+    loss_weights = {}  # {term name: weight}, one entry per term `loss_terms` returns
     # {variant name: config overrides} the bit-for-bit records (tests/records.py) build on their 3-layer backbone
     record_variants = {}
 
-    @staticmethod
-    def add_config(node):
-        """Add the method's own keys and defaults to `node` (cfg.TRAINER.<cfg_node>)."""
+    @classmethod
+    def training_outputs(cls, model, images, labels, class_features=None):
+        """The training forward pass (run under the step's autocast): the model's prompts, its class and image
+        features and logits. `class_features`: reuse these (a constant text side). A method extends it to add
+        entries of `extra`."""
+        prompts = model.compute_prompts()
+        if prompts.depends_on_image:
+            image_features = model.image_features(images, prompts)
+            class_features = model.per_image_class_features(image_features, prompts)
+        else:
+            if class_features is None:
+                class_features = model.class_features(prompts)
+            image_features = model.image_features(images, prompts)
+        return TrainingOutputs(images, labels, prompts, model.logits(image_features, class_features), class_features,
+                               image_features)
+
+    @classmethod
+    def loss_terms(cls, model, outputs):
+        """{term name: scalar tensor} beyond the cross-entropy (run outside autocast); weighted by loss_weights."""
+        return {}
+
+    @classmethod
+    def parameter_breakdown(cls, model):
+        """[(group name, count)] of the trainable tensors, printed after the total (None: the total only)."""
+        return None
 
     @classmethod
     def config_node(cls, **overrides):
-        """A fresh cfg.TRAINER.<cfg_node>: the method's keys, the shared options, then `overrides`."""
-        node = CN()
-        cls.add_config(node)
-        add_prompt_trainer_options(node)
+        """A fresh cfg.TRAINER.<cfg_node> generated from config_class, with `overrides` set (not validated)."""
+        node = config_node(cls.config_class)
         for key, value in overrides.items():
             if key not in node:
-                raise ConfigError(f"TRAINER.{cls.cfg_node}.{key}: no such option of {cls.__name__} "
+                raise ConfigError(f"{cls.config_key()}.{key}: no such option of {cls.__name__} "
                                   f"(options: {', '.join(sorted(node))})")
             node[key] = value
         return node
 
     @classmethod
-    def check_node(cls, node):
-        """The shared options' values (one-line ConfigErrors)."""
-        key = f"TRAINER.{cls.cfg_node}"
-        check_precision(node.PREC, f"{key}.PREC")
-        if not (isinstance(node.TEXT_CHUNK_SIZE, int) and node.TEXT_CHUNK_SIZE >= 0):
-            raise ConfigError(f"{key}.TEXT_CHUNK_SIZE={node.TEXT_CHUNK_SIZE!r}: expected an int >= 0 "
-                              f"(0 = all classes in one pass)")
+    def config_key(cls):
+        return f"TRAINER.{cls.cfg_node}"
 
     @classmethod
-    def build_method_model(cls, clip_model, classnames, node):
-        """model_class on `clip_model` with the node's text options; everything outside prompt_learner frozen."""
-        cls.check_node(node)
-        model = cls.model_class(clip_model, classnames, node)
-        model.set_text_options(truncate=node.TRUNCATE_TEXT, chunk_size=node.TEXT_CHUNK_SIZE,
-                               checkpoint=node.TEXT_CHECKPOINT, share_prefix=node.TEXT_SHARED_PREFIX)
+    def make_config(cls, **fields):
+        """The typed config with `fields` set (validated; errors name TRAINER.<cfg_node>.<FIELD>)."""
+        return make_config(cls.config_class, cls.config_key(), cls.__name__, **fields)
+
+    @classmethod
+    def config_from_node(cls, node):
+        """The typed config of cfg.TRAINER.<cfg_node> (validated)."""
+        return config_from_node(cls.config_class, node, cls.config_key())
+
+    @classmethod
+    def build_method_model(cls, clip_model, classnames, config):
+        """model_class on `clip_model` with the config's text options; everything outside prompt_learner frozen.
+        A ConfigError about one of the config's fields names its full key."""
+        with option_errors(cls.config_key(), cls.config_class):
+            model = cls.model_class(clip_model, classnames, config)
+        model.set_text_options(truncate=config.TRUNCATE_TEXT, chunk_size=config.TEXT_CHUNK_SIZE,
+                               checkpoint=config.TEXT_CHECKPOINT, share_prefix=config.TEXT_SHARED_PREFIX)
         freeze_all_but_prompt_learner(model)
         return model
 
@@ -101,10 +170,16 @@ class PromptTrainer(TrainerX):
                               f"(default_configs: {sorted(cls.default_configs)})") from None
         return choice(dataset, shots) if callable(choice) else choice
 
+    @classmethod
+    def dataset_options(cls, protocol, dataset):
+        """[KEY, VALUE, ...] of dataset_opts for this protocol and dataset (full keys, values as on a command line)."""
+        fields = cls.dataset_opts.get(protocol, {}).get(dataset, {})
+        return [item for name, value in fields.items() for item in (f"{cls.config_key()}.{name}", str(value))]
+
     # ---------------------------------------------------------------- config
     @property
     def trainer_key(self):
-        return f"TRAINER.{self.cfg_node}"
+        return self.config_key()
 
     def trainer_cfg(self, cfg=None):
         return getattr((cfg or self.cfg).TRAINER, self.cfg_node)
@@ -114,30 +189,34 @@ class PromptTrainer(TrainerX):
             raise TypeError(f"{type(self).__name__} must declare the class attributes cfg_node and model_class")
         if self.cfg_node not in cfg.TRAINER:
             raise KeyError(f"cfg.{self.trainer_key} is missing: call trainers.extend_cfg(cfg) before merging configs")
-        self.check_node(self.trainer_cfg(cfg))
+        self.config_from_node(self.trainer_cfg(cfg))
         check_backbone_name(cfg.MODEL.BACKBONE.NAME)
 
     # ---------------------------------------------------------------- model
-    def model_node(self, cfg):
-        """The node model_class is built from (a method whose model needs the dataset fills it in here)."""
-        return self.trainer_cfg(cfg)
+    def model_config(self, cfg):
+        """The typed config the model is built from (a method whose model needs the dataset fills it in here)."""
+        return self.config_from_node(self.trainer_cfg(cfg))
 
     def build_model(self):
-        cfg, node = self.cfg, self.trainer_cfg()
+        cfg = self.cfg
         classnames = self.dm.dataset.classnames
+        self.config = self.model_config(cfg)
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model = load_clip(cfg)
         print(f"Building {type(self).__name__}'s prompted CLIP")
-        model = self.build_method_model(clip_model, classnames, self.model_node(cfg))
+        model = self.build_method_model(clip_model, classnames, self.config)
         if model.describe():
             print(model.describe())
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"Trainable parameters: {n_trainable}")
-        if hasattr(model.prompt_learner, "parameter_breakdown"):  # [(group name, count)], e.g. MuDPT, MPL
-            print("  of which: " + ", ".join(f"{name} {count:,}" for name, count in model.prompt_learner.parameter_breakdown()))
+        breakdown = self.parameter_breakdown(model)
+        if breakdown:
+            print("  of which: " + ", ".join(f"{name} {count:,}" for name, count in breakdown))
         # CLIP stays in eval mode (BatchNorm of ResNet backbones); the engine toggles only prompt_learner
+        if model.logit_rule is not None:  # the classes trained on, saved with the prompts
+            model.prompt_learner.add_module(TRAINED_ON, ClassesTrainedOn(cfg.DATASET.NAME, classnames))
         self.model = model.eval().to(self.device)
-        self.precision = Precision(node.PREC, self.device, key=f"{self.trainer_key}.PREC")
+        self.precision = Precision(self.config.PREC, self.device, key=f"{self.trainer_key}.PREC")
         self.scaler = self.precision.grad_scaler()
         self.optim = self.sched = None
         if n_trainable:
@@ -145,9 +224,6 @@ class PromptTrainer(TrainerX):
             self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(LEARNER_NAME, model.prompt_learner, self.optim, self.sched)
         self.eval_prompts = self.eval_class_features = None
-        # a text side with nothing to learn (VPT) gives the same class features at every step: computed once
-        with torch.no_grad():
-            self.text_is_constant = model.compute_prompts().text_is_constant
         self.constant_class_features = None
 
     # ---------------------------------------------------------------- training
@@ -155,20 +231,61 @@ class PromptTrainer(TrainerX):
         return batch["img"].to(self.device, non_blocking=True), batch["label"].to(self.device, non_blocking=True)
 
     def forward_backward(self, batch):
+        """The training step of every method: the forward pass under the PREC policy, the loss of the declared
+        terms, backward with gradient scaling, the optimizer step and, after the epoch's last batch, the LR
+        schedule."""
         if self.optim is None:
             raise RuntimeError(f"{type(self).__name__} has no trainable parameters: run it with --eval-only")
         images, labels = self.parse_batch_train(batch)
         with self.precision.autocast():
-            logits = self.model(images, class_features=self.training_class_features())
-        loss = F.cross_entropy(logits.float(), labels)
+            outputs = self.training_outputs(self.model, images, labels, self.training_class_features())
+        loss, summary = self.training_loss(self.model, self.config, outputs)
         self.backward_and_update(loss)
         if self.batch_idx + 1 == self.num_batches:
             self.update_lr()
-        return {"loss": loss.item(), "acc": compute_accuracy(logits.float(), labels)[0].item()}
+        return summary
+
+    @classmethod
+    def training_loss(cls, model, config, outputs):
+        """(loss, {"loss": ..., each term unweighted..., "acc": ...}) from one forward pass's outputs:
+        cross_entropy_weight * CE + sum of loss_weights[name] * term. "loss_ce" and the terms are logged only
+        where there are terms (a plain method's epoch line stays "loss ... acc ...")."""
+        terms = {}
+        ce_weight = cls.loss_weight(config, cls.cross_entropy_weight, CROSS_ENTROPY)
+        if ce_weight:
+            terms[CROSS_ENTROPY] = F.cross_entropy(outputs.logits.float(), outputs.labels)
+        extra = cls.loss_terms(model, outputs)
+        undeclared = sorted(set(extra) - set(cls.loss_weights))
+        if undeclared or CROSS_ENTROPY in extra:
+            raise TypeError(f"{cls.__name__}.loss_terms returned {undeclared or [CROSS_ENTROPY]}: declare each "
+                            f"term's weight in loss_weights (and name none of them {CROSS_ENTROPY!r})")
+        terms.update(extra)
+        weights = {CROSS_ENTROPY: ce_weight,
+                   **{name: cls.loss_weight(config, cls.loss_weights[name], name) for name in extra}}
+        loss = None
+        for name, value in terms.items():
+            part = value if weights[name] == 1 else weights[name] * value
+            loss = part if loss is None else loss + part
+        if loss is None:
+            raise TypeError(f"{cls.__name__}: cross_entropy_weight is 0 and loss_terms returned nothing to train on")
+        summary = {"loss": loss.item()}
+        if extra:
+            summary.update((name, value.item()) for name, value in terms.items())
+        summary["acc"] = compute_accuracy(outputs.logits.float(), outputs.labels)[0].item()
+        return loss, summary
+
+    @staticmethod
+    def loss_weight(config, weight, term):
+        """A declared weight: a number, or the name of the config field holding it."""
+        if isinstance(weight, str):
+            weight = getattr(config, weight)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise TypeError(f"the weight of {term} is {weight!r}: expected a number or a config field name")
+        return weight
 
     def training_class_features(self):
         """None (the model computes them in its forward pass, once per step), or the class features of a model
-        whose text has nothing to learn, computed on the first step only."""
+        whose text has nothing to learn (declared text_is_constant), computed on the first step only."""
         if not self.text_is_constant:
             return None
         if self.constant_class_features is None:
@@ -193,7 +310,7 @@ class PromptTrainer(TrainerX):
     def test(self, split=None):
         """The engine's evaluation (same printed lines). With CACHE_TEXT_FEATURES the prompts are computed once
         here, and the class text features too unless the text depends on the image, instead of once per batch."""
-        if self.trainer_cfg().CACHE_TEXT_FEATURES:
+        if self.config.CACHE_TEXT_FEATURES:
             self.set_model_mode("eval")
             with self.precision.autocast():
                 self.eval_prompts = self.model.compute_prompts()
@@ -206,7 +323,21 @@ class PromptTrainer(TrainerX):
 
     def model_inference(self, input):
         with self.precision.autocast():
-            return self.model(input, prompts=self.eval_prompts, class_features=self.eval_class_features).float()
+            if self.model.logit_rule is None:
+                return self.model(input, prompts=self.eval_prompts, class_features=self.eval_class_features).float()
+            return self.model.predict(input, self.on_trained_classes(), prompts=self.eval_prompts,
+                                      class_features=self.eval_class_features).float()
+
+    # ---------------------------------------------------------------- named logit sets (issue 20, arch-encoders)
+    def on_trained_classes(self):
+        """Whether this evaluation's class list is the one the model was trained on (its LogitRule picks the
+        logit sets by it): the dataset's class names (and, with `same_dataset`, DATASET.NAME) against the ones
+        saved with the prompts. A checkpoint without them (from another codebase): DATASET.SUBSAMPLE_CLASSES
+        is not "new"."""
+        record = getattr(self.model.prompt_learner, TRAINED_ON)
+        if record.classnames is None:
+            return self.cfg.DATASET.SUBSAMPLE_CLASSES != "new"
+        return record.matches(self.cfg.DATASET.NAME, self.dm.dataset.classnames, self.model.logit_rule.same_dataset)
 
     # ---------------------------------------------------------------- checkpoints
     def load_state_dict_into(self, name, state_dict, model_path):
@@ -214,6 +345,8 @@ class PromptTrainer(TrainerX):
         class buffers (token_prefix / token_suffix) are dropped."""
         state_dict = {key: value for key, value in state_dict.items()
                       if key.split(".")[-1] not in UPSTREAM_CLASS_BUFFERS}
+        if hasattr(self._models[name], TRAINED_ON):
+            state_dict.setdefault(f"{TRAINED_ON}._extra_state", {"dataset": None, "classnames": None})
         try:
             self._models[name].load_state_dict(state_dict)
         except RuntimeError as error:

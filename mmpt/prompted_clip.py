@@ -1,419 +1,34 @@
-"""The one place prompt mechanics live: CLIP's text and image towers with prompts spliced in, and the
-`PromptedCLIP` base class every method model derives from.
-
-The encoders run the blocks' own weights (ln_1, attn.in_proj / out_proj, ln_2, mlp) through
-`F.scaled_dot_product_attention`, batch-first; clip/model.py is used as is, never forked.
-
-Prompts are a list indexed by layer (`prompts[l]` goes in before block l; missing / None = nothing added):
-- `prompts[0]` (shallow) -- text: replaces the token embeddings at positions 1..n (after SOS) before the
-  positional embedding is added; vision: appended after the positional embedding, before ln_pre.
-- `prompts[l]`, l >= 1: remove `remove[l]` tokens from the END of the prompt region, then append `prompts[l]`
-  at the end of the region. `remove` None / `remove[l]` None = remove the whole region when `prompts[l]` is
-  given (deep replacement), nothing otherwise. Tokens not removed are carried on (contextualised).
-- Prompt region: text = positions [1, 1 + k); vision = the last k tokens.
-- Each prompt is [n, d] (shared by every sequence / image) or [N, n, d] (one per sequence / image).
+"""The prompt contract: `Prompts` (what a method puts into CLIP for one forward pass) and `PromptedCLIP` (the
+base of every method model, and its one forward path); helpers the methods share at the end.
+docs/ARCHITECTURE.md is the statement of it. The mechanics live in mmpt.encoders (the towers), mmpt.blocks
+(block mechanics) and mmpt.shared_prefix (the text tower's shared-prefix pass).
 """
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from dassl.utils import ConfigError
+from mmpt.encoders import PromptedImageEncoder, PromptedTextEncoder, TowerSchedule, TextOptions  # noqa: F401
 
-
-# ------------------------------------------------------------------------------------------------------------
-# shared block mechanics
-
-def run_block(block, x, causal=False):
-    """One `clip.model.ResidualAttentionBlock` on batch-first x [N, L, d], attention through SDPA."""
-    q, k, v = attention_inputs(block, x)
-    return finish_block(block, x, F.scaled_dot_product_attention(q, k, v, is_causal=causal))
-
-
-def attention_inputs(block, x):
-    """The block's queries, keys and values of x [N, L, d], each [N, heads, L, d / heads]."""
-    attn = block.attn
-    n_seq, length, width = x.shape
-    heads = attn.num_heads
-    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    return tuple(t.reshape(n_seq, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
-
-
-def finish_block(block, x, attention):
-    """The rest of the block after attention [N, heads, L, d / heads]: out_proj, residual, MLP."""
-    n_seq, heads, length, head_width = attention.shape
-    x = x + block.attn.out_proj(attention.transpose(1, 2).reshape(n_seq, length, heads * head_width))
-    return x + block.mlp(block.ln_2(x))
-
-
-def layer_ops(prompts, remove, layer):
-    """(tokens to append [n, d] / [N, n, d] or None, tokens to remove: int or None = "all if appending")."""
-    added = prompts[layer] if prompts is not None and layer < len(prompts) else None
-    removed = remove[layer] if remove is not None and layer < len(remove) else None
-    return added, removed
-
-
-def splice_region(x, start, k, added, removed):
-    """Remove `removed` tokens from the end of the prompt region x[:, start:start + k], append `added` there.
-    Returns (new x, new region size)."""
-    if removed is None:
-        removed = k if added is not None else 0
-    if not 0 <= removed <= k:
-        raise ValueError(f"cannot remove {removed} prompt tokens: the prompt region holds {k}")
-    if added is None:
-        added = x.new_zeros(x.shape[0], 0, x.shape[-1])
-    added = expand_prompt(added, x.shape[0], x.shape[-1]).to(x.dtype)
-    x = torch.cat([x[:, : start + k - removed], added, x[:, start + k:]], dim=1)
-    return x, k - removed + added.shape[1]
-
-
-def expand_prompt(prompt, n_seq, width):
-    """[n, d] -> [N, n, d]; [N, n, d] is checked."""
-    if prompt.dim() == 2:
-        prompt = prompt.unsqueeze(0).expand(n_seq, -1, -1)
-    if prompt.dim() != 3 or prompt.shape[0] != n_seq or prompt.shape[2] != width:
-        raise ValueError(f"prompt of shape {tuple(prompt.shape)}: expected [n, {width}] or [{n_seq}, n, {width}]")
-    return prompt
-
-
-def prompt_count(prompt):
-    return 0 if prompt is None else prompt.shape[-2]
-
-
-def check_schedule_length(prompts, remove, n_layers, tower):
-    for name, schedule in (("prompts", prompts), ("remove", remove)):
-        if schedule is not None and len(schedule) > n_layers:
-            raise ValueError(f"{tower} {name}: {len(schedule)} layers given, the tower has {n_layers}")
-
-
-def run_tower(blocks, x, prompts, remove, region_start, k, causal, use_checkpoint):
-    """Blocks with the per-layer remove / append ops (layer 0's prompts are already in x).
-    `region_start(x, k)` gives where the k-token prompt region begins. Returns (output, final region size)."""
-    for layer, block in enumerate(blocks):
-        if layer >= 1:
-            added, removed = layer_ops(prompts, remove, layer)
-            if added is not None or removed:
-                x, k = splice_region(x, region_start(x, k), k, added, removed)
-        if use_checkpoint and torch.is_grad_enabled():
-            x = activation_checkpoint(run_block, block, x, causal, use_reentrant=False)
-        else:
-            x = run_block(block, x, causal)
-    return x, k
-
-
-def pick(value, default):
-    return default if value is None else value
-
-
-# ------------------------------------------------------------------------------------------------------------
-# shared-prefix text encoding
-#
-# Under CLIP's causal mask a token sees only the tokens before it. The tokens before the first position where
-# the class sentences differ (SOS, the learnable context, fixed words such as "a photo of a") are therefore the
-# same in every sequence at every layer: they run once (batch 1; one row per prompt set in grouped mode), and
-# only each sequence's suffix (class name, ".", EOT) runs per class, its queries attending to the prefix's keys
-# and values and to its own earlier tokens. Each suffix runs to its own EOT: the suffixes are packed without
-# padding for the per-token work (LayerNorms, projections, MLP), padded only inside the attention.
-
-def shared_prefix_length(token_ids, prompts, remove, per_row_prompts=True, shared_prompt_tokens=0):
-    """Number p of leading positions that are the same in every row at every layer, or 0 when the shared path
-    does not apply (a deep prompt that differs between rows, or deep prompt ops reaching past the prefix).
-
-    Rows agree at a position when their token ids agree there, except inside the shallow prompt (positions
-    1..n): a shared prompt ([n, d]; in grouped mode also one per set, [G, n, d]) agrees everywhere, a prompt with
-    one row per sequence ([N, n, d], `per_row_prompts`) only on its first `shared_prompt_tokens` tokens. p is at
-    most the smallest EOT position, so every row keeps its EOT in its suffix.
-    """
-    n_rows = token_ids.shape[0]
-    differs = (token_ids != token_ids[:1]).any(dim=0)
-    shallow = prompts[0] if prompts else None
-    n_shallow = prompt_count(shallow)
-    if n_shallow:
-        differs[1: 1 + n_shallow] = False
-        if per_row_prompts and shallow.dim() == 3 and n_rows > 1:
-            differs[1 + shared_prompt_tokens: 1 + n_shallow] = True
-    first_difference = int(differs.nonzero()[0]) if bool(differs.any()) else differs.shape[0]
-    length = min(first_difference, int(token_ids.argmax(dim=-1).min()))
-    for layer in range(1, max(len(prompts or ()), len(remove or ()))):
-        added, removed = layer_ops(prompts, remove, layer)
-        if added is None and not removed:
-            continue
-        if per_row_prompts and added is not None and added.dim() == 3 and n_rows > 1:
-            return 0  # a deep prompt per sequence: the prompt region differs between rows from this layer on
-        if 1 + n_shallow > length:
-            return 0  # the prompt region reaches into the per-row part: deep ops there would move the suffixes
-    return length
-
-
-class PackedSuffixes:
-    """Where each row's suffix (positions p .. its end) lies among the packed suffix tokens [T, d] and in the
-    padded layout [N * S, d] (S = longest suffix) the attention runs on."""
-
-    def __init__(self, ends, prefix_length, eot):
-        device = ends.device
-        lengths = ends - prefix_length
-        self.n_rows, self.span = lengths.shape[0], int(lengths.max())
-        self.valid = torch.arange(self.span, device=device) < lengths[:, None]  # [N, S]
-        self.packed_slots = self.valid.flatten().nonzero().squeeze(1)  # [T]: padded slot of each packed token
-        offsets = torch.cumsum(lengths, 0) - lengths
-        self.eot = offsets + (eot - prefix_length)  # [N]: packed index of each row's EOT
-
-    def pack(self, rows):
-        """rows [N, S, d] (positions p..p + S of every row) -> [T, d]."""
-        return rows[self.valid]
-
-    def pad(self, packed):
-        """[G, T, c] -> [G, N * S, c] (zeros in the padding slots)."""
-        padded = packed.new_zeros(packed.shape[0], self.n_rows * self.span, packed.shape[-1])
-        return padded.index_copy(1, self.packed_slots, packed)
-
-    def unpad(self, padded):
-        """[G, N * S, c] -> [G, T, c]."""
-        return padded.index_select(1, self.packed_slots)
-
-
-def attend_after_prefix(q, k, v, k_prefix, v_prefix):
-    """Causal attention of suffix tokens: q, k, v [G, H, N, S, hd] (N suffixes of S tokens, right-padded),
-    k_prefix, v_prefix [G, H, p, hd] (the prefix, shared by the N suffixes of its set). Each query attends to the
-    whole prefix and to its own suffix's tokens up to itself. Returns [G, H, N, S, hd]."""
-    n_sets, heads, n_rows, span, head_width = q.shape
-    prefix_length = k_prefix.shape[2]
-    q = q * head_width ** -0.5
-    # the N suffixes share the prefix: fold them into the query axis instead of expanding the prefix N times
-    to_prefix = (q.reshape(n_sets, heads, n_rows * span, head_width) @ k_prefix.transpose(-1, -2))
-    to_prefix = to_prefix.view(n_sets, heads, n_rows, span, prefix_length)
-    future = torch.ones(span, span, dtype=torch.bool, device=q.device).triu_(1)
-    to_own = (q @ k.transpose(-1, -2)).masked_fill(future, float("-inf"))
-    weights = torch.softmax(torch.cat([to_prefix, to_own], dim=-1), dim=-1)
-    from_prefix = weights[..., :prefix_length].reshape(n_sets, heads, n_rows * span, prefix_length) @ v_prefix
-    return from_prefix.view(n_sets, heads, n_rows, span, head_width) + weights[..., prefix_length:] @ v
-
-
-def run_block_with_prefix(block, prefix, suffixes, layout):
-    """One block on the shared prefix [G, p, d] and the packed suffixes [G, T, d] (layout: PackedSuffixes)."""
-    q_prefix, k_prefix, v_prefix = attention_inputs(block, prefix)
-    new_prefix = finish_block(block, prefix, F.scaled_dot_product_attention(q_prefix, k_prefix, v_prefix,
-                                                                            is_causal=True))
-    attn = block.attn
-    n_sets, _, width = suffixes.shape
-    heads = attn.num_heads
-    qkv = layout.pad(F.linear(block.ln_1(suffixes), attn.in_proj_weight, attn.in_proj_bias))
-    q, k, v = qkv.view(n_sets, layout.n_rows, layout.span, 3, heads, width // heads).permute(3, 0, 4, 1, 2, 5)
-    out = attend_after_prefix(q, k, v, k_prefix, v_prefix).permute(0, 2, 3, 1, 4)
-    suffixes = suffixes + attn.out_proj(layout.unpad(out.reshape(n_sets, -1, width)))
-    return new_prefix, suffixes + block.mlp(block.ln_2(suffixes))
-
-
-def check_shared_prompt_tokens(prompts, count):
-    """`shared_prompt_tokens` must lie in 0..n and those tokens must really be the same in every row."""
-    shallow = prompts[0] if prompts else None
-    if not count:
-        return
-    if shallow is None or shallow.dim() != 3 or not 0 <= count <= shallow.shape[1]:
-        raise ValueError(f"shared_prompt_tokens={count}: needs a per-sequence shallow prompt [N, n, d] with "
-                         f"n >= {count}, got {None if shallow is None else tuple(shallow.shape)}")
-    head = shallow[:, :count]
-    if not torch.equal(head, head[:1].expand_as(head)):
-        raise ValueError(f"shared_prompt_tokens={count}: the first {count} shallow prompt tokens differ between rows")
-
-
-def check_placeholders(prompts, placeholders):
-    """The shallow prompt ([n, d], [N, n, d] or [G, n, d]) must fill the sentences' `placeholders` (None: no check)."""
-    n_shallow = prompt_count(prompts[0] if prompts else None)
-    if placeholders is not None and n_shallow != placeholders:
-        raise ValueError(f"the shallow text prompt has {n_shallow} tokens, the class sentences {placeholders} "
-                         f"placeholder words")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# encoders
-
-class PromptedTextEncoder(nn.Module):
-    """CLIP's text tower with prompts. token_ids [N, 77] -> features [N, embed_dim] (not normalised).
-
-    Levers, all exact; each has a default here and can be overridden per call:
-    share_prefix: the tokens every sequence shares (up to the first differing position) run once, each
-    sequence's suffix runs to its own EOT (see "shared-prefix text encoding" above); falls back to the plain
-    pass where it does not apply. truncate: the plain pass runs on max EOT index + 1 tokens instead of 77.
-    chunk_size: k sequences per pass (0 = all). checkpoint: activation checkpointing per block.
-
-    `per_prompt_set` encodes every sequence under each of G prompt sets (CoCoOp: one set per image) -> [G, N, E].
-    """
-
-    def __init__(self, clip_model, truncate=True, chunk_size=0, checkpoint=False, share_prefix=True):
-        super().__init__()
-        self.token_embedding = clip_model.token_embedding
-        self.positional_embedding = clip_model.positional_embedding
-        self.transformer = clip_model.transformer
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
-        self.truncate, self.chunk_size, self.checkpoint = truncate, chunk_size, checkpoint
-        self.share_prefix = share_prefix
-
-    def options(self, truncate, chunk_size, checkpoint, share_prefix):
-        return (pick(truncate, self.truncate), pick(chunk_size, self.chunk_size), pick(checkpoint, self.checkpoint),
-                pick(share_prefix, self.share_prefix))
-
-    def forward(self, token_ids, prompts=None, remove=None, truncate=None, chunk_size=None, checkpoint=None,
-                share_prefix=None, shared_prompt_tokens=0, placeholders=None):
-        """`placeholders`: the sentences' placeholder count (mmpt.sentences); the shallow prompt must fill it.
-        shared_prompt_tokens: the first j tokens of a per-sequence shallow prompt [N, n, d] are one tensor
-        shared by all sequences (e.g. CoOp's unified context before a class name in the middle); they may then
-        join the shared prefix (gradients summed over the sequences, as for a shared [n, d] prompt)."""
-        check_placeholders(prompts, placeholders)
-        truncate, chunk_size, use_checkpoint, share_prefix = self.options(truncate, chunk_size, checkpoint,
-                                                                          share_prefix)
-        check_schedule_length(prompts, remove, len(self.transformer.resblocks), "text")
-        check_shared_prompt_tokens(prompts, shared_prompt_tokens)
-        n_seq = token_ids.shape[0]
-        chunks = []
-        for begin in range(0, n_seq, chunk_size or n_seq):
-            rows = slice(begin, begin + (chunk_size or n_seq))
-            chunk_prompts = None if prompts is None else [
-                p[rows] if p is not None and p.dim() == 3 else p for p in prompts]
-            chunk_ids = token_ids[rows]
-            prefix_length = share_prefix and shared_prefix_length(chunk_ids, chunk_prompts, remove,
-                                                                  shared_prompt_tokens=shared_prompt_tokens)
-            if prefix_length:
-                chunks.append(self.encode_shared(chunk_ids, chunk_prompts, remove, prefix_length, truncate,
-                                                 use_checkpoint, n_sets=1)[0])
-            else:
-                chunks.append(self.encode(chunk_ids, chunk_prompts, remove, truncate, use_checkpoint))
-        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-
-    def per_prompt_set(self, token_ids, prompts, remove=None, truncate=None, chunk_size=None, checkpoint=None,
-                       share_prefix=None, placeholders=None):
-        """Every sequence of token_ids [N, 77] under each of G prompt sets -> features [G, N, E].
-
-        Each prompt is [G, n, d] (one per set) or [n, d] (the same in every set). With the shared prefix, each
-        set's prefix runs once and its N suffixes attend to it (chunk_size counts sequences: about
-        chunk_size / G classes per pass); without, one plain pass per set."""
-        check_placeholders(prompts, placeholders)
-        truncate, chunk_size, use_checkpoint, share_prefix = self.options(truncate, chunk_size, checkpoint,
-                                                                          share_prefix)
-        check_schedule_length(prompts, remove, len(self.transformer.resblocks), "text")
-        per_set = [p for p in prompts or () if p is not None and p.dim() == 3]
-        if not per_set:
-            raise ValueError("per_prompt_set needs at least one prompt of shape [G, n, d] (one per prompt set)")
-        n_sets = per_set[0].shape[0]
-        prefix_length = share_prefix and shared_prefix_length(token_ids, prompts, remove, per_row_prompts=False)
-        if not prefix_length:
-            return torch.stack([
-                self(token_ids, [p[g] if p is not None and p.dim() == 3 else p for p in prompts], remove, truncate,
-                     chunk_size, use_checkpoint, share_prefix) for g in range(n_sets)])
-        n_seq = token_ids.shape[0]
-        step = max(1, chunk_size // n_sets) if chunk_size else n_seq
-        return torch.cat([self.encode_shared(token_ids[begin: begin + step], prompts, remove, prefix_length, truncate,
-                                             use_checkpoint, n_sets) for begin in range(0, n_seq, step)], dim=1)
-
-    def embed(self, token_ids, shallow):
-        """Token embeddings with the shallow prompt ([n, d] or [N, n, d]) at positions 1..n, plus positions."""
-        x = self.token_embedding(token_ids)
-        n_shallow = prompt_count(shallow)
-        if n_shallow:
-            shallow = expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)
-            x = torch.cat([x[:, :1], shallow, x[:, 1 + n_shallow:]], dim=1)
-        return x + self.positional_embedding[: x.shape[1]].to(x.dtype)
-
-    def check_shallow_fits(self, shallow, eot):
-        n_shallow = prompt_count(shallow)
-        if n_shallow and n_shallow >= int(eot.min()):
-            raise ValueError(f"{n_shallow} shallow text prompts do not fit before the EOT token at position "
-                             f"{int(eot.min())}: the prompt sentence needs >= {n_shallow} placeholder words")
-
-    def project(self, eot_features):
-        # LayerNorm is per token: normalising only the EOT rows equals CLIP's ln_final on all, then picking
-        return self.ln_final(eot_features) @ self.text_projection.to(eot_features.dtype)
-
-    def encode(self, token_ids, prompts, remove, truncate, use_checkpoint):
-        """The plain pass: every sequence on all its tokens (up to max EOT + 1 when truncating)."""
-        eot = token_ids.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
-        if truncate:
-            token_ids = token_ids[:, : int(eot.max()) + 1]
-        shallow = prompts[0] if prompts else None
-        self.check_shallow_fits(shallow, eot)
-        n_shallow = prompt_count(shallow)
-        x = self.embed(token_ids, shallow)
-        x, k = run_tower(self.transformer.resblocks, x, prompts, remove, lambda x, k: 1, n_shallow,
-                         causal=True, use_checkpoint=use_checkpoint)
-        return self.project(x[torch.arange(x.shape[0], device=x.device), eot + (k - n_shallow)])
-
-    def encode_shared(self, token_ids, prompts, remove, prefix_length, truncate, use_checkpoint, n_sets):
-        """The shared-prefix pass -> [G, N, E]. The prefix (length `prefix_length`, from shared_prefix_length)
-        runs as G rows (G = n_sets prompt sets; 1 unless grouped); the N suffixes packed, G times."""
-        eot = token_ids.argmax(dim=-1)
-        shallow = prompts[0] if prompts else None
-        self.check_shallow_fits(shallow, eot)
-        ends = eot + 1 if truncate else torch.full_like(eot, token_ids.shape[1])
-        token_ids = token_ids[:, : int(ends.max())]
-        per_row_shallow = n_sets == 1 and shallow is not None and shallow.dim() == 3
-        rows = self.embed(token_ids, shallow if per_row_shallow else None)  # [N, L, d]
-        if per_row_shallow:
-            prefix = rows[:1, :prefix_length]
-        else:
-            prefix = self.embed(token_ids[:1, :prefix_length].expand(n_sets, -1), shallow)  # [G, p, d]
-        layout = PackedSuffixes(ends, prefix_length, eot)
-        suffixes = layout.pack(rows[:, prefix_length:]).unsqueeze(0).expand(n_sets, -1, -1)  # [G, T, d]
-        k = prompt_count(shallow)
-        for layer, block in enumerate(self.transformer.resblocks):
-            if layer >= 1:
-                added, removed = layer_ops(prompts, remove, layer)
-                if added is not None or removed:  # the prompt region [1, 1 + k) lies inside the prefix
-                    prefix, k = splice_region(prefix, 1, k, added, removed)
-            if use_checkpoint and torch.is_grad_enabled():
-                prefix, suffixes = activation_checkpoint(run_block_with_prefix, block, prefix, suffixes, layout,
-                                                         use_reentrant=False)
-            else:
-                prefix, suffixes = run_block_with_prefix(block, prefix, suffixes, layout)
-        return self.project(suffixes[:, layout.eot])
-
-
-class PromptedImageEncoder(nn.Module):
-    """CLIP's image tower with prompts. images [B, 3, H, W] -> features [B, embed_dim] (not normalised).
-    ResNet backbones run clip's own `visual` and accept no prompts."""
-
-    def __init__(self, clip_model, checkpoint=False):
-        super().__init__()
-        self.visual = clip_model.visual
-        self.is_vit = hasattr(self.visual, "class_embedding")
-        self.checkpoint = checkpoint
-
-    def forward(self, images, prompts=None, remove=None, checkpoint=None):
-        visual = self.visual
-        if not self.is_vit:
-            if any(p is not None for p in (prompts or [])):
-                raise ValueError("visual prompts need a ViT backbone; this CLIP has a ResNet image tower")
-            return visual(images.to(visual.conv1.weight.dtype))
-        check_schedule_length(prompts, remove, len(visual.transformer.resblocks), "vision")
-        # the residual stream stays fp32 under autocast, as the text tower's does (autocast still runs the blocks'
-        # matmuls in bf16 / fp16); an fp16 CLIP (weights kept in half) stays fp16
-        x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # [B, grid**2, d]
-        x = x.to(visual.conv1.weight.dtype)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        shallow = prompts[0] if prompts else None
-        if shallow is not None:
-            x = torch.cat([x, expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)], dim=1)
-        x = visual.ln_pre(x)
-        x, _ = run_tower(visual.transformer.resblocks, x, prompts, remove, lambda x, k: x.shape[1] - k,
-                         prompt_count(shallow), causal=False, use_checkpoint=pick(checkpoint, self.checkpoint))
-        return visual.ln_post(x[:, 0]) @ visual.proj.to(x.dtype)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# method models
 
 @dataclass
 class Prompts:
-    """Everything a method puts into CLIP for one forward pass (the method contract; docs/ARCHITECTURE.md).
+    """Everything a method puts into CLIP for one forward pass (docs/ARCHITECTURE.md). None = nothing.
 
-    text / vision: per-layer prompts of each tower, text_remove / vision_remove: per-layer removals (see the
-    module docstring; None = nothing). text_per_image: for text prompts computed from the image (CoCoOp), a
-    function of the normalised image features [B, E] returning per-layer text prompts whose entries are
-    [B, n, d] (one prompt per image); `text` then holds the unconditioned prompts (used where no image is given).
+    text / vision: per-layer prompts of each tower, text_remove / vision_remove: per-layer removals (see
+    mmpt.encoders). text_per_image: for text prompts computed from the image (CoCoOp), a function of the
+    normalised image features [B, E] returning per-layer text prompts whose entries are [B, n, d]; `text` then
+    holds the unconditioned prompts (used where no image is given).
+    Extensions, each applied by the library in every encoder path:
+    text_adapters / vision_adapters: per-layer f(block.ln_1(x_in)) -> delta added to block l's output (MMA).
+    vision_readout: f(region tokens after the last vision block, before ln_post [B, k, d_v]) -> [B, E], an
+    extra image feature giving the logit set "readout" (MMRL). image_head: f(raw image features [B, E]) ->
+    [B, E'], the image features the "itm" logits use (PromptKD's projector). class_features: [C, E']
+    normalised class features from outside the model (PromptKD's teacher); the text tower does not run.
+    logit_heads: {name: f(raw image features [B, E]) -> [B, C]} extra named logit sets (DePT's head).
     """
 
     text: Optional[list] = None
@@ -421,6 +36,12 @@ class Prompts:
     vision: Optional[list] = None
     vision_remove: Optional[list] = None
     text_per_image: Optional[Callable] = None
+    text_adapters: Optional[list] = None
+    vision_adapters: Optional[list] = None
+    vision_readout: Optional[Callable] = None
+    image_head: Optional[Callable] = None
+    class_features: Optional[torch.Tensor] = None
+    logit_heads: Optional[Dict[str, Callable]] = None
 
     @property
     def depends_on_image(self):
@@ -428,8 +49,76 @@ class Prompts:
 
     @property
     def text_is_constant(self):
-        """True when the class text features depend on no learnable tensor (no text prompts, e.g. VPT)."""
-        return not self.depends_on_image and not any(p is not None for p in (self.text or []))
+        """True when the class text features depend on no learnable tensor (no text prompts or adapters, e.g.
+        VPT; or class features given from outside)."""
+        if self.class_features is not None:
+            return not self.depends_on_image
+        return not self.depends_on_image and not any(
+            p is not None for p in (self.text or []) + (self.text_adapters or []))
+
+    def text_schedule(self, text=None, **fields):
+        """The text tower's schedule with per-layer prompts `text` (default: self.text)."""
+        return TowerSchedule(self.text if text is None else text, self.text_remove, self.text_adapters, **fields)
+
+    def vision_schedule(self):
+        return TowerSchedule(self.vision, self.vision_remove, self.vision_adapters)
+
+
+@dataclass(frozen=True)
+class LogitRule:
+    """Which named logit sets an evaluation predicts with: a weighted sum, one on the classes the model was
+    trained on (`trained`), another on any other class list (`unseen`). `same_dataset`: the trained classes
+    also need the dataset trained on (MMRL: ImageNetV2 has ImageNet's classes but counts as unseen)."""
+
+    trained: Dict[str, float] = field(default_factory=lambda: {"itm": 1.0})
+    unseen: Dict[str, float] = field(default_factory=lambda: {"itm": 1.0})
+    same_dataset: bool = False
+    # "logits": the weighted sum of the logit sets; "probs": log of the weighted sum of their softmaxes (a
+    # mixture of the sets' class probabilities, returned as logits whose softmax is that mixture)
+    combine: str = "logits"
+
+    def pick(self, logits, on_trained_classes):
+        weights = self.trained if on_trained_classes else self.unseen
+        missing = sorted(set(weights) - set(logits))
+        if missing:
+            raise ValueError(f"logit rule names {missing}; the model gives {sorted(logits)}")
+        if self.combine == "probs" and len(weights) > 1:
+            return torch.log(sum(weight * logits[name].float().softmax(dim=-1) for name, weight in weights.items()))
+        (first, w0), *rest = weights.items()
+        if not rest and w0 == 1.0:
+            return logits[first]
+        total = w0 * logits[first]
+        for name, weight in rest:
+            total = total + weight * logits[name]
+        return total
+
+
+class ClassesTrainedOn(nn.Module):
+    """The dataset and class names a model was trained on, saved with the prompt learner (module extra state,
+    no tensor), so that an --eval-only run knows whether it evaluates the trained classes."""
+
+    def __init__(self, dataset="", classnames=()):
+        super().__init__()
+        self.dataset, self.classnames = dataset, list(classnames)
+
+    def get_extra_state(self):
+        return {"dataset": self.dataset, "classnames": self.classnames}
+
+    def set_extra_state(self, state):  # classnames None: unknown (a checkpoint from another codebase)
+        self.dataset, self.classnames = state["dataset"], state["classnames"]
+
+    def matches(self, dataset, classnames, same_dataset):
+        return list(classnames) == self.classnames and (not same_dataset or dataset == self.dataset)
+
+
+@dataclass
+class Outputs:
+    """One forward pass: named logit sets [B, C] (fp32; "itm" always) and the features they come from."""
+
+    logits: Dict[str, torch.Tensor]
+    image_features: torch.Tensor  # [B, E'] normalised, after the image head
+    raw_image_features: torch.Tensor  # [B, E] the image tower's output
+    class_features: torch.Tensor  # [C, E'] (or [B, C, E'] per image) normalised
 
 
 class PromptedCLIP(nn.Module):
@@ -437,9 +126,13 @@ class PromptedCLIP(nn.Module):
 
     A method model calls `super().__init__(clip_model, sentences)` (a `mmpt.sentences.ClassSentences`: one
     sentence per class and its placeholder count), sets `self.prompt_learner` (an nn.Module holding EVERY
-    trainable tensor) and overrides `compute_prompts() -> Prompts`, nothing else. The CLIP weights are shared
-    with `clip_model`, not copied, and frozen here.
+    trainable tensor, heads included) and overrides `compute_prompts() -> Prompts`, nothing else; a model with
+    several logit sets sets `self.logit_rule` (a LogitRule). The CLIP weights are shared with `clip_model`, not
+    copied, and frozen here.
     """
+
+    logit_rule = None  # None: evaluations predict with the "itm" logits
+    fixed_logit_scale = None  # a number: every logit set's scale instead of CLIP's logit_scale.exp() (MMRL: 100)
 
     def __init__(self, clip_model, sentences):
         super().__init__()
@@ -465,31 +158,30 @@ class PromptedCLIP(nn.Module):
         """[C, 77] the tokenised class sentences."""
         return self.sentences.token_ids
 
-    def set_text_options(self, truncate=None, chunk_size=None, checkpoint=None, share_prefix=None):
-        """Defaults of the text tower's levers (None = keep)."""
-        encoder = self.text_encoder
-        encoder.truncate = pick(truncate, encoder.truncate)
-        encoder.chunk_size = pick(chunk_size, encoder.chunk_size)
-        encoder.checkpoint = pick(checkpoint, encoder.checkpoint)
-        encoder.share_prefix = pick(share_prefix, encoder.share_prefix)
+    def set_text_options(self, **levers):
+        """Set the text tower's levers (TextOptions fields; None = keep)."""
+        self.text_encoder.options = replace_options(self.text_encoder.options, levers)
 
-    def class_features(self, prompts=None, text=None):
-        """[C, E] L2-normalised class text features of `prompts` (default: compute_prompts()); `text` replaces
-        the per-layer text prompts (one image's prompts on the per-image path)."""
+    def class_features(self, prompts=None, text=None, normalize=True):
+        """[C, E] class text features of `prompts` (default: compute_prompts()), L2-normalised unless
+        `normalize` is False; `text` replaces the per-layer text prompts (one image's on the per-image path)."""
         prompts = prompts if prompts is not None else self.compute_prompts()
-        text = prompts.text if text is None else text
-        passes = self.sentences.passes(text)
-        encode = lambda p: self.text_encoder(p.token_ids, p.prompts, prompts.text_remove, placeholders=p.placeholders,
-                                             shared_prompt_tokens=p.shared_prompt_tokens)
+        if prompts.class_features is not None:
+            return prompts.class_features
+        passes = self.sentences.passes(prompts.text if text is None else text)
+        encode = lambda p: self.text_encoder(p.token_ids, prompts.text_schedule(
+            p.prompts, placeholders=p.placeholders, shared_prompt_tokens=p.shared_prompt_tokens))
         if len(passes) == 1 and passes[0].rows is None:
-            return F.normalize(encode(passes[0]), dim=-1)
-        rows = [None] * len(self.sentences.texts)
-        for text_pass in passes:
-            for i, feature in zip(text_pass.rows, encode(text_pass)):
-                rows[i] = feature
-        return F.normalize(torch.stack(rows), dim=-1)
+            features = encode(passes[0])
+        else:
+            rows = [None] * len(self.sentences.texts)
+            for text_pass in passes:
+                for i, feature in zip(text_pass.rows, encode(text_pass)):
+                    rows[i] = feature
+            features = torch.stack(rows)
+        return F.normalize(features, dim=-1) if normalize else features
 
-    def per_image_class_features(self, image_features, prompts):
+    def per_image_class_features(self, image_features, prompts, normalize=True):
         """[B, E] normalised image features -> [B, C, E] class features, one text pass per image."""
         per_image = prompts.text_per_image(image_features)
         passes = self.sentences.passes(per_image)
@@ -497,36 +189,60 @@ class PromptedCLIP(nn.Module):
             # one sentence form for all classes: the images' prompts are G = B prompt sets of one text pass
             # (with the shared prefix, each image's prefix runs once for all its classes)
             text_pass = passes[0]
-            return F.normalize(self.text_encoder.per_prompt_set(text_pass.token_ids, text_pass.prompts,
-                                                                prompts.text_remove,
-                                                                placeholders=text_pass.placeholders), dim=-1)
-        return torch.stack([self.class_features(prompts, text=[None if p is None else p[b] for p in per_image])
-                            for b in range(image_features.shape[0])])
+            features = self.text_encoder.per_prompt_set(text_pass.token_ids, prompts.text_schedule(
+                text_pass.prompts, placeholders=text_pass.placeholders))
+            return F.normalize(features, dim=-1) if normalize else features
+        return torch.stack([self.class_features(prompts, text=[None if p is None else p[b] for p in per_image],
+                                                normalize=normalize) for b in range(image_features.shape[0])])
 
     def image_features(self, images, prompts=None):
-        """[B, E] L2-normalised image features."""
+        """[B, E] L2-normalised image features (through the image head, if any)."""
         prompts = prompts if prompts is not None else self.compute_prompts()
-        return F.normalize(self.image_encoder(images, prompts.vision, prompts.vision_remove), dim=-1)
+        raw = self.image_encoder(images, prompts.vision_schedule())
+        return F.normalize(raw if prompts.image_head is None else prompts.image_head(raw), dim=-1)
 
     def forward(self, images, prompts=None, class_features=None):
         """[B, C] logits = logit_scale.exp() * cosine(image, class). `prompts` / `class_features` reuse values
         computed once (an evaluation); class_features are ignored when the text depends on the image."""
+        return self.outputs(images, prompts, class_features).logits["itm"]
+
+    def predict(self, images, on_trained_classes, prompts=None, class_features=None):
+        """[B, C] the logits an evaluation predicts with: `logit_rule` over the named sets (default "itm")."""
+        logits = self.outputs(images, prompts, class_features).logits
+        return logits["itm"] if self.logit_rule is None else self.logit_rule.pick(logits, on_trained_classes)
+
+    def outputs(self, images, prompts=None, class_features=None):
+        """The forward pass with every named logit set (`Outputs`)."""
         prompts = prompts if prompts is not None else self.compute_prompts()
-        image_features = self.image_features(images, prompts)
+        if prompts.vision_readout is None:
+            raw, region = self.image_encoder(images, prompts.vision_schedule()), None
+        else:
+            raw, region = self.image_encoder.with_region(images, prompts.vision_schedule())
+        image_features = F.normalize(raw if prompts.image_head is None else prompts.image_head(raw), dim=-1)
         if prompts.depends_on_image:
             class_features = self.per_image_class_features(image_features, prompts)
         elif class_features is None:
             class_features = self.class_features(prompts)
-        return self.logits(image_features, class_features)
+        logits = {"itm": self.logits(image_features, class_features)}
+        if region is not None:
+            logits["readout"] = self.logits(F.normalize(prompts.vision_readout(region), dim=-1), class_features)
+        for name, head in (prompts.logit_heads or {}).items():
+            with torch.autocast(raw.device.type, enabled=False):
+                logits[name] = head(raw.float()).float()
+        return Outputs(logits, image_features, raw, class_features)
 
     def logits(self, image_features, class_features):
         """logit_scale.exp() * image_features @ class_features.T ([C, E], or [B, C, E] per image), in fp32 even
         under autocast: bf16 would round logits of ~30 to steps of 0.25, enough to flip close classes."""
         with torch.autocast(image_features.device.type, enabled=False):
-            scale = self.logit_scale.exp().float()
+            scale = self.logit_scale.exp().float() if self.fixed_logit_scale is None else self.fixed_logit_scale
             if class_features.dim() == 3:
                 return scale * torch.einsum("be,bce->bc", image_features.float(), class_features.float())
             return scale * image_features.float() @ class_features.float().t()
+
+
+def replace_options(options, levers):
+    return replace(options, **{name: value for name, value in levers.items() if value is not None})
 
 
 # ------------------------------------------------------------------------------------------------------------

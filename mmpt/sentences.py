@@ -54,6 +54,19 @@ class TextPass:
     shared_prompt_tokens: int = 0
 
 
+def refuse_truncation_collisions(texts, token_ids):
+    """Two different class sentences that CLIP reads as the same tokens (cut at 77 tokens, or differing only
+    in case / spacing) would be two classes with one text feature: refuse them in one line (ConfigError).
+    Identical sentences are a duplicate class name, which the dataset checks (DatasetBase)."""
+    first = {}
+    for index, (text, row) in enumerate(zip(texts, token_ids.tolist())):
+        other = first.setdefault(tuple(row), index)
+        if other != index and texts[other] != text:
+            raise ConfigError(f"classes {other} and {index} have the same prompt after CLIP's 77-token truncation "
+                              f"(or case folding): {texts[other][:60]!r}... and {text[:60]!r}...; shorten or rename "
+                              "them so that they differ within the first 77 tokens")
+
+
 class ClassSentences(nn.Module):
     """One sentence per class, tokenised ([C, 77] non-persistent buffer `token_ids`, so a checkpoint trained on
     one class set loads for another), and the number of placeholder tokens after SOS."""
@@ -63,6 +76,7 @@ class ClassSentences(nn.Module):
         self.texts = list(texts)
         self.placeholders = placeholders
         self.register_buffer("token_ids", clip.tokenize(self.texts, truncate=True), persistent=False)
+        refuse_truncation_collisions(self.texts, self.token_ids)
 
     def passes(self, text_prompts):
         return [TextPass(None, self.token_ids, text_prompts, self.placeholders)]

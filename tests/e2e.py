@@ -41,13 +41,14 @@ def device_under_test():
 
 
 def trainer_node(module, name, **overrides):
-    """cfg.TRAINER.<name> as the method declared in `module` defines it, with `overrides` set."""
+    """The typed config of the method declared in `module` whose cfg_node is `name`, with `overrides` set
+    (what the method's model is built from)."""
     from mmpt.prompt_trainer import PromptTrainer
 
     methods = [cls for cls in vars(module).values()
                if isinstance(cls, type) and issubclass(cls, PromptTrainer) and cls.cfg_node == name]
     assert len(methods) == 1, f"{module.__name__} declares no method with cfg_node {name!r}"
-    return methods[0].config_node(**overrides)
+    return methods[0].make_config(**overrides)
 
 
 @torch.no_grad()
@@ -130,3 +131,18 @@ def run_train(tmp_path, trainer, config_file, dataset="Caltech101", opts=(), eva
     trainer = train.main(train.get_parser().parse_args(args))
     log_text = (output_dir / "log.txt").read_text()
     return (output_dir, log_text, trainer) if return_trainer else (output_dir, log_text)
+
+
+def assert_only_prompts_differ(model, clip_model):
+    """Every tensor of `model` outside prompt_learner equals its counterpart in `clip_model` (the frozen CLIP the
+    run started from), and every CLIP tensor is compared."""
+    frozen = dict(clip_model.named_parameters())
+    clip_name = {"text_encoder.": "", "image_encoder.visual.": "visual.", "logit_scale": "logit_scale"}
+    checked = 0
+    for name, tensor in model.state_dict().items():
+        if name.startswith("prompt_learner."):
+            continue
+        ours = next(prefix for prefix in clip_name if name.startswith(prefix))
+        assert torch.equal(tensor, frozen[clip_name[ours] + name[len(ours):]]), name
+        checked += 1
+    assert checked == len(frozen)

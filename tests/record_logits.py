@@ -14,6 +14,11 @@ The variants: VARIANTS / RESNET_VARIANTS below (the methods recorded before meth
 and runs the command; nothing here changes). `python -m tests.records` only appends: entries already in the file
 stay as they are. Rebuild the file (`--rewrite`) only when a change of numerics is intended (and say so in the
 commit).
+
+Bits are only reproducible on the kind of processor that recorded them: MKL and ATen pick their kernels by the
+CPU's instruction sets, and another choice moves the last bits (about 2e-6 between two of our machines). A record
+therefore names the machine each entry was made on (tests/records.py `machine()`); on another machine the test
+compares within float tolerance and says so.
 """
 import os
 import sys

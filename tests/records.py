@@ -11,18 +11,46 @@ options). The variants come from the module's list and from the declared methods
 method means declaring its variants in its module and running this command; the entries already in a file are
 never recomputed or touched (a fresh computation on another machine could differ in the last bit of an old
 method's entry, which would hide a regression). The file is replaced atomically.
+
+Bits reproduce only on the kind of processor that computed them (MKL and ATen choose kernels by instruction set):
+each entry's machine is kept under MACHINES_KEY, and the tests compare bit for bit where it matches this machine,
+within float tolerance (and with a warning) elsewhere.
 """
 import argparse
 import glob
 import importlib
 import os
 import os.path as osp
+import platform
 import sys
+import warnings
 
 import torch
 
 TESTS = osp.dirname(osp.abspath(__file__))
 COMMAND = "PYTHONPATH=$PWD python -m tests.records"
+MACHINES_KEY = "__machines__"  # {variant: machine()} of the machine that computed each entry
+
+
+def machine():
+    """What decides the kernels and so the last bits: torch's version, its CPU capability and the processor."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"torch": str(torch.__version__), "capability": torch.backends.cpu.get_cpu_capability(), "processor": model}
+
+
+def equal_as_recorded(record, variant, measured, expected):
+    """torch.equal where `variant`'s entry was computed on this kind of machine; elsewhere within 1e-5 (other
+    kernels move the last bits), with a warning saying so."""
+    recorded_on = record.get(MACHINES_KEY, {}).get(variant)
+    if recorded_on == machine():
+        return torch.equal(measured, expected)
+    warnings.warn(f"{variant}: recorded on {recorded_on}, this is {machine()}: compared within 1e-5, not bit for bit")
+    return torch.allclose(measured, expected, rtol=1e-5, atol=1e-5)
 
 
 def record_modules():
@@ -61,6 +89,7 @@ def extend(module, rewrite=False, echo=print):
         if variant in record:
             continue
         record[variant] = module.measure(trainer, overrides, resnet)
+        record.setdefault(MACHINES_KEY, {})[variant] = machine()
         computed.append(variant)
         echo(f"  + {variant} ({trainer}{', ResNet' if resnet else ''})")
     known = {variant for variant, _, _, _ in module.variants()}

@@ -134,3 +134,20 @@ def test_the_method_package_is_imported_by_name_with_a_one_line_error_elsewhere(
                             timeout=300)
     assert result.stdout.strip() == ("cannot import the method package 'trainers': run from the repository root or "
                                      "put the repository on PYTHONPATH"), result.stdout + result.stderr[-2000:]
+
+
+# the prompt mechanics, bottom up: each module imports only the ones before it (and torch); the contract
+# (mmpt.prompted_clip) sits on top of the encoders, and methods never reach below the encoders' block mechanics
+PROMPT_MECHANICS = ("mmpt.blocks", "mmpt.shared_prefix", "mmpt.encoders", "mmpt.prompted_clip")
+
+
+def test_prompt_mechanics_are_layered():
+    known = modules()
+    for position, name in enumerate(PROMPT_MECHANICS):
+        repository_imports = {i for i in imported_names(known[name]) if i.split(".")[0] in PACKAGES}
+        allowed = set(PROMPT_MECHANICS[:position]) | ({"dassl.utils"} if name == "mmpt.prompted_clip" else set())
+        outside = {i for i in repository_imports if not any(i == a or i.startswith(a + ".") for a in allowed)}
+        assert not outside, (name, sorted(outside))
+    for name, path in known.items():
+        if name.startswith("trainers"):
+            assert not {i for i in imported_names(path) if i.startswith("mmpt.shared_prefix")}, name

@@ -163,7 +163,7 @@ def test_coop_random_init(small_clip):
     assert ctx.shape == (len(CLASSNAMES), 16, 64)
     assert 0.015 < ctx.std().item() < 0.025 and abs(ctx.mean().item()) < 0.005  # N(0, 0.02)
     with pytest.raises(ConfigError, match="TRAINER.COOP.CLASS_TOKEN_POSITION='back'"):
-        coop.CoOpCLIP(small_clip, CLASSNAMES, trainer_node(coop, "COOP", CLASS_TOKEN_POSITION="back"))
+        coop.CoOp.make_config(CLASS_TOKEN_POSITION="back")
 
 
 # ---- CoCoOp: text features are per image, = CoOp's text path with ctx + meta_net(f_i) ----
@@ -193,7 +193,7 @@ def test_zeroshot_logits_equal_clip(small_clip):
     assert template == "a photo of a {}, a type of pet."
     assert template_for("NoSuchDataset") == "a photo of a {}."
     with pytest.raises(ConfigError, match="TRAINER.ZSCLIP.TEMPLATE='a photo'"):
-        zsclip.ZeroshotCLIPModel(small_clip, CLASSNAMES, trainer_node(zsclip, "ZSCLIP", TEMPLATE="a photo"))
+        zsclip.ZeroshotCLIP.build_method_model(small_clip, CLASSNAMES, trainer_node(zsclip, "ZSCLIP", TEMPLATE="a photo"))
     model = zsclip.ZeroshotCLIPModel(small_clip, CLASSNAMES, trainer_node(zsclip, "ZSCLIP", TEMPLATE=template))
     assert trainable(model) == 0
     torch.manual_seed(4)
@@ -231,7 +231,7 @@ def test_maple_state_dict_keys_are_the_releases(small_clip):
 
 def test_depth_beyond_the_backbone_is_a_clear_error(small_clip):
     with pytest.raises(ConfigError, match=r"TRAINER.MAPLE.PROMPT_DEPTH=9: expected an int in 1..3"):
-        maple.MaPLeCLIP(small_clip, CLASSNAMES, trainer_node(maple, "MAPLE"))
+        maple.MaPLe.build_method_model(small_clip, CLASSNAMES, trainer_node(maple, "MAPLE"))
 
 
 # ---- end to end: train 2 epochs on a generated dataset, evaluate; a training step moves prompts only ----

@@ -370,3 +370,158 @@ def test_published_checksums_and_alternatives_in_the_table():
     assert table["EuroSAT"].resources[0].alternatives[0].md5 == "c8fa014336c82ac7804f0398fcb19387"
     assert table["UCF101"].resources[-1].url == "gdrive:1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y"
     assert table["StanfordCars"].if_failed
+
+
+# ------------------------------------------------------------------------------ the Hugging Face Hub mirror
+@pytest.fixture(autouse=True)
+def hub_endpoint_closed(monkeypatch):
+    """No test reaches huggingface.co: the Hub endpoint is a closed loopback port unless a test serves one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{s.getsockname()[1]}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+
+class HubHandler(http.server.BaseHTTPRequestHandler):
+    """The Hub's download API: `/{datasets/}<repo>/resolve/<revision>/<file>` answers (HEAD and GET) with a 302
+    to the file's blob on another origin (the CDN: the `mirror` server), carrying the headers hf_hub_download
+    reads: X-Repo-Commit, X-Linked-Etag (the sha256 of an LFS file), X-Linked-Size."""
+
+    files = None  # {url path: (sha256 announced, size, CDN url)}
+    requests = None
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self.requests.append((self.command, self.path))
+        entry = self.files.get(self.path.split("?")[0])
+        if entry is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        sha256, size, cdn_url = entry
+        self.send_response(302)
+        self.send_header("Location", cdn_url)
+        self.send_header("X-Repo-Commit", data_prep.HUB_MIRROR.revision)
+        self.send_header("X-Linked-Etag", f'"{sha256}"')
+        self.send_header("X-Linked-Size", str(size))
+        self.send_header("ETag", '"0123"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD
+
+
+@pytest.fixture
+def hub(tmp_path, mirror, monkeypatch):
+    """serve(name, archive path, repo_type, announced sha256=None) puts an archive on a loopback Hub (HF_ENDPOINT
+    points at it) whose blobs the `mirror` server hands out; returns the list of Hub requests."""
+    mirror_dir, base_url, _ = mirror
+    files, requests = {}, []
+    handler = type("Hub", (HubHandler,), {"files": files, "requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+
+    def serve(name, archive, repo_type, sha256=None):
+        table = data_prep.HUB_MIRROR
+        mirror_entry = dataclasses.replace(table, repo_type=repo_type)
+        monkeypatch.setattr(data_prep, "HUB_MIRROR", mirror_entry)
+        blob = mirror_dir / "cdn" / data_prep.file_digest(str(archive), "sha256")
+        blob.parent.mkdir(exist_ok=True)
+        shutil.copy(archive, blob)
+        kind = "datasets/" if repo_type == "dataset" else ""
+        path = f"/{kind}{table.repo_id}/resolve/{table.revision}/{table.files[name]}"
+        files[path] = (sha256 or blob.name, blob.stat().st_size, f"{base_url}/cdn/{blob.name}")
+        return requests
+
+    yield serve
+    server.shutdown()
+    server.server_close()
+
+
+def tree(folder):
+    """{relative path: bytes} of every file under folder except data_prep's bookkeeping."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and ".data_prep" not in p.relative_to(folder).parts}
+
+
+def hub_archive(src_dir, out_path):
+    """A community copy: the whole dataset folder in one zip (under its folder name), with extras of its own
+    (a few-shot cache and a README) that must not land in the prepared folder."""
+    with zipfile.ZipFile(out_path, "w") as zf:
+        for path in sorted(Path(src_dir).rglob("*")):
+            if path.is_file():
+                zf.write(path, f"{Path(src_dir).name}/{path.relative_to(src_dir)}")
+        zf.writestr(f"{Path(src_dir).name}/split_fewshot/shot_16-seed_1.pkl", b"not ours")
+        zf.writestr(f"{Path(src_dir).name}/README.txt", b"prompt learning datasets")
+
+
+def original_hosts(base_url, folder, gone=False):
+    """SOURCES entries of Caltech101 pointed at the loopback original host (404 when `gone`), no alternatives."""
+    resources = tuple(dataclasses.replace(r, url=f"{base_url}/{'gone' if gone else folder}/{r.filename}",
+                                          alternatives=()) for r in SOURCES["Caltech101"].resources)
+    return data_prep.Source(resources)
+
+
+@pytest.mark.parametrize("repo_type", ["model", "dataset"])
+def test_hub_mirror_after_the_original_host_fails(tmp_path, mirror, hub, monkeypatch, capsys, repo_type):
+    """The original host serves the files; then it is gone and the Hub copy (HF_ENDPOINT, the Hub's download
+    API) serves the same dataset: the prepared folders are identical, split file byte for byte."""
+    mirror_dir, base_url, _ = mirror
+    reference = make_mirror("Caltech101", mirror_dir, tmp_path / "src")
+    monkeypatch.setitem(SOURCES, "Caltech101", original_hosts(base_url, "caltech-101"))
+    from_original = tmp_path / "original"
+    assert data_prep.main(["--root", str(from_original), "--datasets", "caltech101", "--source", "original"]) == 0
+    hub_archive(tmp_path / "src" / "caltech-101", tmp_path / "caltech-101.zip")
+    requests = hub("Caltech101", tmp_path / "caltech-101.zip", repo_type)
+    monkeypatch.setitem(SOURCES, "Caltech101", original_hosts(base_url, "caltech-101", gone=True))
+    from_hub = tmp_path / "hub"
+    capsys.readouterr()
+    assert data_prep.main(["--root", str(from_hub), "--datasets", "caltech101"]) == 0
+    out = capsys.readouterr().out
+    hub_url = data_prep.hub_url(data_prep.HUB_MIRROR, "caltech-101.zip")
+    assert hub_url.startswith(os.environ["HF_ENDPOINT"]) and ("/datasets/" in hub_url) == (repo_type == "dataset")
+    failed = [line for line in out.splitlines() if "original host failed" in line]
+    assert len(failed) == 1 and "HTTP 404" in failed[0] and failed[0].endswith(f"trying {hub_url}")
+    assert ("HEAD", hub_url[len(os.environ["HF_ENDPOINT"]):]) in requests  # fetched once for both resources
+    assert sum(1 for method, _ in requests if method == "GET") <= 1
+    hub_tree, original_tree = tree(from_hub / "caltech-101"), tree(from_original / "caltech-101")
+    assert hub_tree.keys() == original_tree.keys() and hub_tree == original_tree
+    assert "split_zhou_Caltech101.json" in hub_tree and not (from_hub / "caltech-101" / "split_fewshot").exists()
+    ds = build(from_hub, "Caltech101")
+    assert relative(ds.test, from_hub) == relative(reference.test, tmp_path / "src")
+    # a second run finds everything done
+    assert data_prep.main(["--root", str(from_hub), "--datasets", "caltech101"]) == 0
+    assert "done before" in capsys.readouterr().out
+
+
+def test_hub_checksum_offline_and_source_order(tmp_path, mirror, hub, monkeypatch, capsys):
+    mirror_dir, base_url, _ = mirror
+    make_mirror("Caltech101", mirror_dir, tmp_path / "src")
+    hub_archive(tmp_path / "src" / "caltech-101", tmp_path / "caltech-101.zip")
+    monkeypatch.setitem(SOURCES, "Caltech101", original_hosts(base_url, "caltech-101", gone=True))
+    argv = ["--root", str(tmp_path / "data"), "--datasets", "caltech101"]
+    # the Hub publishes a sha256 the file does not have: refused in one line per resource, nothing laid out
+    requests = hub("Caltech101", tmp_path / "caltech-101.zip", "model", sha256="0" * 64)
+    assert data_prep.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("sha256 differs from the one published by the Hub" in line for line in err)
+    assert not (tmp_path / "data" / "caltech-101" / "101_ObjectCategories").exists()
+    # offline: only an earlier download would do; one line says so
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    n_requests = len(requests)
+    assert data_prep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "HF_HUB_OFFLINE is set" in err and len(requests) == n_requests
+    # --source hub first: the Hub serves everything, the original host is not asked
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub("Caltech101", tmp_path / "caltech-101.zip", "model")
+    n_mirror = len(mirror[2])
+    assert data_prep.main(argv + ["--source", "hub", "original"]) == 0
+    assert not any(path.startswith("/gone/") for path, _ in mirror[2][n_mirror:])
+    assert build(tmp_path / "data", "Caltech101").num_classes == 6

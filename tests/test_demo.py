@@ -44,7 +44,7 @@ def test_demo_data_is_the_toy_world_made_once(tmp_path):
 def test_demo_orchestration_on_finished_runs(tmp_path):
     """With every run already finished, the demo skips them and prints the banner, the sweep, table and chart."""
     accuracy = {"ZeroshotCLIP": (50.0, 40.0), "CoOp": (70.0, 30.0), "CoCoOp": (65.0, 38.0), "MaPLe": (72.0, 41.0),
-                "MuDPT": (80.0, 60.0), "MPL": (71.0, 42.0)}
+                "MuDPT": (80.0, 60.0), "MPL": (71.0, 42.0), "TCP": (69.0, 45.0)}
     jobs = demo_jobs(tmp_path)
     for job in jobs:
         os.makedirs(job.output_dir)

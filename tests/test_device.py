@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from benchmarks.models import config_path
 from benchmarks.reference import ReferenceImageEncoder, ReferenceTextEncoder
-from mmpt.prompted_clip import PromptedImageEncoder, PromptedTextEncoder
+from mmpt.encoders import PromptedImageEncoder, PromptedTextEncoder, TextOptions, TowerSchedule
 from tests.e2e import device_under_test, run_train, small_clip_model, trainer_node
 from trainers import cocoop, maple, mpl
 
@@ -87,10 +87,11 @@ def test_sdpa_towers_equal_clip_blocks(small_clip):
     vision_prompts = [(torch.randn(2, 96, generator=generator) * 0.1).to(DEVICE) for _ in range(3)]
     with torch.no_grad():
         for share_prefix in (False, True):
-            ours = PromptedTextEncoder(small_clip, share_prefix=share_prefix)(ids, text_prompts)
-            torch.testing.assert_close(ours, ReferenceTextEncoder(small_clip)(ids, text_prompts), rtol=1e-4, atol=1e-4)
-        ours = PromptedImageEncoder(small_clip)(images(3), vision_prompts)
-        torch.testing.assert_close(ours, ReferenceImageEncoder(small_clip)(images(3), vision_prompts),
+            ours = PromptedTextEncoder(small_clip, TextOptions(share_prefix=share_prefix))(ids, TowerSchedule(text_prompts))
+            torch.testing.assert_close(ours, ReferenceTextEncoder(small_clip)(ids, TowerSchedule(text_prompts)),
+                                       rtol=1e-4, atol=1e-4)
+        ours = PromptedImageEncoder(small_clip)(images(3), TowerSchedule(vision_prompts))
+        torch.testing.assert_close(ours, ReferenceImageEncoder(small_clip)(images(3), TowerSchedule(vision_prompts)),
                                    rtol=1e-4, atol=1e-4)
 
 
@@ -113,12 +114,15 @@ def test_autocast_keeps_residual_streams_and_logits_fp32(small_clip, precision):
 
 
 @pytest.mark.parametrize("prec", ["amp", "fp16"])
-@pytest.mark.parametrize("trainer, config", [("CoOp", "vit_b16_ep50.yaml"), ("MaPLe", "vit_b16_c2_ep5_batch4_2ctx.yaml")])
+@pytest.mark.parametrize("trainer, config", [("CoOp", "vit_b16_ep50.yaml"), ("MaPLe", "vit_b16_c2_ep5_batch4_2ctx.yaml"),
+                                             ("MMA", "vit_b16_ep5.yaml")])
 def test_training_end_to_end_on_the_device(tmp_path, trainer, config, prec):
-    node = {"CoOp": "COOP", "MaPLe": "MAPLE"}[trainer]
+    node = {"CoOp": "COOP", "MaPLe": "MAPLE", "MMA": "MMA"}[trainer]
     opts = ["USE_CUDA", str(DEVICE.type == "cuda"), f"TRAINER.{node}.PREC", prec]
     if trainer == "MaPLe":
         opts += ["TRAINER.MAPLE.PROMPT_DEPTH", "2"]  # the tiny backbone has 2 layers
+    if trainer == "MMA":  # adapters on both blocks of the tiny backbone; gradient scaling under the GradScaler
+        opts += ["TRAINER.MMA.ADAPTER_START", "1", "TRAINER.MMA.ADAPTER_END", "2"]
     _, log, trained = run_train(tmp_path, trainer, config_path(trainer, config), opts=opts, return_trainer=True)
     assert trained.device.type == DEVICE.type
     assert "Finish training" in log and "* accuracy:" in log

@@ -183,6 +183,70 @@ def test_build_optimizer_names(name):
     assert sum(p.numel() for p in optimizer.param_groups[0]["params"]) == 8
 
 
+TORCH_OPTIMIZERS = {"adam": torch.optim.Adam, "amsgrad": torch.optim.Adam, "adamw": torch.optim.AdamW,
+                    "radam": torch.optim.RAdam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+
+
+def _steps(optimizer, model, n=3):
+    """n seeded steps of a quadratic loss; returns the final weights."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(n):
+        optimizer.zero_grad()
+        (model(torch.randn(4, 3, generator=generator)) ** 2).sum().backward()
+        optimizer.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "amsgrad", "rmsprop", "radam"])
+def test_default_eps_is_torchs_default(name):
+    """OPTIM.EPS's default 1e-8 is torch's own: every optimizer steps bit-identically to torch's defaults."""
+    optim_cfg = get_cfg_default().OPTIM
+    optim_cfg.NAME = name
+    torch.manual_seed(0)
+    ours_model, torch_model = nn.Linear(3, 2), nn.Linear(3, 2)
+    torch_model.load_state_dict(ours_model.state_dict())
+    ours = build_optimizer(ours_model, optim_cfg)
+    settings = {"lr": optim_cfg.LR, "weight_decay": optim_cfg.WEIGHT_DECAY}  # no eps: torch's default
+    if name == "sgd":
+        settings.update(momentum=optim_cfg.MOMENTUM)
+    elif name == "rmsprop":
+        settings.update(momentum=optim_cfg.MOMENTUM, alpha=optim_cfg.RMSPROP_ALPHA)
+    else:
+        settings.update(betas=(optim_cfg.ADAM_BETA1, optim_cfg.ADAM_BETA2))
+        if name == "amsgrad":
+            settings.update(amsgrad=True)
+    reference = TORCH_OPTIMIZERS[name](torch_model.parameters(), **settings)
+    assert ours.defaults.get("eps") == reference.defaults.get("eps")  # None for sgd, which has no eps
+    assert torch.equal(_steps(ours, ours_model), _steps(reference, torch_model))
+
+
+def test_eps_reaches_the_adam_family_and_changes_the_update():
+    optim_cfg = get_cfg_default().OPTIM
+    optim_cfg.EPS = 1e-3  # TCP's setting
+    for name in ("adam", "amsgrad", "adamw", "radam", "rmsprop"):
+        optim_cfg.NAME = name
+        assert build_optimizer(nn.Linear(3, 2), optim_cfg).param_groups[0]["eps"] == 1e-3, name
+    optim_cfg.NAME = "adam"
+    torch.manual_seed(0)
+    model, default_model = nn.Linear(3, 2), nn.Linear(3, 2)
+    default_model.load_state_dict(model.state_dict())
+    large_eps = _steps(build_optimizer(model, optim_cfg), model)
+    default_eps = _steps(build_optimizer(default_model, get_cfg_default().OPTIM), default_model)
+    assert not torch.allclose(large_eps, default_eps)
+    optim_cfg.NAME = "sgd"  # no epsilon: unaffected
+    assert "eps" not in build_optimizer(nn.Linear(3, 2), optim_cfg).defaults
+
+
+@pytest.mark.parametrize("value", [0.0, -1e-3, "1e-3", True])
+def test_bad_eps_is_one_line_error(value):
+    from dassl.utils import ConfigError
+
+    optim_cfg = get_cfg_default().OPTIM
+    optim_cfg.EPS = value
+    with pytest.raises(ConfigError, match=r"^OPTIM\.EPS=.*: expected a number > 0"):
+        build_optimizer(nn.Linear(3, 2), optim_cfg)
+
+
 # ------------------------------------------------------------------ checkpoints
 def _state(epoch=3):
     model = nn.Linear(3, 2)

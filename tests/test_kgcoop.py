@@ -11,7 +11,7 @@ import trainers  # noqa: F401  (declares the methods)
 from dassl.utils import ConfigError, RunError
 from mmpt.clip_backbone import build_random_clip, load_clip_by_name
 from mmpt.templates import CUSTOM_TEMPLATES
-from tests.e2e import run_train, small_clip_model, trainer_node
+from tests.e2e import assert_only_prompts_differ, run_train, small_clip_model, trainer_node
 from tests.test_baselines import coop_reference_features
 from trainers import kgcoop
 
@@ -67,7 +67,7 @@ def test_knowledge_guided_term_matches_the_formula(small_clip):
 def test_hand_written_features_fp32_once_and_not_saved(small_clip):
     model = kgcoop.KgCoOpCLIP(small_clip, CLASSNAMES, trainer_node(kgcoop, "KGCOOP",
                                                                   TEMPLATE=kgcoop.dataset_template("OxfordPets")))
-    assert model.hand_written_features is None  # nothing computed until a training step needs it
+    assert model.hand_written.cached_class_features is None  # nothing computed until a training step needs it
     with torch.autocast("cpu", dtype=torch.bfloat16):
         first = model.hand_written_class_features()
     assert first.dtype == torch.float32 and not first.requires_grad
@@ -96,7 +96,7 @@ def test_templates(small_clip, capsys):
         cfg = kgcoop_cfg(**node_values)
         cfg.DATASET.NAME = dataset
         cfg.freeze()
-        node = kgcoop.KgCoOp.__new__(kgcoop.KgCoOp).model_node(cfg)
+        node = kgcoop.KgCoOp.__new__(kgcoop.KgCoOp).model_config(cfg)
         return kgcoop.KgCoOpCLIP(small_clip, CLASSNAMES, node).template
 
     assert CUSTOM_TEMPLATES["DescribableTextures"] == "{} texture."  # zero-shot CLIP keeps CoOp's
@@ -114,7 +114,7 @@ def test_parameter_count_at_vit_b16():
     clip_model = build_random_clip("random-ViT-B/16").requires_grad_(False)
     model = kgcoop.KgCoOp.model_class(clip_model, CLASSNAMES, trainer_node(kgcoop, "KGCOOP"))
     assert sum(p.numel() for p in model.prompt_learner.parameters()) == 2_048
-    assert model.hand_written_features is None
+    assert model.hand_written.cached_class_features is None
     random_init = kgcoop.KgCoOpCLIP(clip_model, CLASSNAMES, trainer_node(kgcoop, "KGCOOP", CTX_INIT="", N_CTX=16))
     assert sum(p.numel() for p in random_init.prompt_learner.parameters()) == 8_192
 
@@ -156,16 +156,7 @@ def test_base_to_new_end_to_end(tmp_path):
     # training changed the context and nothing else
     initial_ctx = clip_model.token_embedding.weight[clip.tokenize("a photo of a")[0, 1:5]]
     assert not torch.allclose(model.prompt_learner.ctx, initial_ctx)
-    frozen = dict(clip_model.named_parameters())
-    clip_name = {"text_encoder.": "", "image_encoder.visual.": "visual.", "logit_scale": "logit_scale"}
-    checked = 0
-    for name, tensor in model.state_dict().items():
-        if name.startswith("prompt_learner."):
-            continue
-        ours = next(prefix for prefix in clip_name if name.startswith(prefix))
-        assert torch.equal(tensor, frozen[clip_name[ours] + name[len(ours):]]), name
-        checked += 1
-    assert checked == len(frozen)  # every CLIP tensor compared
+    assert_only_prompts_differ(model, clip_model)  # every CLIP tensor compared
 
     # the loss of one training step against the release's formula, on CLIP's own code path
     batch = next(iter(trainer.train_loader_x))
@@ -194,7 +185,7 @@ def test_base_to_new_end_to_end(tmp_path):
     assert "model.pth.tar-2" in log and "* accuracy:" in log
     assert set(evaluator.dm.dataset.classnames).isdisjoint(base_names)
     torch.testing.assert_close(evaluator.model.prompt_learner.ctx, ctx)
-    assert evaluator.model.hand_written_features is None
+    assert evaluator.model.hand_written.cached_class_features is None
 
     # a checkpoint of the release (its unused bias_vectors / meta_net and CoOp's class buffers) loads
     width = ctx.shape[-1]

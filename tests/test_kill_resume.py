@@ -1,5 +1,5 @@
 """`kill -9` at random moments, and inside checkpoint writes, each followed by an immediate restart into the same
-folder: the run ends bit-identical to an uninterrupted one (CoOp, tiny CLIP, two DataLoader workers).
+folder: the run ends bit-identical to an uninterrupted one (CoOp and MMA, tiny CLIP, two DataLoader workers).
 
 One helper process imports train.py once and forks every run from itself (a fresh interpreter per run would
 spend most of the test importing torch). The restart follows the kill at once, while the killed run's
@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.e2e import FAST_OPTS, make_fixture_dataset
@@ -91,15 +92,21 @@ def last_accuracy(run_dir):
     return lines[-1] if lines else None
 
 
-def test_kill_9_anywhere_then_restart_is_bit_identical(tmp_path):
+# (trainer, config, its options on the 2-layer tiny CLIP)
+RUNS = [("CoOp", "configs/trainers/CoOp/vit_b16_ep50.yaml", ()),
+        ("MMA", "configs/trainers/MMA/vit_b16_ep5.yaml", ("TRAINER.MMA.ADAPTER_START", "1", "TRAINER.MMA.ADAPTER_END", "2"))]
+
+
+@pytest.mark.parametrize("trainer,config,trainer_opts", RUNS, ids=[run[0] for run in RUNS])
+def test_kill_9_anywhere_then_restart_is_bit_identical(tmp_path, trainer, config, trainer_opts):
     data = make_fixture_dataset(tmp_path / "data", "Caltech101")
     epochs = 3
 
     def argv(output_dir, *flags):
-        return ["--root", str(data), "--seed", "1", "--trainer", "CoOp", "--config-file",
-                os.path.join(REPO_ROOT, "configs/trainers/CoOp/vit_b16_ep50.yaml"), "--output-dir", str(output_dir),
+        return ["--root", str(data), "--seed", "1", "--trainer", trainer, "--config-file",
+                os.path.join(REPO_ROOT, config), "--output-dir", str(output_dir),
                 *flags,
-                *FAST_OPTS, "DATASET.NAME", "Caltech101", "OPTIM.MAX_EPOCH", str(epochs),
+                *FAST_OPTS, "DATASET.NAME", "Caltech101", "OPTIM.MAX_EPOCH", str(epochs), *trainer_opts,
                 "DATALOADER.NUM_WORKERS", "2", "USE_CUDA", "False"]  # CPU: bit-identical runs on a GPU machine too
 
     seed = random.randrange(2 ** 32)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from benchmarks.models import build_method, load_cfg, config_path
 from benchmarks.reference import ReferenceImageEncoder, ReferenceTextEncoder
 from mmpt.clip_backbone import build_random_clip
-from mmpt.prompted_clip import PromptedImageEncoder, PromptedTextEncoder
+from mmpt.encoders import PromptedImageEncoder, PromptedTextEncoder, TextOptions, TowerSchedule
 from dassl.utils import ConfigError
 
 ATOL = 1e-5
@@ -64,14 +64,14 @@ def text_setup(clip_model, per_sequence=None):
 
 def test_truncated_text_equals_77_tokens_with_deep_prompts(clip_model, token_ids):
     prompts = text_setup(clip_model)
-    encoder = PromptedTextEncoder(clip_model, share_prefix=False)  # the plain pass (tests/test_shared_prefix.py: the other)
+    encoder = PromptedTextEncoder(clip_model, TextOptions(share_prefix=False))  # the plain pass (tests/test_shared_prefix.py: the other)
     with text_block_inputs(clip_model) as (shapes, _):
-        truncated = encoder(token_ids, prompts, truncate=True)
+        truncated = encoder.with_options(truncate=True)(token_ids, TowerSchedule(prompts))
     assert {shape[1] for shape in shapes} == {int(token_ids.argmax(-1).max()) + 1}  # the tower ran short
-    full = encoder(token_ids, prompts, truncate=False)
+    full = encoder.with_options(truncate=False)(token_ids, TowerSchedule(prompts))
     assert torch.allclose(truncated, full, atol=ATOL)
     # and both equal the reference implementation's 77-token computation
-    assert torch.allclose(truncated, ReferenceTextEncoder(clip_model)(token_ids, prompts), atol=ATOL)
+    assert torch.allclose(truncated, ReferenceTextEncoder(clip_model)(token_ids, TowerSchedule(prompts)), atol=ATOL)
 
 
 def test_truncated_text_equals_77_tokens_when_prompts_are_added(clip_model, token_ids):
@@ -80,8 +80,8 @@ def test_truncated_text_equals_77_tokens_when_prompts_are_added(clip_model, toke
     prompts = [torch.randn(2, width) * 0.1, torch.randn(3, width) * 0.1]
     remove = [None, 1]  # layer 1: drop 1 of the 2 shallow tokens, append 3: region grows to 4
     encoder = PromptedTextEncoder(clip_model)
-    truncated = encoder(token_ids, prompts, remove, truncate=True)
-    reference = ReferenceTextEncoder(clip_model)(token_ids, prompts, remove)
+    truncated = encoder.with_options(truncate=True)(token_ids, TowerSchedule(prompts, remove))
+    reference = ReferenceTextEncoder(clip_model)(token_ids, TowerSchedule(prompts, remove))
     assert torch.allclose(truncated, reference, atol=ATOL)
 
 
@@ -93,9 +93,9 @@ def test_sdpa_text_tower_equals_clip_blocks(clip_model, token_ids):
         assert torch.allclose(plain, clip_model.encode_text(token_ids), atol=ATOL)
     prompts = text_setup(clip_model, per_sequence=len(CLASSNAMES))
     with text_block_inputs(clip_model) as (_, mha_calls):
-        ours = PromptedTextEncoder(clip_model)(token_ids, prompts, truncate=False)
+        ours = PromptedTextEncoder(clip_model, TextOptions(truncate=False))(token_ids, TowerSchedule(prompts))
     assert not mha_calls  # the attention ran through SDPA, not nn.MultiheadAttention
-    assert torch.allclose(ours, ReferenceTextEncoder(clip_model)(token_ids, prompts), atol=ATOL)
+    assert torch.allclose(ours, ReferenceTextEncoder(clip_model)(token_ids, TowerSchedule(prompts)), atol=ATOL)
 
 
 def test_sdpa_vision_tower_equals_clip_blocks(clip_model):
@@ -106,8 +106,8 @@ def test_sdpa_vision_tower_equals_clip_blocks(clip_model):
     n_layers = len(clip_model.visual.transformer.resblocks)
     for remove in (None, [None] + [1] * (n_layers - 1)):  # deep replacement (MaPLe) and MPL's remove / carry
         prompts = deep_prompts(n_layers, 2, width, 2)
-        ours = PromptedImageEncoder(clip_model)(images, prompts, remove)
-        reference = ReferenceImageEncoder(clip_model)(images, prompts, remove)
+        ours = PromptedImageEncoder(clip_model)(images, TowerSchedule(prompts, remove))
+        reference = ReferenceImageEncoder(clip_model)(images, TowerSchedule(prompts, remove))
         assert torch.allclose(ours, reference, atol=ATOL), remove
 
 
@@ -115,11 +115,11 @@ def test_sdpa_vision_tower_equals_clip_blocks(clip_model):
 
 @pytest.mark.parametrize("chunk_size, checkpoint", [(4, False), (0, True), (4, True), (1, True)])
 def test_chunked_checkpointed_text_equals_plain(clip_model, token_ids, chunk_size, checkpoint):
-    encoder = PromptedTextEncoder(clip_model, share_prefix=False)  # block calls counted below: the plain pass
+    encoder = PromptedTextEncoder(clip_model, TextOptions(share_prefix=False))  # block calls counted below: the plain pass
 
     def features_and_grads(**options):
         prompts = [p.clone().requires_grad_() for p in text_setup(clip_model)]
-        features = encoder(token_ids, prompts, **options)
+        features = encoder.with_options(**options)(token_ids, TowerSchedule(prompts))
         weights = torch.linspace(-1, 1, features.numel()).reshape(features.shape)
         (features * weights).sum().backward()
         return features.detach(), [p.grad for p in prompts]
@@ -177,7 +177,7 @@ def test_trainer_evaluation_computes_class_features_once(tmp_path):
 
     def evaluate(cache):
         trainer.cfg.defrost()
-        trainer.cfg.TRAINER.COOP.CACHE_TEXT_FEATURES = cache
+        trainer.config.CACHE_TEXT_FEATURES = cache  # the typed config the trainer was built from
         calls.clear(), outputs.clear()
         accuracy = trainer.test()
         return accuracy, len(calls), torch.cat(outputs)

@@ -13,53 +13,25 @@ from mmpt.data.fixtures import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
-TOY_METHOD = '''
-"""A toy method: a shallow text context and one visual prompt per layer 0, from N_CTX."""
-import os
-
-from torch import nn
-
-from dassl.engine import TRAINER_REGISTRY
-from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP, Prompts, normal_prompts, vision_width
-from mmpt.sentences import init_text_context, placeholder_sentences
+ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
 
 
-class ToyPluginCLIP(PromptedCLIP):
-    def __init__(self, clip_model, classnames, node):
-        super().__init__(clip_model, placeholder_sentences(classnames, node.N_CTX))
-        self.prompt_learner = nn.Module()
-        self.prompt_learner.ctx = nn.Parameter(init_text_context(clip_model, node.N_CTX))
-        self.prompt_learner.visual = normal_prompts(node.N_CTX, vision_width(clip_model))
-
-    def compute_prompts(self):
-        ctx = self.prompt_learner.ctx
-        if os.environ.get("TOY_PLUGIN_BUG"):  # a bug: one context token fewer than the sentences' placeholders
-            ctx = ctx[1:]
-        return Prompts(text=[ctx], vision=[self.prompt_learner.visual])
+def walkthrough(name):
+    """The code block of docs/ARCHITECTURE.md's walk-through between <!-- walkthrough:NAME --> markers."""
+    text = ARCHITECTURE.read_text()
+    block = text.split(f"<!-- walkthrough:{name} -->\n", 1)[1].split(f"\n<!-- /walkthrough:{name} -->", 1)[0]
+    return block.split("\n", 1)[1].rsplit("```", 1)[0]  # without the fence lines
 
 
-@TRAINER_REGISTRY.register()
-class ToyPlugin(PromptTrainer):
-    cfg_node = "TOYPLUGIN"
-    default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "toy")
-    config_folder = os.path.dirname(os.path.abspath(__file__))
-    model_class = ToyPluginCLIP
+# the documented method, plus a bug switched on by an environment variable (one context token fewer than the
+# sentences' placeholders) for the traceback test
+TOY_METHOD = walkthrough("method") + """
 
-    @staticmethod
-    def add_config(node):
-        node.N_CTX = 4
-'''
-
-TOY_CONFIG = """
-OPTIM:
-  NAME: "sgd"
-  LR: 0.01
-  MAX_EPOCH: 1
-TRAINER:
-  TOYPLUGIN:
-    N_CTX: 3
+if os.environ.get("TOY_PLUGIN_BUG"):
+    ToyPluginCLIP.compute_prompts = lambda self: Prompts(text=[self.prompt_learner.ctx[1:]],
+                                                         vision=[self.prompt_learner.visual])
 """
+TOY_CONFIG = walkthrough("config")
 
 TINY = ["MODEL.BACKBONE.NAME", "random-tiny-ViT", "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
         "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16", "VERBOSE", "False"]
@@ -97,6 +69,9 @@ def test_plugin_method_trains_evaluates_and_sweeps(plugin, tmp_path):
     log = (tmp_path / "train" / "log.txt").read_text()
     # N_CTX 3 from the config file: 3 x 64 text + 3 x 64 visual (random-tiny-ViT)
     assert "Trainable parameters: 384" in log and "Finish training" in log and "* accuracy:" in log
+    # the declared extra term is logged in the epoch lines beside the cross-entropy and the weighted total
+    epoch_line = next(line for line in log.splitlines() if line.startswith("epoch [1/1]"))
+    assert "loss_ce" in epoch_line and "loss_anchor" in epoch_line, epoch_line
 
     evaluated = run(train_args(folder, data, tmp_path / "eval", "--eval-only", "--model-dir",
                                str(tmp_path / "train"), "--load-epoch", "1"), env)

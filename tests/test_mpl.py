@@ -8,6 +8,7 @@ from clip.model import CLIP
 from dassl.utils import ConfigError
 
 from tests.e2e import config_from_file, small_clip_model, trainer_node
+from mmpt.encoders import TowerSchedule
 from trainers import mpl
 
 CLASSNAMES = ["dog", "golden_retriever", "a very long class name of a thing", "cat"]
@@ -171,8 +172,8 @@ def test_text_schedule_truncation_is_exact(small_clip):
     with torch.no_grad():
         prompts, remove = model.compute_prompts().text, model.compute_prompts().text_remove
         assert remove == [None, 1, 2, 2]
-        truncated = model.text_encoder(token_ids, prompts, remove, truncate=True)
-        untruncated = model.text_encoder(token_ids, prompts, remove, truncate=False)
+        truncated = model.text_encoder.with_options(truncate=True)(token_ids, TowerSchedule(prompts, remove))
+        untruncated = model.text_encoder.with_options(truncate=False)(token_ids, TowerSchedule(prompts, remove))
         expected = reference_text_features(small_clip, token_ids, prompts, [1, 2, 2])
         features = model.class_features()
     torch.testing.assert_close(truncated, untruncated, atol=1e-5, rtol=1e-5)
@@ -238,7 +239,7 @@ def test_add1_rm_n_equals_maple(small_clip, n_ctx):
 
 def test_depth_beyond_backbone_is_a_clear_error(small_clip):
     with pytest.raises(ConfigError, match=r"TRAINER.MPL.PROMPT_DEPTH=9: expected an int in 1..5"):
-        mpl.MPLCLIP(small_clip, CLASSNAMES, mpl_node(PROMPT_DEPTH=9))
+        mpl.MPL.build_method_model(small_clip, CLASSNAMES, mpl_node(PROMPT_DEPTH=9))
 
 
 # ---- the release's parameter count on the real ViT-B/16 architecture ----
@@ -266,7 +267,7 @@ def test_config_files():
 
 def test_release_parameter_count_vit_b16(vit_b16, capsys):
     cfg = config_from_file("configs/trainers/MPL/vit_b4_c1_add2_rm1.yaml")
-    model = mpl.MPL.build_method_model(vit_b16, ["cat", "dog"], cfg.TRAINER.MPL)
+    model = mpl.MPL.build_method_model(vit_b16, ["cat", "dog"], mpl.MPL.config_from_node(cfg.TRAINER.MPL))
     printed = model.describe()
     assert sum(p.numel() for p in model.prompt_learner.parameters()) == 6_702_336
     d_t, d_v = 512, 768

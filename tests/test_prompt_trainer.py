@@ -122,7 +122,7 @@ def test_cached_evaluation_equals_per_batch(three_classes, tmp_path, monkeypatch
     monkeypatch.setattr(trainer.model, "compute_prompts", lambda: (prompt_calls.append(1), original_prompts())[1])
     results = {}
     for cache in (True, False):
-        trainer.cfg.TRAINER.TOYPROMPT.CACHE_TEXT_FEATURES = cache
+        trainer.config.CACHE_TEXT_FEATURES = cache  # the typed config the trainer was built from
         logits.clear(), calls.clear(), prompt_calls.clear()
         accuracy = trainer.test()
         results[cache] = (accuracy, torch.cat(logits), len(calls), len(prompt_calls))

@@ -8,7 +8,8 @@ import torch
 from clip.model import CLIP
 
 from mmpt.clip_backbone import build_random_clip
-from mmpt.prompted_clip import PromptedCLIP, PromptedImageEncoder, PromptedTextEncoder, Prompts, normal_prompts
+from mmpt.encoders import PromptedImageEncoder, PromptedTextEncoder, TextOptions, TowerSchedule
+from mmpt.prompted_clip import PromptedCLIP, Prompts, normal_prompts
 from mmpt.sentences import ClassSentences, init_text_context, placeholder_words, readable
 from dassl.utils import ConfigError
 from tests.e2e import perturb_constant_parameters
@@ -129,7 +130,7 @@ def reference_image(model, images, prompts, remove=None):
 @pytest.mark.parametrize("truncate", [True, False])
 def test_no_prompts_equal_clip(tiny, token_ids, truncate):
     with torch.no_grad():
-        ours = PromptedTextEncoder(tiny, truncate=truncate)(token_ids)
+        ours = PromptedTextEncoder(tiny, TextOptions(truncate=truncate))(token_ids)
         assert torch.allclose(ours, tiny.encode_text(token_ids), atol=ATOL)
         images = images_for(tiny)
         assert torch.allclose(PromptedImageEncoder(tiny)(images), tiny.encode_image(images), atol=ATOL)
@@ -142,7 +143,7 @@ def test_resnet_image_tower_plain_and_refuses_prompts():
     with torch.no_grad():
         assert torch.allclose(encoder(images), model.encode_image(images), atol=ATOL)
     with pytest.raises(ValueError, match="ViT"):
-        encoder(images, prompts=[torch.zeros(1, 64)])
+        encoder(images, TowerSchedule([torch.zeros(1, 64)]))
 
 
 # ---- text prompts ------------------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def test_shallow_text_prompts_replace_placeholder_embeddings(tiny, token_ids, pe
     with torch.no_grad():
         expected = reference_text(tiny, token_ids, [ctx])
         for truncate in (True, False):
-            got = PromptedTextEncoder(tiny)(token_ids, [ctx], truncate=truncate)
+            got = PromptedTextEncoder(tiny, TextOptions(truncate=truncate))(token_ids, TowerSchedule([ctx]))
             assert torch.allclose(got, expected, atol=ATOL)
         assert not torch.allclose(expected, tiny.encode_text(token_ids), atol=1e-3)  # the prompts matter
 
@@ -166,7 +167,7 @@ def test_deep_text_replacement_equals_hooked_clip(deep_clip, token_ids):
     prompts[2] = None  # a layer without fresh prompts carries its tokens on
     with torch.no_grad():
         expected = reference_text(deep_clip, token_ids, prompts)
-        got = PromptedTextEncoder(deep_clip)(token_ids, prompts)
+        got = PromptedTextEncoder(deep_clip)(token_ids, TowerSchedule(prompts))
         assert torch.allclose(got, expected, atol=ATOL)
         shallow_only = reference_text(deep_clip, token_ids, prompts[:1])
         assert not torch.allclose(got, shallow_only, atol=1e-3)  # the deep prompts matter
@@ -181,8 +182,9 @@ def test_text_add_remove_schedule_moves_eot_and_truncation_stays_exact(deep_clip
     with torch.no_grad():
         expected = reference_text(deep_clip, short, prompts, remove)
         encoder = PromptedTextEncoder(deep_clip)
-        assert torch.allclose(encoder(token_ids, prompts, remove, truncate=True), expected, atol=ATOL)
-        assert torch.allclose(encoder(token_ids, prompts, remove, truncate=False), expected, atol=ATOL)
+        schedule = TowerSchedule(prompts, remove)
+        assert torch.allclose(encoder.with_options(truncate=True)(token_ids, schedule), expected, atol=ATOL)
+        assert torch.allclose(encoder.with_options(truncate=False)(token_ids, schedule), expected, atol=ATOL)
 
 
 @pytest.mark.parametrize("chunk_size, checkpoint", [(3, False), (0, True), (1, True)])
@@ -193,7 +195,7 @@ def test_chunked_and_checkpointed_text_equal_plain_with_gradients(deep_clip, tok
     def features_and_grads(**options):
         prompts = [randn(2, d_t, seed=1), randn(len(SENTENCES), 2, d_t, seed=2), randn(2, d_t, seed=3)]
         prompts = [p.requires_grad_() for p in prompts]
-        features = encoder(token_ids, prompts, **options)
+        features = encoder.with_options(**options)(token_ids, TowerSchedule(prompts))
         (features * randn(*features.shape, seed=9)).sum().backward()
         return features.detach(), [p.grad for p in prompts]
 
@@ -215,7 +217,7 @@ def test_deep_visual_replacement_equals_hooked_clip(deep_clip, per_image):
     prompts = [randn(*shape, seed=s) for s in range(4)]
     with torch.no_grad():
         expected, _ = reference_image(deep_clip, images, prompts)
-        assert torch.allclose(PromptedImageEncoder(deep_clip)(images, prompts), expected, atol=ATOL)
+        assert torch.allclose(PromptedImageEncoder(deep_clip)(images, TowerSchedule(prompts)), expected, atol=ATOL)
         shallow_only, _ = reference_image(deep_clip, images, prompts[:1])
         assert not torch.allclose(expected, shallow_only, atol=1e-3)
 
@@ -229,7 +231,7 @@ def test_mpl_add_remove_carry_on_vision(deep_clip):
     with torch.no_grad():
         expected, counts = reference_image(deep_clip, images, prompts, remove)
         assert counts == [1, 2, 3, 4]
-        got = PromptedImageEncoder(deep_clip)(images, prompts, remove)
+        got = PromptedImageEncoder(deep_clip)(images, TowerSchedule(prompts, remove))
         assert torch.allclose(got, expected, atol=ATOL)
         replaced, _ = reference_image(deep_clip, images, prompts)  # carrying differs from replacing
         assert not torch.allclose(got, replaced, atol=1e-3)
@@ -238,11 +240,11 @@ def test_mpl_add_remove_carry_on_vision(deep_clip):
 def test_bad_schedules_fail_with_one_line_errors(tiny, token_ids):
     d_t, d_v = widths(tiny)
     with pytest.raises(ValueError, match="text prompts: 3 layers given, the tower has 2"):
-        PromptedTextEncoder(tiny)(token_ids, [randn(2, d_t)] * 3)
+        PromptedTextEncoder(tiny)(token_ids, TowerSchedule([randn(2, d_t)] * 3))
     with pytest.raises(ValueError, match="cannot remove 3 prompt tokens"):
-        PromptedImageEncoder(tiny)(images_for(tiny), [randn(2, d_v), randn(1, d_v)], [None, 3])
+        PromptedImageEncoder(tiny)(images_for(tiny), TowerSchedule([randn(2, d_v), randn(1, d_v)], [None, 3]))
     with pytest.raises(ValueError, match="expected"):
-        PromptedTextEncoder(tiny)(token_ids, [randn(2, d_t + 1)])
+        PromptedTextEncoder(tiny)(token_ids, TowerSchedule([randn(2, d_t + 1)]))
 
 
 # ---- PromptedCLIP base -------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from mmpt.experiments import layout
 from mmpt.templates import PROMPTSRC_TEMPLATES
 from tests.e2e import config_from_file, run_train, small_clip_model, trainer_node
 from trainers import promptsrc
-from trainers.promptsrc import PromptSRC, PromptSRCCLIP, gpa_weights, self_consistency_losses
+from dassl.utils import ConfigError
+from mmpt import frozen_clip
+from trainers.promptsrc import PromptSRC, PromptSRCCLIP, gpa_weights
 
 CLASSNAMES = ["dog", "golden_retriever", "sea lion", "cat", "tabby cat"]
 CONFIGS = "configs/trainers/PromptSRC/"
@@ -49,8 +51,9 @@ def test_templates():
 def test_each_loss_term_matches_the_release_formula(small_clip, model):
     torch.manual_seed(2)
     images, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 4, 2])
-    out = model.self_consistency_outputs(images)
-    terms = self_consistency_losses(out, labels, text_weight=25.0, image_weight=10.0)
+    out = PromptSRC.training_outputs(model, images, labels)
+    terms = {"loss_ce": F.cross_entropy(out.logits, labels), **PromptSRC.loss_terms(model, out)}
+    loss, summary = PromptSRC.training_loss(model, node(), out)  # the library's sum with the config's weights
 
     # the frozen references from CLIP's own towers: per class, the unnormalised mean over the 60 templates
     names = [name.replace("_", " ") for name in CLASSNAMES]
@@ -60,8 +63,8 @@ def test_each_loss_term_matches_the_release_formula(small_clip, model):
         z_text = z_text / z_text.norm(dim=-1, keepdim=True)
         z_image = small_clip.encode_image(images)
         z_image = z_image / z_image.norm(dim=-1, keepdim=True)
-    torch.testing.assert_close(out.frozen_class_features, z_text, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.frozen_image_features, z_image, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.frozen_class_features(), z_text, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.extra["frozen_image_features"], z_image, atol=1e-5, rtol=0)
     t, f = out.class_features, out.image_features
     torch.testing.assert_close(t, model.class_features(), atol=1e-6, rtol=0)
     torch.testing.assert_close(f, model.image_features(images), atol=1e-6, rtol=0)
@@ -70,8 +73,8 @@ def test_each_loss_term_matches_the_release_formula(small_clip, model):
     s, z = scale * f @ t.t(), scale * z_image @ z_text.t()
     B, C, E = len(labels), len(CLASSNAMES), t.shape[1]
     ce = -(s[torch.arange(B), labels] - s.logsumexp(dim=1)).mean()
-    l1_text = 25.0 * (t - z_text).abs().sum() / (C * E)
-    l1_image = 10.0 * (f - z_image).abs().sum() / (B * E)
+    l1_text = (t - z_text).abs().sum() / (C * E)
+    l1_image = (f - z_image).abs().sum() / (B * E)
     q, p = z.softmax(dim=1), s.softmax(dim=1)
     kl = (q * (q.log() - p.log())).sum() / (B * C)  # KL(frozen || prompted), / (B C): "batchmean" / C
     expected = {"loss_ce": ce, "loss_text": l1_text, "loss_image": l1_image, "loss_logits": kl}
@@ -81,14 +84,18 @@ def test_each_loss_term_matches_the_release_formula(small_clip, model):
         assert value.item() > 1e-4, name  # no term vanishes by chance
     batchmean = (q * (q.log() - p.log())).sum() / B
     assert abs(terms["loss_logits"].item() * C - batchmean.item()) < 1e-6
+    # the training loss: CE + 25 x L1 text + 10 x L1 image + KL (the release's weights, the config's defaults)
+    torch.testing.assert_close(loss, ce + 25.0 * l1_text + 10.0 * l1_image + kl, atol=1e-5, rtol=1e-5)
+    assert set(summary) == {"loss", *expected, "acc"} and summary["loss_text"] == terms["loss_text"].item()
 
 
 def test_only_the_prompts_get_gradients(model):
     model.zero_grad(set_to_none=True)
-    out = model.self_consistency_outputs(torch.randn(2, 3, 32, 32))
-    for frozen in (out.frozen_class_features, out.frozen_image_features, out.frozen_logits):
+    out = PromptSRC.training_outputs(model, torch.randn(2, 3, 32, 32), torch.tensor([1, 3]))
+    frozen_class, frozen_image = model.frozen_class_features(), out.extra["frozen_image_features"]
+    for frozen in (frozen_class, frozen_image, model.logits(frozen_image, frozen_class)):
         assert not frozen.requires_grad and frozen.grad_fn is None  # the frozen pass builds no graph
-    sum(self_consistency_losses(out, torch.tensor([1, 3]), 25.0, 10.0).values()).backward()
+    PromptSRC.training_loss(model, node(), out)[0].backward()
     for name, param in model.named_parameters():
         if name.startswith("prompt_learner."):
             assert param.grad is not None and param.grad.abs().sum() > 0, name
@@ -98,11 +105,11 @@ def test_only_the_prompts_get_gradients(model):
 
 def test_frozen_text_ensemble_is_computed_once_and_never_saved(small_clip, monkeypatch):
     model = PromptSRCCLIP(small_clip, CLASSNAMES, node(PROMPT_DEPTH_TEXT=3, PROMPT_DEPTH_VISION=3))
-    assert model._frozen_class_features is None  # not at construction: evaluation never needs it
+    assert model.frozen.cached_class_features is None  # not at construction: evaluation never needs it
     first = model.frozen_class_features()  # all 60 templates in one pass (5 classes)
     assert model.frozen_class_features() is first and first.dtype == torch.float32
-    monkeypatch.setattr(promptsrc, "ENSEMBLE_SEQUENCES_PER_PASS", 25 * len(CLASSNAMES))  # 25 + 25 + 10 templates
-    model._frozen_class_features = None
+    monkeypatch.setattr(frozen_clip, "SEQUENCES_PER_PASS", 25 * len(CLASSNAMES))  # 25 + 25 + 10 templates
+    model.frozen.cached_class_features = None
     torch.testing.assert_close(model.frozen_class_features(), first, atol=1e-6, rtol=0)
     assert not any("frozen" in key for key in model.state_dict())
     assert set(model.prompt_learner.state_dict()) == {"ctx", "text_deep", "visual_ctx"}  # IVLP's prompts only
@@ -136,8 +143,8 @@ def test_gpa_weights_of_the_shipped_settings():
 
 
 def test_bad_gpa_settings_are_one_line_errors():
-    with pytest.raises(ValueError, match=r"TRAINER.PROMPTSRC.GPA_STD=0.0: expected a number > 0"):
-        gpa_weights(20, 15.0, 0.0)
+    with pytest.raises(ConfigError, match=r"^TRAINER.PROMPTSRC.GPA_STD=0.0: expected a number > 0"):
+        PromptSRC.make_config(GPA_STD=0.0)
     with pytest.raises(ValueError, match=r"every epoch 1..20 gets weight 0"):
         gpa_weights(20, 1e4, 1.0)
 
@@ -243,7 +250,7 @@ def test_base_to_new_eval_only_uses_the_aggregated_prompts(base_run):
     expected = prompt_state(trainer)
     for key, value in prompt_state(evaluator).items():
         assert torch.equal(value, expected[key])
-    assert evaluator.model._frozen_class_features is None  # evaluation needs no frozen reference
+    assert evaluator.model.frozen.cached_class_features is None  # evaluation needs no frozen reference
 
 
 # ---------------------------------------------------------------- parameter counts, configs, layout
@@ -254,7 +261,8 @@ def test_parameter_counts_at_vit_b16():
     clip_model = build_random_clip("random-ViT-B/16").requires_grad_(False)
     counts = {}
     for config in (B2N_CONFIG, FEWSHOT_CONFIG, XD_CONFIG):
-        model = PromptSRC.build_prompted_clip(None, config_from_file(config), CLASSNAMES, clip_model)
+        node = config_from_file(config).TRAINER.PROMPTSRC
+        model = PromptSRC.build_method_model(clip_model, CLASSNAMES, PromptSRC.config_from_node(node))
         counts[config] = sum(p.numel() for p in model.prompt_learner.parameters())
     assert counts == {B2N_CONFIG: 9 * 4 * 512 + 9 * 4 * 768, FEWSHOT_CONFIG: 46_080, XD_CONFIG: 15_360}
     assert counts[B2N_CONFIG] == 46_080 and 3 * 4 * 512 + 3 * 4 * 768 == 15_360
@@ -298,4 +306,4 @@ def test_few_shot_gpa_per_dataset(dataset, sharp):
 
 def test_errors_name_the_promptsrc_keys(small_clip):
     with pytest.raises(ValueError, match=r"TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT=9: expected an int in 1..3"):
-        PromptSRCCLIP(small_clip, CLASSNAMES, node())
+        PromptSRC.build_method_model(small_clip, CLASSNAMES, node())  # the library names the full key

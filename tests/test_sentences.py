@@ -6,7 +6,7 @@ import torch
 
 from dassl.utils import ConfigError
 from mmpt.clip_backbone import build_random_clip
-from mmpt.prompted_clip import PromptedTextEncoder
+from mmpt.encoders import PromptedTextEncoder, TowerSchedule
 from mmpt.sentences import (ClassNameInContext, coop_context, maple_context, placeholder_sentences, template_sentences,
                             word_count)
 
@@ -64,8 +64,8 @@ def test_the_encoder_checks_the_placeholder_count(tiny):
     sentences = placeholder_sentences(CLASSNAMES, 3)
     encoder = PromptedTextEncoder(tiny)
     with torch.no_grad():
-        assert encoder(sentences.token_ids, [torch.zeros(3, 64)], placeholders=3).shape == (4, 64)
+        assert encoder(sentences.token_ids, TowerSchedule([torch.zeros(3, 64)], placeholders=3)).shape == (4, 64)
         with pytest.raises(ValueError, match="the shallow text prompt has 2 tokens, the class sentences 3 placeholder"):
-            encoder(sentences.token_ids, [torch.zeros(2, 64)], placeholders=3)
+            encoder(sentences.token_ids, TowerSchedule([torch.zeros(2, 64)], placeholders=3))
         with pytest.raises(ValueError, match="has 0 tokens"):
-            encoder(sentences.token_ids, None, placeholders=3)
+            encoder(sentences.token_ids, TowerSchedule(None, placeholders=3))

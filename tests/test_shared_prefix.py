@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mmpt.prompted_clip as prompted_clip
+import mmpt.encoders as encoders
 from benchmarks.reference import ReferenceTextEncoder
-from mmpt.prompted_clip import PromptedTextEncoder, shared_prefix_length
+from mmpt.encoders import PromptedTextEncoder, TowerSchedule
+from mmpt.shared_prefix import shared_prefix_length
 from mmpt.sentences import word_count as word_token_count
 from tests.e2e import small_clip_model, trainer_node
 from trainers import cocoop, coop, ivlp, maple, mpl, mudpt, vpt, zsclip
@@ -78,13 +79,13 @@ def close_gradients(got, expected, name=""):
 def shared_calls(monkeypatch):
     """Counts the blocks run by the shared-prefix path (so a test knows the lever really ran)."""
     calls = []
-    original = prompted_clip.run_block_with_prefix
+    original = encoders.run_block_with_prefix
 
     def counted(*args):
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(prompted_clip, "run_block_with_prefix", counted)
+    monkeypatch.setattr(encoders, "run_block_with_prefix", counted)
     return calls
 
 
@@ -157,7 +158,7 @@ def test_prefix_runs_once_and_each_suffix_to_its_eot(small_clip):
     hooks = [block.ln_1.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
              for block in small_clip.transformer.resblocks]
     try:
-        PromptedTextEncoder(small_clip)(ids, [torch.randn(2, width), torch.randn(2, width)])
+        PromptedTextEncoder(small_clip)(ids, TowerSchedule([torch.randn(2, width), torch.randn(2, width)]))
     finally:
         for hook in hooks:
             hook.remove()
@@ -178,7 +179,7 @@ def test_shared_prefix_equals_the_reference_encoder(small_clip):
     with torch.no_grad():
         for prompts, remove in [([shallow, deep, deep], None), ([shallow, grown, deep], [None, 1, 2]),
                                 ([per_row], None)]:
-            torch.testing.assert_close(encoder(ids, prompts, remove), reference(ids, prompts, remove),
+            torch.testing.assert_close(encoder(ids, TowerSchedule(prompts, remove)), reference(ids, TowerSchedule(prompts, remove)),
                                        rtol=1e-5, atol=1e-5)
 
 
@@ -194,12 +195,12 @@ def test_prompt_sets_equal_one_pass_per_set(small_clip):
 
     def run(**options):
         prompts = [sets.clone().requires_grad_(), deep.clone().requires_grad_()]
-        features = encoder.per_prompt_set(ids, prompts, **options)
+        features = encoder.with_options(**options).per_prompt_set(ids, TowerSchedule(prompts))
         (features * torch.linspace(-1, 1, features.numel()).reshape(features.shape)).sum().backward()
         return features.detach(), [p.grad for p in prompts]
 
     plain, plain_grads = run(share_prefix=False)
-    loop = torch.stack([encoder(ids, [sets[g], deep], share_prefix=False) for g in range(3)])
+    loop = torch.stack([encoder.with_options(share_prefix=False)(ids, TowerSchedule([sets[g], deep])) for g in range(3)])
     torch.testing.assert_close(plain, loop.detach())
     for options in ({}, {"chunk_size": 4, "checkpoint": True}):
         shared, shared_grads = run(**options)
@@ -228,6 +229,6 @@ def test_shared_prompt_tokens_that_differ_are_refused(small_clip):
     width = small_clip.ln_final.weight.shape[0]
     ids = clip.tokenize(["X X dog.", "X X cat."])
     with pytest.raises(ValueError, match="shared_prompt_tokens=1: the first 1 shallow prompt tokens differ"):
-        PromptedTextEncoder(small_clip)(ids, [torch.randn(2, 2, width)], shared_prompt_tokens=1)
+        PromptedTextEncoder(small_clip)(ids, TowerSchedule([torch.randn(2, 2, width)], shared_prompt_tokens=1))
     with pytest.raises(ValueError, match="shared_prompt_tokens=3: needs a per-sequence shallow prompt"):
-        PromptedTextEncoder(small_clip)(ids, [torch.randn(2, 2, width)], shared_prompt_tokens=3)
+        PromptedTextEncoder(small_clip)(ids, TowerSchedule([torch.randn(2, 2, width)], shared_prompt_tokens=3))

@@ -6,13 +6,21 @@ context token: image i's text prompts are ctx + meta_net(f_i), so the class text
 embedding width (512 -> 32 -> 512 at ViT-B/16).
 """
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
+from mmpt.config import PromptOptions
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP, Prompts, text_width
 from mmpt.sentences import coop_context
+
+
+@dataclass
+class CoCoOpConfig(PromptOptions):
+    N_CTX: int = 16  # ignored when CTX_INIT is given (the configs use 4 = "a photo of a")
+    CTX_INIT: str = ""
 
 
 class CoCoOpPromptLearner(nn.Module):
@@ -34,8 +42,8 @@ class CoCoOpPromptLearner(nn.Module):
 
 
 class CoCoOpCLIP(PromptedCLIP):
-    def __init__(self, clip_model, classnames, node):
-        context, sentences = coop_context(clip_model, classnames, node.N_CTX, node.CTX_INIT, "TRAINER.COCOOP.N_CTX")
+    def __init__(self, clip_model, classnames, config):
+        context, sentences = coop_context(clip_model, classnames, config.N_CTX, config.CTX_INIT, "N_CTX")
         super().__init__(clip_model, sentences)
         self.prompt_learner = CoCoOpPromptLearner(context, clip_model.text_projection.shape[1],
                                                   text_width(clip_model))
@@ -50,9 +58,7 @@ class CoCoOp(PromptTrainer):
     cfg_node = "COCOOP"
     scripts_folder = "cocoop"
     default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_c4_ep10_batch1_ctxv1")
+    config_class = CoCoOpConfig
+    summary = "text context + Meta-Net (image-conditioned)"
+    parameter_counts = {"vit_b16_c4_ep10_batch1_ctxv1": 35_360}
     model_class = CoCoOpCLIP
-
-    @staticmethod
-    def add_config(node):
-        node.N_CTX = 16  # ignored when CTX_INIT is given (the configs use 4 = "a photo of a")
-        node.CTX_INIT = ""

@@ -6,13 +6,31 @@ class-specific (CSC: [C, n, d_t]); CTX_INIT "a photo of a" initialises it from t
 n = their token count). The class name goes at the end (default), in the middle of the context or in front
 (a sentence form of mmpt.sentences). Nothing on the image side is learned.
 """
+from dataclasses import dataclass
+
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import ConfigError
+from mmpt.config import PromptOptions
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP, Prompts
-from mmpt.sentences import CLASS_POSITIONS, ClassNameInContext, coop_context
+from mmpt.sentences import CLASS_POSITIONS, ClassNameInContext, check_positive, coop_context
+
+
+@dataclass
+class CoOpConfig(PromptOptions):
+    N_CTX: int = 16  # number of context tokens (ignored when CTX_INIT is given)
+    CSC: bool = False  # class-specific context
+    CTX_INIT: str = ""  # e.g. "a photo of a"; "" = N(0, 0.02)
+    CLASS_TOKEN_POSITION: str = "end"  # "end" | "middle" | "front"
+
+    def validate(self):
+        super().validate()
+        if self.CLASS_TOKEN_POSITION not in CLASS_POSITIONS:
+            raise ConfigError(f"CLASS_TOKEN_POSITION={self.CLASS_TOKEN_POSITION!r}: expected one of {CLASS_POSITIONS}")
+        if not self.CTX_INIT:
+            check_positive("N_CTX", self.N_CTX)
 
 
 class CoOpPromptLearner(nn.Module):
@@ -24,15 +42,12 @@ class CoOpPromptLearner(nn.Module):
 
 
 class CoOpCLIP(PromptedCLIP):
-    def __init__(self, clip_model, classnames, node):
-        if node.CLASS_TOKEN_POSITION not in CLASS_POSITIONS:
-            raise ConfigError(f"TRAINER.COOP.CLASS_TOKEN_POSITION={node.CLASS_TOKEN_POSITION!r}: "
-                              f"expected one of {CLASS_POSITIONS}")
-        context, sentences = coop_context(clip_model, classnames, node.N_CTX, node.CTX_INIT, "TRAINER.COOP.N_CTX")
-        if node.CLASS_TOKEN_POSITION != "end":
-            sentences = ClassNameInContext(clip_model, classnames, context.shape[0], node.CLASS_TOKEN_POSITION)
+    def __init__(self, clip_model, classnames, config):
+        context, sentences = coop_context(clip_model, classnames, config.N_CTX, config.CTX_INIT, "N_CTX")
+        if config.CLASS_TOKEN_POSITION != "end":
+            sentences = ClassNameInContext(clip_model, classnames, context.shape[0], config.CLASS_TOKEN_POSITION)
         super().__init__(clip_model, sentences)
-        self.prompt_learner = CoOpPromptLearner(context, len(classnames), node.CSC)
+        self.prompt_learner = CoOpPromptLearner(context, len(classnames), config.CSC)
 
     def compute_prompts(self):
         return Prompts(text=[self.prompt_learner.ctx])
@@ -50,11 +65,7 @@ class CoOp(PromptTrainer):
     cfg_node = "COOP"
     scripts_folder = "coop"
     default_configs = {"b2n": "vit_b16_ep50_ctxv1", "fewshot": coop_fewshot_config, "xd": "vit_b16_ep50"}
+    config_class = CoOpConfig
+    summary = "shallow text context (unified or class-specific; class name at the end, middle or front)"
+    parameter_counts = {"vit_b16_ep50": 8_192, "vit_b16_ep50_ctxv1": 2_048}
     model_class = CoOpCLIP
-
-    @staticmethod
-    def add_config(node):
-        node.N_CTX = 16  # number of context tokens (ignored when CTX_INIT is given)
-        node.CSC = False  # class-specific context
-        node.CTX_INIT = ""  # e.g. "a photo of a"; "" = N(0, 0.02)
-        node.CLASS_TOKEN_POSITION = "end"  # "end" | "middle" | "front"

@@ -4,12 +4,30 @@ Deep prompts in both towers, with no coupling between them: text prompts for the
 (the shallow ones replace the placeholder words after SOS; CTX_INIT initialises them as in MaPLe), visual
 prompts for the first J_v vision layers (appended after the patches, replaced at each deep layer).
 """
+from dataclasses import dataclass
+
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
+from mmpt.config import PromptOptions
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP, Prompts, check_depth, layer_counts, random_prompts, vision_width
 from mmpt.sentences import check_positive, maple_context
+
+
+@dataclass
+class IVLPConfig(PromptOptions):
+    """Defaults = configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml."""
+
+    N_CTX_TEXT: int = 2
+    N_CTX_VISION: int = 2
+    CTX_INIT: str = "a photo of a"  # initialises the shallow text prompts ("" = N(0, 0.02))
+    PROMPT_DEPTH_TEXT: int = 9  # J_t: text layers 0..J_t-1 receive fresh prompts
+    PROMPT_DEPTH_VISION: int = 9  # J_v
+
+    def validate(self):
+        super().validate()
+        check_positive("N_CTX_VISION", self.N_CTX_VISION)
 
 
 class IVLPPromptLearner(nn.Module):
@@ -27,18 +45,14 @@ class IVLPPromptLearner(nn.Module):
 
 
 class IVLPCLIP(PromptedCLIP):
-    config_key = "TRAINER.IVLP"  # names the node in error messages (PromptSRC's model reuses this class)
-
-    def __init__(self, clip_model, classnames, node):
-        key = self.config_key
+    def __init__(self, clip_model, classnames, config):
         n_text_layers, n_vision_layers = layer_counts(clip_model)
-        check_depth(f"{key}.PROMPT_DEPTH_TEXT", node.PROMPT_DEPTH_TEXT, n_text_layers)
-        check_depth(f"{key}.PROMPT_DEPTH_VISION", node.PROMPT_DEPTH_VISION, n_vision_layers)
-        check_positive(f"{key}.N_CTX_VISION", node.N_CTX_VISION)
-        context, sentences = maple_context(clip_model, classnames, node.N_CTX_TEXT, node.CTX_INIT, f"{key}.N_CTX_TEXT")
+        check_depth("PROMPT_DEPTH_TEXT", config.PROMPT_DEPTH_TEXT, n_text_layers)
+        check_depth("PROMPT_DEPTH_VISION", config.PROMPT_DEPTH_VISION, n_vision_layers)
+        context, sentences = maple_context(clip_model, classnames, config.N_CTX_TEXT, config.CTX_INIT, "N_CTX_TEXT")
         super().__init__(clip_model, sentences)
-        self.prompt_learner = IVLPPromptLearner(context, node.PROMPT_DEPTH_TEXT, node.N_CTX_VISION,
-                                                node.PROMPT_DEPTH_VISION, vision_width(clip_model))
+        self.prompt_learner = IVLPPromptLearner(context, config.PROMPT_DEPTH_TEXT, config.N_CTX_VISION,
+                                                config.PROMPT_DEPTH_VISION, vision_width(clip_model))
 
     def compute_prompts(self):
         return Prompts(text=self.prompt_learner.text_prompts(),
@@ -50,13 +64,7 @@ class IVLP(PromptTrainer):
     cfg_node = "IVLP"
     scripts_folder = "ivlp"
     default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_c2_ep5_batch4_2+2ctx")
+    config_class = IVLPConfig
+    summary = "independent deep text and visual prompts"
+    parameter_counts = {"vit_b16_c2_ep5_batch4_2+2ctx": 23_040}
     model_class = IVLPCLIP
-
-    @staticmethod
-    def add_config(node):
-        """Defaults = configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml."""
-        node.N_CTX_TEXT = 2
-        node.N_CTX_VISION = 2
-        node.CTX_INIT = "a photo of a"  # initialises the shallow text prompts ("" = N(0, 0.02))
-        node.PROMPT_DEPTH_TEXT = 9  # J_t: text layers 0..J_t-1 receive fresh prompts
-        node.PROMPT_DEPTH_VISION = 9  # J_v

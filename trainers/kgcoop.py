@@ -7,20 +7,22 @@ cosine, to the frozen CLIP feature t0_c of the dataset's hand-written prompt ("a
     L = CE(logits, y) + W * (1 - mean_c cos(t_c, t0_c)),   W = 8 in every published run.
 
 The model is CoOp's; t_c are the class features of its one forward path, computed once per step and shared by
-the logits and the term. t0 is computed once per class set (on first use, so an evaluation never computes it),
-in fp32 with the frozen CLIP the model already holds, and is not saved in checkpoints. Evaluation is CoOp's.
+the logits and the term. t0 is the library's frozen-CLIP reference (mmpt.frozen_clip): computed once per class
+set (on first use, so an evaluation never computes it), in fp32 with the frozen CLIP the model already holds,
+never saved in checkpoints. Evaluation is CoOp's.
 """
-import torch
+import dataclasses
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
-from dassl.metrics import compute_accuracy
 from dassl.utils import ConfigError
+from mmpt.frozen_clip import FrozenCLIP
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.sentences import CLASS_POSITIONS, check_positive, template_sentences
 from mmpt.templates import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
 
-from trainers.coop import CoOp, CoOpCLIP
+from trainers.coop import CoOpCLIP, CoOpConfig
 
 # KgCoOp's hand-written templates are CoOp's except for DTD (its release uses "a photo of a {}, a type of
 # texture." where CoOp uses "{} texture.")
@@ -40,27 +42,37 @@ def dataset_template(dataset_name):
     return DEFAULT_TEMPLATE
 
 
+@dataclass
+class KgCoOpConfig(CoOpConfig):
+    """CoOp's fields with the published defaults, plus W and TEMPLATE."""
+
+    N_CTX: int = 4  # ignored when CTX_INIT is given
+    CTX_INIT: str = "a photo of a"  # "" = N_CTX random tokens, N(0, 0.02)
+    W: float = 8.0  # weight of the knowledge-guided term (8.0 in every published run)
+    TEMPLATE: str = ""  # hand-written prompt with one "{}"; "" = the dataset's (KGCOOP_TEMPLATES)
+
+    def validate(self):
+        super().validate()
+        if self.W < 0:
+            raise ConfigError(f"W={self.W!r}: expected a number >= 0")
+        if self.TEMPLATE and self.TEMPLATE.count("{}") != 1:
+            raise ConfigError(f"TEMPLATE={self.TEMPLATE!r}: expected a sentence with one '{{}}' for the class name")
+
+
 class KgCoOpCLIP(CoOpCLIP):
     """CoOp's model (prompts and forward path unchanged) plus the frozen hand-written class features."""
 
-    def __init__(self, clip_model, classnames, node):
-        super().__init__(clip_model, classnames, node)
-        self.template = node.TEMPLATE or DEFAULT_TEMPLATE  # the trainer fills TEMPLATE in from the dataset
-        self.hand_written = template_sentences(self.template, classnames, "TRAINER.KGCOOP.TEMPLATE")
-        # t0 [C, E]: filled on first use; a buffer (moves with the model), not persistent (not in checkpoints)
-        self.register_buffer("hand_written_features", None, persistent=False)
+    def __init__(self, clip_model, classnames, config):
+        super().__init__(clip_model, classnames, config)
+        self.template = config.TEMPLATE or DEFAULT_TEMPLATE  # the trainer fills TEMPLATE in from the dataset
+        self.hand_written = FrozenCLIP([self.template], classnames, "TEMPLATE")  # t0, on first use
 
     def describe(self):
         return f"KgCoOp hand-written template: {self.template!r}"
 
-    @torch.no_grad()
     def hand_written_class_features(self):
         """[C, E] fp32 L2-normalised frozen CLIP features of the hand-written prompts (computed once)."""
-        if self.hand_written_features is None:
-            token_ids = self.hand_written.token_ids
-            with torch.autocast(token_ids.device.type, enabled=False):  # fp32 whatever PREC is
-                self.hand_written_features = F.normalize(self.text_encoder(token_ids).float(), dim=-1)
-        return self.hand_written_features
+        return self.hand_written.class_features(self)
 
     def knowledge_guided_loss(self, class_features):
         """1 - mean over classes of cos(t_c, t0_c), in fp32; `class_features` [C, E] are the prompted ones."""
@@ -75,61 +87,26 @@ class KgCoOp(PromptTrainer):
     scripts_folder = "kgcoop"
     # the release trains every protocol with its one config (100 epochs, batch 128)
     default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_ep100_ctxv1")
+    config_class = KgCoOpConfig
+    summary = "CoOp's context kept close to the hand-written prompt's class features"
+    parameter_counts = {"vit_b16_ep100_ctxv1": 2_048}
     model_class = KgCoOpCLIP
-
-    @staticmethod
-    def add_config(node):
-        """CoOp's keys with the published defaults, plus W and TEMPLATE."""
-        CoOp.add_config(node)
-        node.N_CTX = 4  # ignored when CTX_INIT is given
-        node.CTX_INIT = "a photo of a"  # "" = N_CTX random tokens, N(0, 0.02)
-        node.W = 8.0  # weight of the knowledge-guided term (8.0 in every published run)
-        node.TEMPLATE = ""  # hand-written prompt with one "{}"; "" = the dataset's (KGCOOP_TEMPLATES)
+    loss_weights = {"loss_kg": "W"}  # L = CE + W * loss_kg
 
     @classmethod
-    def check_node(cls, node):
-        """KgCoOp's own values, each a one-line ConfigError naming its TRAINER.KGCOOP key (checked before
-        CoOp's model, whose own errors would name TRAINER.COOP)."""
-        super().check_node(node)
-        if node.CLASS_TOKEN_POSITION not in CLASS_POSITIONS:
-            raise ConfigError(f"TRAINER.KGCOOP.CLASS_TOKEN_POSITION={node.CLASS_TOKEN_POSITION!r}: "
-                              f"expected one of {CLASS_POSITIONS}")
-        if not node.CTX_INIT:
-            check_positive("TRAINER.KGCOOP.N_CTX", node.N_CTX)
-        if isinstance(node.W, bool) or not isinstance(node.W, (int, float)) or node.W < 0:
-            raise ConfigError(f"TRAINER.KGCOOP.W={node.W!r}: expected a number >= 0")
-        if node.TEMPLATE and not (isinstance(node.TEMPLATE, str) and node.TEMPLATE.count("{}") == 1):
-            raise ConfigError(f"TRAINER.KGCOOP.TEMPLATE={node.TEMPLATE!r}: expected a sentence with one '{{}}' "
-                              f"for the class name")
+    def loss_terms(cls, model, outputs):
+        # the class features of the step's one forward pass: the logits and the term share them
+        return {"loss_kg": model.knowledge_guided_loss(outputs.class_features)}
 
-    def model_node(self, cfg):
+    def model_config(self, cfg):
         """TRAINER.KGCOOP with TEMPLATE filled in from DATASET.NAME when the config leaves it empty."""
-        node = self.trainer_cfg(cfg)
-        if node.TEMPLATE:
-            return node
-        node = node.clone()
-        node.defrost()
-        node.TEMPLATE = dataset_template(cfg.DATASET.NAME)
-        return node
+        config = super().model_config(cfg)
+        if config.TEMPLATE:
+            return config
+        return dataclasses.replace(config, TEMPLATE=dataset_template(cfg.DATASET.NAME))
 
     def load_state_dict_into(self, name, state_dict, model_path):
         """The release's checkpoints load too: its unused modules' tensors are dropped."""
         state_dict = {key: value for key, value in state_dict.items()
                       if key.split(".")[0] not in RELEASE_UNUSED_MODULES}
         super().load_state_dict_into(name, state_dict, model_path)
-
-    def forward_backward(self, batch):
-        images, labels = self.parse_batch_train(batch)
-        model = self.model
-        with self.precision.autocast():
-            prompts = model.compute_prompts()
-            class_features = model.class_features(prompts)  # once per step: the logits and the term share them
-            logits = model(images, prompts=prompts, class_features=class_features)
-        loss_ce = F.cross_entropy(logits.float(), labels)
-        loss_kg = model.knowledge_guided_loss(class_features)
-        loss = loss_ce + self.trainer_cfg().W * loss_kg
-        self.backward_and_update(loss)
-        if self.batch_idx + 1 == self.num_batches:
-            self.update_lr()
-        return {"loss": loss.item(), "loss_ce": loss_ce.item(), "loss_kg": loss_kg.item(),
-                "acc": compute_accuracy(logits.float(), labels)[0].item()}

@@ -6,12 +6,24 @@ prompts are not learned on their own: the visual prompt of layer l is F_l(text p
 independent Linear(d_t, d_v) F_l per layer, the shallow one (`proj`) included.
 Trainable: n d_t + (J - 1) n d_t + J (d_t d_v + d_v) = 3,555,072 at ViT-B/16, n = 2, J = 9.
 """
+from dataclasses import dataclass
+
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
+from mmpt.config import PromptOptions
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP, Prompts, check_depth, layer_counts, normal_prompts, vision_width
 from mmpt.sentences import maple_context
+
+
+@dataclass
+class MaPLeConfig(PromptOptions):
+    """Defaults = configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml."""
+
+    N_CTX: int = 2
+    CTX_INIT: str = "a photo of a"
+    PROMPT_DEPTH: int = 9  # J: layers 0..J-1 of both towers receive fresh prompts
 
 
 class MaPLePromptLearner(nn.Module):
@@ -35,11 +47,11 @@ class MaPLePromptLearner(nn.Module):
 
 
 class MaPLeCLIP(PromptedCLIP):
-    def __init__(self, clip_model, classnames, node):
-        check_depth("TRAINER.MAPLE.PROMPT_DEPTH", node.PROMPT_DEPTH, min(layer_counts(clip_model)))
-        context, sentences = maple_context(clip_model, classnames, node.N_CTX, node.CTX_INIT, "TRAINER.MAPLE.N_CTX")
+    def __init__(self, clip_model, classnames, config):
+        check_depth("PROMPT_DEPTH", config.PROMPT_DEPTH, min(layer_counts(clip_model)))
+        context, sentences = maple_context(clip_model, classnames, config.N_CTX, config.CTX_INIT, "N_CTX")
         super().__init__(clip_model, sentences)
-        self.prompt_learner = MaPLePromptLearner(context, node.PROMPT_DEPTH, vision_width(clip_model))
+        self.prompt_learner = MaPLePromptLearner(context, config.PROMPT_DEPTH, vision_width(clip_model))
 
     def compute_prompts(self):
         return Prompts(text=self.prompt_learner.text_prompts(), vision=self.prompt_learner.visual_prompts())
@@ -51,11 +63,7 @@ class MaPLe(PromptTrainer):
     scripts_folder = "maple"
     default_configs = {"b2n": "vit_b16_c2_ep5_batch4_2ctx", "fewshot": "vit_b16_c2_ep5_batch4_2ctx",
                        "xd": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"}
+    config_class = MaPLeConfig
+    summary = "deep text prompts + per-layer text->vision projections"
+    parameter_counts = {"vit_b16_c2_ep5_batch4_2ctx": 3_555_072}
     model_class = MaPLeCLIP
-
-    @staticmethod
-    def add_config(node):
-        """Defaults = configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml."""
-        node.N_CTX = 2
-        node.CTX_INIT = "a photo of a"
-        node.PROMPT_DEPTH = 9  # J: layers 0..J-1 of both towers receive fresh prompts

@@ -6,18 +6,22 @@ Vision tower: shallow prompts proj(ctx); at layer l = 1..J-1 the LAST N_RM_OP pr
 layer's output are removed (O_rm), the others are carried on (O_cr) and N_ADD_OP x n new tokens are appended
 (O_add), the k-th being F_{k,l}(T_l) with an independent Linear(text width -> vision width) per slot and layer.
 
-The add / remove / carry mechanics live in the shared encoders (`mmpt.prompted_clip`): this module only says
+The add / remove / carry mechanics live in the shared encoders (`mmpt.encoders`): this module only says
 which prompts exist at each layer and how many tokens to remove there. MaPLe is the special case
 N_ADD_OP = 1, N_RM_OP = N_CTX.
 
 Beyond the release (off by default): TEXT_N_ADD_OP / TEXT_N_RM_OP put the same schedule on the text tower, and
 every count can be a list with one entry per deep layer l = 1..J-1.
 """
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
 import torch
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import ConfigError
+from mmpt.config import PromptOptions
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import (PromptedCLIP, Prompts, check_depth, layer_counts, normal_prompts, text_width,
                                 vision_width)
@@ -28,13 +32,33 @@ RELEASE_N_ADD_OP = 2
 RELEASE_N_RM_OP = 1
 
 
+@dataclass
+class MPLConfig(PromptOptions):
+    """Defaults = the release's base-to-new config."""
+
+    N_CTX: int = 1  # learnable context tokens (the X's)
+    CTX_INIT: str = "a photo of a"  # fixed words after the X's ("" = template "X <class>.", ctx ~ N(0, 0.02))
+    PROMPT_DEPTH: int = 9  # J: layers 0..J-1 receive prompts
+    # int, or a list with one entry per deep layer l = 1..J-1. None (the default) means the release's 2 / 1;
+    # None is used as the default so that a config file may give either an int or a list (yacs checks types).
+    N_ADD_OP: Optional[Union[int, List[int]]] = None
+    N_RM_OP: Optional[Union[int, List[int]]] = None
+    # Text-side add / remove / carry schedule (ours; None = off: the text tower's deep prompts replace).
+    TEXT_N_ADD_OP: Optional[Union[int, List[int]]] = None
+    TEXT_N_RM_OP: Optional[Union[int, List[int]]] = None  # with the text schedule on: None = 0
+
+    def validate(self):
+        super().validate()
+        MPLSchedule.from_cfg(self)
+
+
 def per_layer(value, key, n_deep, default):
     """An int (the same at every deep layer) or a list of `n_deep` ints -> list of `n_deep` non-negative ints."""
     if value is None:
         value = default
     values = list(value) if isinstance(value, (list, tuple)) else [value] * n_deep
     if len(values) != n_deep or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        raise ConfigError(f"TRAINER.MPL.{key} = {value!r}: expected a non-negative int or a list of {n_deep} "
+        raise ConfigError(f"{key} = {value!r}: expected a non-negative int or a list of {n_deep} "
                          f"non-negative ints (one per deep layer 1..PROMPT_DEPTH-1)")
     return values
 
@@ -47,10 +71,10 @@ def prompt_counts(n_ctx, n_add, n_rm, add_key, rm_key):
     counts = [n_ctx]
     for layer, (add, rm) in enumerate(zip(n_add, n_rm), start=1):
         if rm > add * n_ctx:
-            raise ConfigError(f"TRAINER.MPL.{rm_key} must be <= {add_key} * N_CTX: layer {layer} has "
+            raise ConfigError(f"{rm_key} must be <= {add_key} * N_CTX: layer {layer} has "
                              f"{rm_key} = {rm}, {add_key} = {add}, N_CTX = {n_ctx}")
         if rm > counts[-1]:
-            raise ConfigError(f"TRAINER.MPL.{rm_key} = {rm} at layer {layer} removes more than the "
+            raise ConfigError(f"{rm_key} = {rm} at layer {layer} removes more than the "
                              f"{counts[-1]} prompt tokens there")
         counts.append(counts[-1] - rm + add * n_ctx)
     return counts
@@ -61,9 +85,9 @@ class MPLSchedule:
 
     def __init__(self, n_ctx, depth, n_add=None, n_rm=None, text_n_add=None, text_n_rm=None):
         if not (isinstance(n_ctx, int) and n_ctx >= 1):
-            raise ConfigError(f"TRAINER.MPL.N_CTX = {n_ctx!r}: expected an int >= 1")
+            raise ConfigError(f"N_CTX = {n_ctx!r}: expected an int >= 1")
         if not (isinstance(depth, int) and depth >= 1):
-            raise ConfigError(f"TRAINER.MPL.PROMPT_DEPTH = {depth!r}: expected an int >= 1")
+            raise ConfigError(f"PROMPT_DEPTH = {depth!r}: expected an int >= 1")
         self.n_ctx, self.depth = n_ctx, depth
         n_deep = depth - 1
         self.n_add = per_layer(n_add, "N_ADD_OP", n_deep, RELEASE_N_ADD_OP)
@@ -75,15 +99,16 @@ class MPLSchedule:
             self.text_n_rm = per_layer(text_n_rm, "TEXT_N_RM_OP", n_deep, 0)
             if min(self.text_n_add, default=1) < 1:
                 # the vision slots of layer l read the first n tokens of T_l, so every deep layer needs one
-                raise ConfigError(f"TRAINER.MPL.TEXT_N_ADD_OP = {text_n_add!r}: must be >= 1 at every deep layer")
+                raise ConfigError(f"TEXT_N_ADD_OP = {text_n_add!r}: must be >= 1 at every deep layer")
             self.text_counts = prompt_counts(n_ctx, self.text_n_add, self.text_n_rm, "TEXT_N_ADD_OP", "TEXT_N_RM_OP")
         else:  # MaPLe's text tower: T_l (n tokens) replaces the n prompt tokens at each deep layer
             self.text_n_add, self.text_n_rm = [1] * n_deep, [n_ctx] * n_deep
             self.text_counts = [n_ctx] * depth
 
     @classmethod
-    def from_cfg(cls, node):
-        return cls(node.N_CTX, node.PROMPT_DEPTH, node.N_ADD_OP, node.N_RM_OP, node.TEXT_N_ADD_OP, node.TEXT_N_RM_OP)
+    def from_cfg(cls, config):
+        return cls(config.N_CTX, config.PROMPT_DEPTH, config.N_ADD_OP, config.N_RM_OP, config.TEXT_N_ADD_OP,
+                   config.TEXT_N_RM_OP)
 
 
 class MPLPromptLearner(nn.Module):
@@ -146,15 +171,15 @@ def initial_context(clip_model, n_ctx, ctx_init):
 class MPLCLIP(PromptedCLIP):
     """CLIP with MPL's prompts: says which prompts exist at each layer and how many tokens each layer removes."""
 
-    def __init__(self, clip_model, classnames, node):
-        schedule = MPLSchedule.from_cfg(node)
+    def __init__(self, clip_model, classnames, config):
+        schedule = MPLSchedule.from_cfg(config)
         d_vision = vision_width(clip_model)  # ViT only: a one-line error for a ResNet tower
-        check_depth("TRAINER.MPL.PROMPT_DEPTH", schedule.depth, min(layer_counts(clip_model)))
-        super().__init__(clip_model, prefix_sentences(classnames, prompt_prefix(schedule.n_ctx, node.CTX_INIT),
+        check_depth("PROMPT_DEPTH", schedule.depth, min(layer_counts(clip_model)))
+        super().__init__(clip_model, prefix_sentences(classnames, prompt_prefix(schedule.n_ctx, config.CTX_INIT),
                                                       schedule.n_ctx))
         self.schedule = schedule
         self.prompt_learner = MPLPromptLearner(
-            initial_context(clip_model, schedule.n_ctx, node.CTX_INIT), schedule, text_width(clip_model), d_vision)
+            initial_context(clip_model, schedule.n_ctx, config.CTX_INIT), schedule, text_width(clip_model), d_vision)
 
     def compute_prompts(self):
         text_remove = [None, *self.schedule.text_n_rm] if self.schedule.text_schedule else None
@@ -176,18 +201,11 @@ class MPL(PromptTrainer):
     scripts_folder = "mpl"
     default_configs = {"b2n": "vit_b4_c1_add2_rm1", "fewshot": "vit_b4_c1_add2_rm1",
                        "xd": "vit_b4_c1_add2_rm1_cross_datasets"}
+    config_class = MPLConfig
+    summary = "MaPLe-style prompts with add / remove / carry per layer"
+    parameter_counts = {"vit_b4_c1_add2_rm1": 6_702_336}
     model_class = MPLCLIP
 
-    @staticmethod
-    def add_config(node):
-        """Defaults = the release's base-to-new config."""
-        node.N_CTX = 1  # learnable context tokens (the X's)
-        node.CTX_INIT = "a photo of a"  # fixed words after the X's ("" = template "X <class>.", ctx ~ N(0, 0.02))
-        node.PROMPT_DEPTH = 9  # J: layers 0..J-1 receive prompts
-        # int, or a list with one entry per deep layer l = 1..J-1. None (the default) means the release's 2 / 1;
-        # None is used as the default so that a config file may give either an int or a list (yacs checks types).
-        node.N_ADD_OP = None
-        node.N_RM_OP = None
-        # Text-side add / remove / carry schedule (ours; None = off: the text tower's deep prompts replace).
-        node.TEXT_N_ADD_OP = None
-        node.TEXT_N_RM_OP = None  # with the text schedule on: None = 0
+    @classmethod
+    def parameter_breakdown(cls, model):
+        return model.prompt_learner.parameter_breakdown()

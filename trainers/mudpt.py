@@ -11,10 +11,13 @@ Deep levels l >= 1 are fused in both directions; the shallow level follows TRAIN
 INJECTION "none" switches the coupling off (independent multi-modal prompts; an ablation).
 The CLIP backbone is frozen; only `prompt_learner` (prompts + injection model) learns.
 """
+from dataclasses import dataclass
+
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import ConfigError
+from mmpt.config import PromptOptions
 from mmpt.prompt_trainer import PromptTrainer
 from mmpt.prompted_clip import PromptedCLIP, Prompts, check_depth, layer_counts, text_width, vision_width
 from mmpt.sentences import check_positive, init_text_context, placeholder_words, prefix_sentences, readable, word_count
@@ -33,9 +36,9 @@ def sentence_prefix(n_ctx, ctx_init, rule):
     "official": the official MuDPT / UUMuDPT trainers keep only the first n_ctx words ("a photo dog.").
     A CTX_INIT with fewer than n_ctx tokens (or words) gives "X ... X <class>." with a random T_0.
     """
-    check_positive("TRAINER.MUDPT.N_CTX_TEXT", n_ctx)
+    check_positive("N_CTX_TEXT", n_ctx)
     if rule not in SENTENCE_RULES:
-        raise ConfigError(f"TRAINER.MUDPT.SENTENCE={rule!r}: expected one of {SENTENCE_RULES}")
+        raise ConfigError(f"SENTENCE={rule!r}: expected one of {SENTENCE_RULES}")
     words = readable(ctx_init)
     if rule == "official":
         words = " ".join(words.split()[:n_ctx])
@@ -48,38 +51,57 @@ class FusionPlan:
     """Which depths are fused in which direction, from cfg.TRAINER.MUDPT; validated with one-line errors."""
 
     def __init__(self, depth, injection, fuse_shallow, n_text, n_vision):
-        check_positive("TRAINER.MUDPT.PROMPT_DEPTH", depth)
-        check_positive("TRAINER.MUDPT.N_CTX_TEXT", n_text)
+        check_positive("PROMPT_DEPTH", depth)
+        check_positive("N_CTX_TEXT", n_text)
         if not (isinstance(n_vision, int) and n_vision >= 0):
-            raise ConfigError(f"TRAINER.MUDPT.N_CTX_VISION={n_vision!r}: expected an int >= 0 (0 = no visual prompts)")
+            raise ConfigError(f"N_CTX_VISION={n_vision!r}: expected an int >= 0 (0 = no visual prompts)")
         if injection not in INJECTION_FORMS + ("none",):
-            raise ConfigError(f"TRAINER.MUDPT.INJECTION={injection!r}: expected one of {INJECTION_FORMS + ('none',)}")
+            raise ConfigError(f"INJECTION={injection!r}: expected one of {INJECTION_FORMS + ('none',)}")
         if fuse_shallow not in FUSE_SHALLOW_CHOICES:
-            raise ConfigError(f"TRAINER.MUDPT.FUSE_SHALLOW={fuse_shallow!r}: expected one of {FUSE_SHALLOW_CHOICES}")
+            raise ConfigError(f"FUSE_SHALLOW={fuse_shallow!r}: expected one of {FUSE_SHALLOW_CHOICES}")
         if injection == "none" and fuse_shallow != "none":
-            raise ConfigError(f"TRAINER.MUDPT.FUSE_SHALLOW={fuse_shallow!r} needs an injection model, "
-                             f"but TRAINER.MUDPT.INJECTION='none'")
+            raise ConfigError(f"FUSE_SHALLOW={fuse_shallow!r} needs an injection model, "
+                             f"but INJECTION='none'")
         deep = injection != "none"
         # text_fused[l] / vision_fused[l]: layer l of that tower receives the cross-modal prompt of depth l
         self.text_fused = [fuse_shallow == "both"] + [deep] * (depth - 1)
         self.vision_fused = [fuse_shallow in ("t2v", "both")] + [deep] * (depth - 1)
         self.active = any(self.text_fused) or any(self.vision_fused)
         if self.active and n_text != n_vision:
-            raise ConfigError(f"TRAINER.MUDPT.N_CTX_TEXT={n_text} != N_CTX_VISION={n_vision}: fusion by element-wise "
+            raise ConfigError(f"N_CTX_TEXT={n_text} != N_CTX_VISION={n_vision}: fusion by element-wise "
                              f"addition needs equal prompt lengths (or INJECTION 'none' / no fused level)")
         self.depth, self.injection = depth, injection
         # the linear form gives the shallow t->v its own Linear (official code); other forms share their module
         self.own_shallow_t2v = injection == "linear" and self.vision_fused[0]
 
     @classmethod
-    def from_cfg(cls, node):
-        return cls(node.PROMPT_DEPTH, node.INJECTION, node.FUSE_SHALLOW, node.N_CTX_TEXT, node.N_CTX_VISION)
+    def from_cfg(cls, config):
+        return cls(config.PROMPT_DEPTH, config.INJECTION, config.FUSE_SHALLOW, config.N_CTX_TEXT, config.N_CTX_VISION)
 
     def describe(self):
         def depths(flags):
             return ",".join(str(l) for l, on in enumerate(flags) if on) or "none"
         return (f"injection {self.injection}; text layers fused: {depths(self.text_fused)}; "
                 f"vision layers fused: {depths(self.vision_fused)}")
+
+
+@dataclass
+class MuDPTConfig(PromptOptions):
+    """Defaults = the paper's settings (configs/trainers/MuDPT/*_joint.yaml)."""
+
+    N_CTX_TEXT: int = 4  # n text prompt tokens per layer
+    N_CTX_VISION: int = 4  # n visual prompt tokens per layer (must equal N_CTX_TEXT when any level is fused)
+    PROMPT_DEPTH: int = 12  # J: layers 0..J-1 receive prompts in both towers
+    CTX_INIT: str = "a photo of a"  # T_0 starts from the embeddings of its first n tokens
+    SENTENCE: str = "maple"  # "maple" | "official": how the class sentence uses CTX_INIT (see sentence_prefix)
+    INJECTION: str = "joint"  # "joint" | "separate" | "linear" | "none" (no coupling)
+    FUSE_SHALLOW: str = "none"  # "none" | "t2v" | "both": fusion at the shallow level l = 0
+    INJECTION_WIDTH: int = 512  # width of the joint block
+    INJECTION_HEADS: int = 8  # heads of the joint block
+
+    def validate(self):
+        super().validate()
+        FusionPlan.from_cfg(self)
 
 
 class MuDPTPromptLearner(nn.Module):
@@ -129,15 +151,15 @@ class MuDPTPromptLearner(nn.Module):
 class MuDPTCLIP(PromptedCLIP):
     """CLIP with MuDPT's prompts in both towers, coupled by the injection model."""
 
-    def __init__(self, clip_model, classnames, node):
-        plan = FusionPlan.from_cfg(node)
+    def __init__(self, clip_model, classnames, config):
+        plan = FusionPlan.from_cfg(config)
         d_text, d_vision = text_width(clip_model), vision_width(clip_model)  # vision_width: ViT only
-        check_depth("TRAINER.MUDPT.PROMPT_DEPTH", plan.depth, min(layer_counts(clip_model)))
-        prefix, init_words = sentence_prefix(node.N_CTX_TEXT, node.CTX_INIT, node.SENTENCE)
-        shallow = init_text_context(clip_model, node.N_CTX_TEXT, init_words)
-        super().__init__(clip_model, prefix_sentences(classnames, prefix, node.N_CTX_TEXT))
-        self.prompt_learner = MuDPTPromptLearner(shallow, plan, node.N_CTX_VISION, d_text, d_vision,
-                                                 node.INJECTION_WIDTH, node.INJECTION_HEADS)
+        check_depth("PROMPT_DEPTH", plan.depth, min(layer_counts(clip_model)))
+        prefix, init_words = sentence_prefix(config.N_CTX_TEXT, config.CTX_INIT, config.SENTENCE)
+        shallow = init_text_context(clip_model, config.N_CTX_TEXT, init_words)
+        super().__init__(clip_model, prefix_sentences(classnames, prefix, config.N_CTX_TEXT))
+        self.prompt_learner = MuDPTPromptLearner(shallow, plan, config.N_CTX_VISION, d_text, d_vision,
+                                                 config.INJECTION_WIDTH, config.INJECTION_HEADS)
 
     def compute_prompts(self):  # one injection pass gives both towers' prompts
         text, vision = self.prompt_learner.fused_prompts()
@@ -154,17 +176,15 @@ class MuDPT(PromptTrainer):
     scripts_folder = "mudpt"
     # the paper trains every protocol with its one setting
     default_configs = dict.fromkeys(("b2n", "fewshot", "xd"), "vit_b16_c4_ep10_batch4_joint")
+    config_class = MuDPTConfig
+    summary = "deep text + visual prompts, fused by a shared Injection Model"
+    parameter_counts = {
+        "vit_b16_c4_ep10_batch4_joint": 4_526_848,
+        "vit_b16_c2_ep5_batch4_linear": 1_204_736,
+        "vit_b16_c2_ep5_batch4_separate": 11_056_128,
+    }
     model_class = MuDPTCLIP
 
-    @staticmethod
-    def add_config(node):
-        """Defaults = the paper's settings (configs/trainers/MuDPT/*_joint.yaml)."""
-        node.N_CTX_TEXT = 4  # n text prompt tokens per layer
-        node.N_CTX_VISION = 4  # n visual prompt tokens per layer (must equal N_CTX_TEXT when any level is fused)
-        node.PROMPT_DEPTH = 12  # J: layers 0..J-1 receive prompts in both towers
-        node.CTX_INIT = "a photo of a"  # T_0 starts from the embeddings of its first n tokens
-        node.SENTENCE = "maple"  # "maple" | "official": how the class sentence uses CTX_INIT (see sentence_prefix)
-        node.INJECTION = "joint"  # "joint" | "separate" | "linear" | "none" (no coupling)
-        node.FUSE_SHALLOW = "none"  # "none" | "t2v" | "both": fusion at the shallow level l = 0
-        node.INJECTION_WIDTH = 512  # width of the joint block
-        node.INJECTION_HEADS = 8  # heads of the joint block
+    @classmethod
+    def parameter_breakdown(cls, model):
+        return model.prompt_learner.parameter_breakdown()

@@ -8,7 +8,7 @@ from torch import nn
 from clip.model import LayerNorm, ResidualAttentionBlock
 
 from dassl.utils import ConfigError
-from mmpt.prompted_clip import run_block  # CLIP's residual block, batch-first, through SDPA
+from mmpt.blocks import run_block  # CLIP's residual block, batch-first, through SDPA
 
 INJECTION_FORMS = ("joint", "separate", "linear")
 
@@ -54,14 +54,14 @@ class InjectionModel(nn.Module):
     def __init__(self, form, d_text, d_vision, width=512, heads=8, own_shallow_t2v=False):
         super().__init__()
         if form not in INJECTION_FORMS:
-            raise ConfigError(f"TRAINER.MUDPT.INJECTION={form!r}: expected one of {INJECTION_FORMS}")
+            raise ConfigError(f"INJECTION={form!r}: expected one of {INJECTION_FORMS}")
         if own_shallow_t2v and form != "linear":
             raise ValueError(f"own_shallow_t2v applies to the 'linear' injection only, not {form!r}")
         self.form = form
         self.d_text, self.d_vision = d_text, d_vision
         if form == "joint":
             if width <= 0 or heads <= 0 or width % heads:
-                raise ConfigError(f"TRAINER.MUDPT.INJECTION_WIDTH={width} must be a positive multiple of "
+                raise ConfigError(f"INJECTION_WIDTH={width} must be a positive multiple of "
                                  f"INJECTION_HEADS={heads}")
             self.lift_text = nn.Linear(d_text, width)
             self.lift_vision = nn.Linear(d_vision, width)

@@ -12,99 +12,78 @@ average is saved in every checkpoint: a resumed run ends with the same prompts a
 Evaluation is IVLP's forward (no frozen branch).
 """
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
 
-import clip
 import torch
 import torch.nn.functional as F
 
 from dassl.engine import TRAINER_REGISTRY
-from dassl.metrics import compute_accuracy
+from dassl.utils import ConfigError
+from mmpt.config import option_errors
+from mmpt.frozen_clip import FrozenCLIP
 from mmpt.prompt_trainer import LEARNER_NAME, PromptTrainer
 from mmpt.templates import PROMPTSRC_TEMPLATES
 
-from trainers.ivlp import IVLPCLIP
+from trainers.ivlp import IVLPCLIP, IVLPConfig
 
 
-# the template ensemble runs several templates per text-tower pass, up to this many sentences (memory bound)
-ENSEMBLE_SEQUENCES_PER_PASS = 2048
+@dataclass
+class PromptSRCConfig(IVLPConfig):
+    """PromptSRC's fields and defaults (= configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml)."""
 
+    N_CTX_TEXT: int = 4
+    N_CTX_VISION: int = 4
+    CTX_INIT: str = "a photo of a"  # used when it has >= N_CTX_TEXT tokens, else N(0, 0.02) behind "X .. X"
+    PROMPT_DEPTH_TEXT: int = 9  # J_t: text layers 0..J_t-1 receive fresh prompts
+    PROMPT_DEPTH_VISION: int = 9  # J_v
+    TEXT_LOSS_WEIGHT: float = 25.0
+    IMAGE_LOSS_WEIGHT: float = 10.0
+    GPA_MEAN: float = 15.0  # Gaussian over the 1-based epoch number
+    GPA_STD: float = 1.0
 
-class SelfConsistencyOutputs(NamedTuple):
-    """One training forward pass. Features are L2-normalised and fp32; the frozen ones carry no gradient."""
-
-    logits: torch.Tensor  # [B, C] prompted
-    class_features: torch.Tensor  # [C, E] prompted
-    image_features: torch.Tensor  # [B, E] prompted
-    frozen_logits: torch.Tensor  # [B, C]
-    frozen_class_features: torch.Tensor  # [C, E] template ensemble
-    frozen_image_features: torch.Tensor  # [B, E]
+    def validate(self):
+        super().validate()
+        if not self.GPA_STD > 0:
+            raise ConfigError(f"GPA_STD={self.GPA_STD!r}: expected a number > 0")
 
 
 class PromptSRCCLIP(IVLPCLIP):
-    config_key = "TRAINER.PROMPTSRC"
+    """IVLP's model plus the frozen references of the self-regulating terms."""
 
-    def __init__(self, clip_model, classnames, node):
-        super().__init__(clip_model, classnames, node)
-        self.classnames = [name.replace("_", " ") for name in classnames]
-        self._frozen_class_features = None  # a plain attribute: never saved, rebuilt for each class list
+    def __init__(self, clip_model, classnames, config):
+        super().__init__(clip_model, classnames, config)
+        self.frozen = FrozenCLIP(PROMPTSRC_TEMPLATES, classnames)  # the 60-template ensemble, on first use
 
-    @torch.no_grad()
     def frozen_class_features(self):
         """[C, E] the prompt-free text tower on every template, averaged unnormalised per class, then normalised;
         fp32 whatever the precision policy. Computed on first use (training only) and kept."""
-        device = self.token_ids.device
-        if self._frozen_class_features is None or self._frozen_class_features.device != device:
-            n_classes = len(self.classnames)
-            per_pass = max(1, ENSEMBLE_SEQUENCES_PER_PASS // n_classes)  # templates per text-tower pass
-            features = []
-            with torch.autocast(device.type, enabled=False):
-                for begin in range(0, len(PROMPTSRC_TEMPLATES), per_pass):
-                    sentences = [t.replace("{}", c) for t in PROMPTSRC_TEMPLATES[begin:begin + per_pass]
-                                 for c in self.classnames]
-                    ids = clip.tokenize(sentences, truncate=True).to(device)
-                    features.append(self.text_encoder(ids).float().unflatten(0, (-1, n_classes)))  # [T, C, E]
-            self._frozen_class_features = F.normalize(torch.cat(features).mean(0), dim=-1)
-        return self._frozen_class_features
-
-    @torch.no_grad()
-    def frozen_image_features(self, images):
-        """[B, E] the prompt-free image tower (CLIP's own frozen weights; no graph, so no backward)."""
-        return F.normalize(self.image_encoder(images).float(), dim=-1)
-
-    def self_consistency_outputs(self, images):
-        """Everything the loss needs, from one prompted pass and one frozen image pass."""
-        prompts = self.compute_prompts()
-        class_features = self.class_features(prompts).float()
-        image_features = self.image_features(images, prompts).float()
-        frozen_class_features = self.frozen_class_features()
-        frozen_image_features = self.frozen_image_features(images)
-        return SelfConsistencyOutputs(self.logits(image_features, class_features), class_features, image_features,
-                                      self.logits(frozen_image_features, frozen_class_features),
-                                      frozen_class_features, frozen_image_features)
+        return self.frozen.class_features(self)
 
 
-def self_consistency_losses(out, labels, text_weight, image_weight):
-    """{term: scalar}; the training loss is their sum. The KL runs from the frozen (teacher) to the prompted
-    logits, temperature 1, summed over the batch and the classes and divided by B x C (PromptSRC's release)."""
+def self_consistency_terms(model, outputs):
+    """PromptSRC's terms beyond the cross-entropy, unweighted (fp32). The KL runs from the frozen (teacher) to the
+    prompted logits, temperature 1, summed over the batch and the classes and divided by B x C (the release)."""
+    class_features, image_features = outputs.class_features.float(), outputs.image_features.float()
+    frozen_class_features = model.frozen_class_features()
+    frozen_image_features = outputs.extra["frozen_image_features"]
+    frozen_logits = model.logits(frozen_image_features, frozen_class_features)
+    logits = outputs.logits
     return {
-        "loss_ce": F.cross_entropy(out.logits, labels),
-        "loss_text": text_weight * F.l1_loss(out.class_features, out.frozen_class_features),
-        "loss_image": image_weight * F.l1_loss(out.image_features, out.frozen_image_features),
-        "loss_logits": F.kl_div(F.log_softmax(out.logits, dim=1), F.log_softmax(out.frozen_logits, dim=1),
-                                reduction="sum", log_target=True) / out.logits.numel(),
+        "loss_text": F.l1_loss(class_features, frozen_class_features),
+        "loss_image": F.l1_loss(image_features, frozen_image_features),
+        "loss_logits": F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(frozen_logits, dim=1),
+                                reduction="sum", log_target=True) / logits.numel(),
     }
 
 
-def gpa_weights(max_epoch, mean, std, key="TRAINER.PROMPTSRC"):
-    """[w_1 .. w_N]: a Gaussian density N(mean, std) at the 1-based epoch numbers, normalised to sum 1 (float64)."""
-    if not std > 0:
-        raise ValueError(f"{key}.GPA_STD={std!r}: expected a number > 0")
+def gpa_weights(max_epoch, mean, std):
+    """[w_1 .. w_N]: a Gaussian density N(mean, std > 0) at the 1-based epoch numbers, normalised to sum 1
+    (float64)."""
     density = [math.exp(-(e - mean) ** 2 / (2 * std ** 2)) / (std * math.sqrt(2 * math.pi))
                for e in range(1, max_epoch + 1)]
     total = sum(density)
     if not total > 0:
-        raise ValueError(f"{key}.GPA_MEAN={mean!r}, GPA_STD={std!r}: every epoch 1..{max_epoch} gets weight 0")
+        raise ConfigError(f"GPA_MEAN={mean!r}, GPA_STD={std!r}: every epoch 1..{max_epoch} gets weight 0")
     return [d / total for d in density]
 
 
@@ -112,8 +91,8 @@ class GaussianPromptAggregation:
     """sum_e w_e * theta_e over the epochs e done so far, for the tensors of `module` (the prompt learner only:
     the frozen CLIP is not averaged). Float64 accumulator; `state_dict()` goes into every checkpoint."""
 
-    def __init__(self, module, max_epoch, mean, std):
-        self.module = module
+    def __init__(self, module, max_epoch, mean, std, key):
+        self.module, self.key = module, key  # key: the config node, named in errors
         self.settings = {"max_epoch": int(max_epoch), "mean": float(mean), "std": float(std)}
         self.weights = gpa_weights(max_epoch, mean, std)
         self.epochs = 0
@@ -139,7 +118,7 @@ class GaussianPromptAggregation:
         saved = {k: state[k] for k in self.settings}
         if saved != self.settings:
             raise ValueError(f"{source}: its Gaussian prompt aggregation ran with {saved}, this run asks for "
-                             f"{self.settings} (OPTIM.MAX_EPOCH, TRAINER.PROMPTSRC.GPA_MEAN / GPA_STD)")
+                             f"{self.settings} (OPTIM.MAX_EPOCH, {self.key}.GPA_MEAN / GPA_STD)")
         self.epochs = state["epochs"]
         self.sum = {k: v.to(self.sum[k].device, torch.float64) for k, v in state["sum"].items()}
 
@@ -150,46 +129,39 @@ class PromptSRC(PromptTrainer):
     scripts_folder = "promptsrc"
     default_configs = {"b2n": "vit_b16_c2_ep20_batch4_4+4ctx", "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
                        "xd": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"}
-    # few-shot: the release's late, narrow GPA on the fine-grained / texture / satellite datasets (KEY VALUE options
-    # the experiment layout adds ahead of the user's)
-    dataset_opts = {"fewshot": {dataset: ("TRAINER.PROMPTSRC.GPA_MEAN", "45.0", "TRAINER.PROMPTSRC.GPA_STD", "5.0")
+    # few-shot: the release's late, narrow GPA on the fine-grained / texture / satellite datasets (options the
+    # experiment layout adds ahead of the user's)
+    dataset_opts = {"fewshot": {dataset: {"GPA_MEAN": 45.0, "GPA_STD": 5.0}
                                 for dataset in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")}}
+    config_class = PromptSRCConfig
+    summary = ('IVLP prompts regularised towards frozen CLIP (L1 on text / image features, KL on logits), '
+               'Gaussian prompt aggregation over epochs')
+    parameter_counts = {
+        "vit_b16_c2_ep20_batch4_4+4ctx": 46_080,
+        "vit_b16_c2_ep50_batch4_4+4ctx_few_shot": 46_080,
+        "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets": 15_360,
+    }
     model_class = PromptSRCCLIP
+    loss_weights = {"loss_text": "TEXT_LOSS_WEIGHT", "loss_image": "IMAGE_LOSS_WEIGHT", "loss_logits": 1.0}
 
-    @staticmethod
-    def add_config(node):
-        """PromptSRC's keys and defaults (= configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml)."""
-        node.N_CTX_TEXT = 4
-        node.N_CTX_VISION = 4
-        node.CTX_INIT = "a photo of a"  # used when it has >= N_CTX_TEXT tokens, else N(0, 0.02) behind "X .. X"
-        node.PROMPT_DEPTH_TEXT = 9  # J_t: text layers 0..J_t-1 receive fresh prompts
-        node.PROMPT_DEPTH_VISION = 9  # J_v
-        node.TEXT_LOSS_WEIGHT = 25.0
-        node.IMAGE_LOSS_WEIGHT = 10.0
-        node.GPA_MEAN = 15.0  # Gaussian over the 1-based epoch number
-        node.GPA_STD = 1.0
-        return node
+    @classmethod
+    def training_outputs(cls, model, images, labels, class_features=None):
+        """The prompted pass plus the frozen image pass, both under the step's autocast (the frozen class
+        features are computed once, in fp32, by the loss term)."""
+        outputs = super().training_outputs(model, images, labels, class_features)
+        outputs.extra["frozen_image_features"] = model.frozen.image_features(model, images)
+        return outputs
 
-    def build_prompted_clip(self, cfg, classnames, clip_model):
-        return PromptSRCCLIP(clip_model, classnames, cfg.TRAINER.PROMPTSRC)
+    @classmethod
+    def loss_terms(cls, model, outputs):
+        return self_consistency_terms(model, outputs)
 
     def build_model(self):
         super().build_model()
-        node = self.trainer_cfg()
-        self.gpa = GaussianPromptAggregation(self.model.prompt_learner, self.max_epoch, node.GPA_MEAN, node.GPA_STD)
-
-    def forward_backward(self, batch):
-        images, labels = self.parse_batch_train(batch)
-        node = self.trainer_cfg()
-        with self.precision.autocast():
-            out = self.model.self_consistency_outputs(images)
-        terms = self_consistency_losses(out, labels, node.TEXT_LOSS_WEIGHT, node.IMAGE_LOSS_WEIGHT)
-        loss = sum(terms.values())
-        self.backward_and_update(loss)
-        if self.batch_idx + 1 == self.num_batches:
-            self.update_lr()
-        summary = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
-        return {**summary, "acc": compute_accuracy(out.logits, labels)[0].item()}
+        config = self.config
+        with option_errors(self.trainer_key, self.config_class):
+            self.gpa = GaussianPromptAggregation(self.model.prompt_learner, self.max_epoch, config.GPA_MEAN,
+                                                 config.GPA_STD, self.trainer_key)
 
     # ---------------------------------------------------------------- Gaussian prompt aggregation
     def after_epoch(self):

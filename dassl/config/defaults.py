@@ -43,6 +43,15 @@ _C.DATASET.NUM_SHOTS = -1
 _C.DATASET.VAL_PERCENT = 0.1
 _C.DATASET.SUBSAMPLE_CLASSES = "all"  # all / base / new (CoCoOp's base-to-new protocol)
 _C.DATASET.ALL_AS_UNLABELED = False
+# OwnDataset (datasets/own.py, docs/DATASETS.md): a user's images described by the dataset yaml alone
+_C.DATASET.OWN = CN()
+_C.DATASET.OWN.DIR = ""  # the dataset folder: absolute, or relative to DATASET.ROOT
+_C.DATASET.OWN.LIST = ""  # "" = an image folder; else a CSV / JSON list (path,label[,split]) inside DIR
+_C.DATASET.OWN.CLASSNAMES = ""  # optional class-name file inside DIR (`key class name` per line)
+_C.DATASET.OWN.SPLIT = (0.5, 0.2)  # train / val fraction per class when no split is given (CoOp's 50/20/30)
+_C.DATASET.OWN.SPLIT_SEED = 1  # the seed of that split (independent of the run's SEED)
+_C.DATASET.OWN.TEST_ONLY = False  # every image is a test image (a cross-dataset / DG target)
+_C.DATASET.OWN.MATCH_CLASSNAMES = ""  # a DG target: match class names to "imagenet" or a class-name file
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4
@@ -86,6 +95,9 @@ _C.OPTIM.SGD_NESTEROV = False
 _C.OPTIM.RMSPROP_ALPHA = 0.99
 _C.OPTIM.ADAM_BETA1 = 0.9
 _C.OPTIM.ADAM_BETA2 = 0.999
+# the epsilon of every optimizer that has one (adam, amsgrad, adamw, radam, rmsprop); 1e-8 is torch's default
+# for all of them, so runs that leave it alone are unchanged. sgd has none.
+_C.OPTIM.EPS = 1e-8
 _C.OPTIM.STAGED_LR = False
 _C.OPTIM.NEW_LAYERS = ()
 _C.OPTIM.BASE_LR_MULT = 0.1

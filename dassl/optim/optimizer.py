@@ -38,14 +38,24 @@ def build_optimizer(model, optim_cfg, param_groups=None):
         else:
             param_groups = model.parameters() if isinstance(model, nn.Module) else model
     betas = (optim_cfg.ADAM_BETA1, optim_cfg.ADAM_BETA2)
+    eps = _eps(optim_cfg)
     if name in ("adam", "amsgrad"):
-        return torch.optim.Adam(param_groups, lr=lr, weight_decay=wd, betas=betas, amsgrad=name == "amsgrad")
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=wd, betas=betas, eps=eps,
+                                amsgrad=name == "amsgrad")
     if name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd, betas=betas)
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd, betas=betas, eps=eps)
     if name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=optim_cfg.MOMENTUM, weight_decay=wd,
                                dampening=optim_cfg.SGD_DAMPNING, nesterov=optim_cfg.SGD_NESTEROV)
     if name == "rmsprop":
         return torch.optim.RMSprop(param_groups, lr=lr, momentum=optim_cfg.MOMENTUM, weight_decay=wd,
-                                   alpha=optim_cfg.RMSPROP_ALPHA)
-    return torch.optim.RAdam(param_groups, lr=lr, weight_decay=wd, betas=betas)
+                                   alpha=optim_cfg.RMSPROP_ALPHA, eps=eps)
+    return torch.optim.RAdam(param_groups, lr=lr, weight_decay=wd, betas=betas, eps=eps)
+
+
+def _eps(optim_cfg):
+    """OPTIM.EPS, checked: a number > 0."""
+    eps = optim_cfg.EPS
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ConfigError(f"OPTIM.EPS={eps!r}: expected a number > 0 (the optimizer's epsilon; torch's default 1e-8)")
+    return float(eps)

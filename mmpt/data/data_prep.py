@@ -12,6 +12,19 @@ rename it into place, extract archives, move their contents into the dataset fol
 moved to) are tried in turn; a resource that still fails does not stop the run: every file that could not be
 prepared is listed at the end (exit status 2).
 
+Sources, in the order `--source` gives (default: original alternative hub): `original` is the table's URL,
+`alternative` the resource's known new hosts, `hub` the community copy of the whole dataset folder on the
+Hugging Face Hub (`HUB_MIRROR`, fetched with `huggingface_hub`; `HF_ENDPOINT` points it at another endpoint,
+`HF_HUB_OFFLINE=1` uses only what an earlier run downloaded). A source that fails prints one line and the next
+is tried. Whichever source served it, the dataset folder ends up the same: the Hub archive's entries that the
+table's resources provide are laid out (nothing else, e.g. no foreign few-shot caches), so the split files are
+the same bytes. md5 / sha256 are checked where the table records them, and a Hub file's sha256 where the Hub
+publishes it (its LFS ETag).
+
+A dataset yaml of one's own (an `OwnDataset`, docs/DATASETS.md) may be named too (its path, or its config
+name): its split is made (or read) and reported (classes, images per class and split, unreadable files,
+duplicate or empty class names); nothing is downloaded.
+
 `SOURCES` below is plain data: edit a URL there when a host moves. `--base-url URL` (or the environment variable
 MMPT_DATA_BASE_URL) fetches every file from `URL/<dataset folder>/<file>` instead (a mirror; the tests serve
 fixture archives this way from 127.0.0.1). What cannot be downloaded (ImageNet's licence-gated images,
@@ -36,6 +49,7 @@ from dataclasses import dataclass
 BASE_URL_ENV = "MMPT_DATA_BASE_URL"
 CHUNK = 1 << 20
 LOADER_PACKAGE = "datasets"  # the repository's dataset loaders (--check reads their split-file names)
+OWN_DATASET = "OwnDataset"  # the generic loader of one's own images (datasets/own.py)
 
 # registry name -> folder under DATASET.ROOT (the loaders' `dataset_dir`)
 DATASET_FOLDERS = {
@@ -223,6 +237,40 @@ SOURCES = {
 }
 
 
+SOURCE_KINDS = ("original", "alternative", "hub")
+
+
+@dataclass(frozen=True)
+class HubMirror:
+    """A copy of whole dataset folders in one Hugging Face Hub repository, pinned to a revision. `files`:
+    registry name -> the archive in the repository that holds that dataset's folder (with or without the
+    folder itself at its top); `sha256`: registry name -> the archive's sha256 where recorded (the Hub's own
+    ETag is checked as well)."""
+
+    repo_id: str
+    revision: str
+    repo_type: str
+    files: dict
+    sha256: dict = None
+
+
+# PromptKD's authors' copy of the benchmark datasets with CoOp's split files (their README links
+# huggingface.co/zhengli97/prompt_learning_dataset, a repository of the Hub's model type, at this revision; the
+# archive names are the ones their DATASETS.md lists). The ImageNet variants in it are not listed here: their
+# archive names could not be confirmed.
+HUB_MIRROR = HubMirror(
+    repo_id="zhengli97/prompt_learning_dataset",
+    revision="ceb3112337fb6e1bf71534e355ca5569b63f19a6",
+    repo_type="model",
+    files={
+        "Caltech101": "caltech-101.zip", "DescribableTextures": "dtd.zip", "EuroSAT": "eurosat.zip",
+        "Food101": "food101.zip", "OxfordFlowers": "oxford_flowers.zip", "OxfordPets": "oxford_pets.zip",
+        "StanfordCars": "stanford_cars.zip", "SUN397": "sun397.zip", "UCF101": "ucf101.zip",
+        "FGVCAircraft": "fgvc_aircraft.zip",
+    },
+)
+
+
 # --------------------------------------------------------------------------------------------- download
 def resource_url(resource, folder, base_url):
     """The URL to fetch: the table's, or `<base_url>/<dataset folder>/<file>` for a mirror."""
@@ -373,8 +421,9 @@ def extract(archive, staging):
         raise DataPrepError(f"{archive}: not a zip or tar archive (a partial or HTML download?); delete it and run again")
 
 
-def lay_out(archive, resource, dataset_dir):
-    """Move the archive's `archive_prefix` folder's entries into the dataset folder."""
+def lay_out(archive, resource, dataset_dir, only_provided=False):
+    """Move the archive's `archive_prefix` folder's entries into the dataset folder (with `only_provided`, only
+    the top-level entries that `resource.provides` names: a copy's extras stay out)."""
     staging = osp.join(dataset_dir, ".data_prep", "extract-" + resource.filename)
     shutil.rmtree(staging, ignore_errors=True)
     print(f"  extracting {osp.basename(archive)}")
@@ -397,7 +446,10 @@ def lay_out(archive, resource, dataset_dir):
     for old, new in resource.rename:
         if osp.exists(osp.join(base, old)) and not osp.exists(osp.join(base, new)):
             os.rename(osp.join(base, old), osp.join(base, new))
-    for entry in os.listdir(base):
+    top_level = {p.split("/")[0] for p in resource.provides}
+    for entry in sorted(os.listdir(base)):
+        if only_provided and entry not in top_level:
+            continue
         dest = osp.join(dataset_dir, entry)
         if osp.exists(dest):
             print(f"  keeping the existing {dest}")
@@ -406,37 +458,142 @@ def lay_out(archive, resource, dataset_dir):
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def sources_to_try(resource, dataset_dir, base_url):
-    """(candidate, .part suffix) in the order to try: the table's resource, then its alternatives (not with a
-    mirror); one whose file is already in the dataset folder (put there by hand) comes first."""
-    candidates = [(resource, ".part")]
-    if not base_url:
-        candidates += [(alt, f".alt{i + 1}.part") for i, alt in enumerate(resource.alternatives)]
-    return sorted(candidates, key=lambda c: not osp.exists(osp.join(dataset_dir, c[0].filename)))
+def _env_true(name):
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def prepare_resource(resource, dataset_dir, folder, base_url, keep_archives):
+def hub_offline():
+    """The Hub's offline switches (read at each call, as huggingface_hub reads them only at its import)."""
+    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+
+
+def hub_url(mirror, filename):
+    try:
+        from huggingface_hub import hf_hub_url
+    except ImportError:  # only for printing (the download says what to install)
+        endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        kind = {"dataset": "datasets/", "space": "spaces/"}.get(mirror.repo_type, "")
+        return f"{endpoint}/{kind}{mirror.repo_id}/resolve/{mirror.revision}/{filename}"
+    return hf_hub_url(mirror.repo_id, filename, repo_type=mirror.repo_type, revision=mirror.revision,
+                      endpoint=os.environ.get("HF_ENDPOINT") or None)
+
+
+def hub_download(mirror, filename, local_dir):
+    """The Hub file `filename` of `mirror` downloaded (resumably) into local_dir; its sha256 checked against the
+    table's and the Hub's (the LFS ETag). Offline (HF_HUB_OFFLINE): only a copy an earlier run downloaded."""
+    try:
+        import huggingface_hub
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download
+    except ImportError:
+        raise DataPrepError("the Hub mirror needs huggingface_hub: pip install huggingface_hub "
+                            "(or pip install -e '.[hub]')") from None
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    url = hub_url(mirror, filename)
+    offline = hub_offline()
+    expected = [((mirror.sha256 or {}).get(filename), "recorded")]
+    try:
+        if not offline:
+            etag = get_hf_file_metadata(url).etag or ""
+            if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag.lower()):
+                expected.append((etag.lower(), "published by the Hub"))
+        path = hf_hub_download(mirror.repo_id, filename, repo_type=mirror.repo_type, revision=mirror.revision,
+                               local_dir=local_dir, endpoint=endpoint, local_files_only=offline)
+    except huggingface_hub.errors.LocalEntryNotFoundError:
+        raise DataPrepError(f"HF_HUB_OFFLINE is set and {filename} of {mirror.repo_id} was not downloaded before "
+                            f"(into {local_dir}); unset it to download {url}") from None
+    except Exception as e:  # huggingface_hub raises many types (HTTP status, connection, metadata)
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DataPrepError(f"cannot download {url} ({type(e).__name__}: {first})") from None
+    for digest, where in expected:
+        if digest and file_digest(path, "sha256") != digest.lower():
+            os.remove(path)
+            raise DataPrepError(f"{url}: sha256 differs from the one {where} ({digest}); the download was deleted, "
+                                "run again to fetch it afresh")
+    return path
+
+
+class HubSource:
+    """The Hub copy of one dataset folder, fetched and laid out at most once per run (the first resource that
+    falls through to it); `error` holds why it failed."""
+
+    def __init__(self, name, dataset_dir, keep_archives, mirror=None):
+        self.name, self.dataset_dir, self.keep_archives = name, dataset_dir, keep_archives
+        self.mirror = mirror or HUB_MIRROR
+        self.filename = self.mirror.files.get(name)
+        self.done, self.error = False, None
+
+    def describe(self):
+        return hub_url(self.mirror, self.filename) if self.filename else f"the Hub (no copy of {self.name} listed)"
+
+    def fetch(self):
+        if self.done or self.error:
+            if self.error:
+                raise DataPrepError(self.error)
+            return
+        try:
+            if not self.filename:
+                raise DataPrepError(f"{self.name}: the Hub mirror {self.mirror.repo_id} lists no copy of it "
+                                    "(HUB_MIRROR in mmpt/data/data_prep.py)")
+            local_dir = osp.join(self.dataset_dir, ".data_prep", "hub")
+            print(f"  downloading {self.describe()}")
+            path = hub_download(self.mirror, self.filename, local_dir)
+            resources = SOURCES[self.name].resources
+            whole = Resource(self.describe(), self.filename, tuple(p for r in resources for p in r.provides),
+                             archive_prefix="", rename=tuple(x for r in resources for x in r.rename))
+            lay_out(path, whole, self.dataset_dir, only_provided=True)
+            if not self.keep_archives:
+                shutil.rmtree(local_dir, ignore_errors=True)
+            self.done = True
+        except DataPrepError as e:
+            self.error = str(e)
+            raise
+
+
+def candidates_for(resource, dataset_dir, base_url, order):
+    """[(label, resource or "hub", .part suffix)] in the order of `order` (SOURCE_KINDS); a file already in the
+    dataset folder (put there by hand) comes first. With a mirror (--base-url) only the mirror is tried."""
+    candidates = []
+    for kind in order:
+        if kind == "original":
+            candidates.append(("original host", resource, ".part"))
+        elif kind == "alternative" and not base_url:
+            candidates += [(f"alternative {i + 1}", alt, f".alt{i + 1}.part")
+                           for i, alt in enumerate(resource.alternatives)]
+        elif kind == "hub" and not base_url:
+            candidates.append(("Hub mirror", "hub", None))  # prepare() passes a HubSource along
+    return sorted(candidates, key=lambda c: c[1] == "hub" or not osp.exists(osp.join(dataset_dir, c[1].filename)))
+
+
+def prepare_resource(resource, dataset_dir, folder, base_url, keep_archives, order=SOURCE_KINDS, hub=None):
     marker = osp.join(dataset_dir, ".data_prep", resource.filename + ".done")
-    if osp.exists(marker) and all(osp.exists(osp.join(dataset_dir, p)) for p in resource.provides):
+    provided = all(osp.exists(osp.join(dataset_dir, p)) for p in resource.provides)
+    if osp.exists(marker) and provided:
         print(f"  {resource.filename}: done before")
         return
     failures = []
-    candidates = sources_to_try(resource, dataset_dir, base_url)
-    for index, (candidate, part_suffix) in enumerate(candidates):
+    candidates = candidates_for(resource, dataset_dir, base_url, [k for k in order if k != "hub" or hub])
+    if hub is not None and hub.done and provided:  # laid out from the Hub copy for an earlier resource
+        candidates = []
+    for index, (label, candidate, part_suffix) in enumerate(candidates):
         try:
-            path = fetch(candidate, dataset_dir, folder, base_url, part_suffix)
-            if candidate.archive_prefix is not None:
-                lay_out(path, candidate, dataset_dir)
-                if not keep_archives:
-                    os.remove(path)
+            if candidate == "hub":
+                hub.fetch()
+            else:
+                path = fetch(candidate, dataset_dir, folder, base_url, part_suffix)
+                if candidate.archive_prefix is not None:
+                    lay_out(path, candidate, dataset_dir)
+                    if not keep_archives:
+                        os.remove(path)
             break
         except DataPrepError as e:
             failures.append(str(e))
             if index + 1 < len(candidates):
-                print(f"  failed: {e}\n  trying {resource_url(candidates[index + 1][0], folder, base_url)}")
+                after = candidates[index + 1][1]
+                where = hub.describe() if after == "hub" else resource_url(after, folder, base_url)
+                print(f"  {label} failed: {e}; trying {where}")
     else:
-        raise DataPrepError(failures[0] if len(failures) == 1 else
-                            " | then: ".join(failures))
+        if candidates:
+            raise DataPrepError(failures[0] if len(failures) == 1 else " | then: ".join(failures))
     missing = [osp.join(dataset_dir, p) for p in resource.provides if not osp.exists(osp.join(dataset_dir, p))]
     if missing:
         raise DataPrepError(f"{resource.filename} did not provide {', '.join(missing)}; "
@@ -445,7 +602,7 @@ def prepare_resource(resource, dataset_dir, folder, base_url, keep_archives):
     open(marker, "w").close()
 
 
-def prepare(name, root, base_url=None, keep_archives=False):
+def prepare(name, root, base_url=None, keep_archives=False, order=SOURCE_KINDS):
     """Download and lay out one dataset under root, every resource tried even after one fails.
 
     Returns (the manual step still to do or "", [one line per resource that could not be prepared]).
@@ -461,10 +618,11 @@ def prepare(name, root, base_url=None, keep_archives=False):
         toy_world.make_dataset(name, root)
     if source.resources:
         os.makedirs(dataset_dir, exist_ok=True)
+    hub = HubSource(name, dataset_dir, keep_archives) if "hub" in order else None
     failures = []
     for resource in source.resources:
         try:
-            prepare_resource(resource, dataset_dir, folder, base_url, keep_archives)
+            prepare_resource(resource, dataset_dir, folder, base_url, keep_archives, order, hub)
         except DataPrepError as e:
             print(f"  failed: {e}")
             failures.append(str(e))
@@ -517,14 +675,57 @@ def missing_split_files(name, dataset_dir):
 
 
 # --------------------------------------------------------------------------------------------- command line
+def own_dataset_yaml(name):
+    """The path of the dataset yaml of one's own that `name` names (a .yaml path, or a config name under
+    configs/datasets/ whose DATASET.NAME is OwnDataset), else None."""
+    import yaml
+
+    from mmpt.experiments.layout import dataset_config_file
+
+    path = dataset_config_file(name)
+    if not osp.isfile(path):
+        if name.endswith((".yaml", ".yml")):
+            raise DataPrepError(f"dataset yaml not found: {path}")
+        return None
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if (data.get("DATASET") or {}).get("NAME") != OWN_DATASET:
+        if name.endswith((".yaml", ".yml")):
+            raise DataPrepError(f"{path}: DATASET.NAME is {(data.get('DATASET') or {}).get('NAME')!r}; a yaml "
+                                f"path is for a dataset of one's own (NAME: {OWN_DATASET}); name the benchmark "
+                                "datasets by their config names")
+        return None
+    return path
+
+
+def prepare_own(path, root, workers=None):
+    """Make (or read) the split of an own dataset and report it; [one line per problem]."""
+    from dassl.config import get_cfg_default
+    from dassl.data.datasets import DATASET_REGISTRY
+
+    importlib.import_module(LOADER_PACKAGE)
+    cfg = get_cfg_default()
+    try:
+        cfg.merge_from_file(path)
+    except Exception as e:  # yacs: an unknown key, a bad value
+        return [f"{path}: {e}"]
+    cfg.DATASET.ROOT = root
+    return DATASET_REGISTRY.get(OWN_DATASET).data_prep(cfg, workers)
+
+
 def resolve_names(names):
-    """Registry names or config names (case-insensitive) -> registry names."""
+    """Registry names or config names (case-insensitive) -> registry names; a dataset yaml of one's own stays
+    its path."""
     lookup = {n.lower(): n for n in DATASET_FOLDERS}
     lookup.update({c.lower(): n for n, c in CONFIG_NAMES.items()})
     resolved = []
     for name in names:
         if name.lower() == "all":
             return list(DATASET_FOLDERS)
+        own = own_dataset_yaml(name) if name.lower() not in lookup else None
+        if own:
+            resolved.append(own)
+            continue
         if name.lower() not in lookup:
             raise DataPrepError(f"unknown dataset {name!r}; choose from {sorted(CONFIG_NAMES.values())} "
                                 f"(or registry names, or 'all')")
@@ -540,6 +741,8 @@ def get_parser():
                         help="config or registry names, e.g. caltech101 oxford_pets (default: all)")
     parser.add_argument("--base-url", default=os.environ.get(BASE_URL_ENV),
                         help=f"fetch every file from URL/<dataset folder>/<file> (env {BASE_URL_ENV})")
+    parser.add_argument("--source", nargs="+", default=list(SOURCE_KINDS), choices=SOURCE_KINDS,
+                        help="where to fetch from, in this order (default: original alternative hub)")
     parser.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after extraction")
     parser.add_argument("--list", action="store_true", help="print the table of sources and exit")
     parser.add_argument("--check", action="store_true",
@@ -562,6 +765,8 @@ def print_sources(names):
             line(r, folder, "  ")
             for alt in r.alternatives:
                 line(alt, folder, "    or ")
+        if name in HUB_MIRROR.files:
+            print(f"  {'or the whole folder from':45s} {hub_url(HUB_MIRROR, HUB_MIRROR.files[name])}")
         if SOURCES[name].manual:
             print(f"  by hand: {SOURCES[name].manual}")
 
@@ -578,18 +783,22 @@ def main(argv=None):
     try:
         names = resolve_names(args.datasets)
         if args.list:
-            print_sources(names)
+            print_sources([n for n in names if n in DATASET_FOLDERS])
             return 0
         root = osp.abspath(osp.expanduser(args.root))
-        if args.check:
-            problems = [line for name in names for line in check(name, root, args.workers)]
+        own = [n for n in names if n not in DATASET_FOLDERS]
+        names = [n for n in names if n in DATASET_FOLDERS]
+        if own or args.check:
+            problems = [line for path in own for line in prepare_own(path, root, args.workers)]
+            problems += [line for name in names for line in check(name, root, args.workers)] if args.check else []
             print(f"\n{len(problems)} problem(s)" + (":" if problems else ""))
             for line in problems:
                 print(f"  {line}")
-            return 1 if problems else 0
+            if problems or args.check or not names:
+                return 1 if problems else 0
         manual, failures = {}, {}
         for name in names:
-            manual[name], failures[name] = prepare(name, root, args.base_url, args.keep_archives)
+            manual[name], failures[name] = prepare(name, root, args.base_url, args.keep_archives, args.source)
     except DataPrepError as e:
         return report([str(e)])
     ready = [n for n in names if not manual[n] and not failures[n]]

@@ -22,7 +22,7 @@ from mmpt.experiments import results, sweep
 
 DEMO_DATASET = ("ToyWorld", "toy_world")  # (registry name, dataset config name)
 DEMO_CONFIG = "toy_demo"  # configs/trainers/<Trainer>/toy_demo.yaml
-DEMO_TRAINERS = ["ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "MuDPT", "MPL"]
+DEMO_TRAINERS = ["ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "MuDPT", "MPL", "TCP"]
 BANNER = ("Base-to-new on the toy world with toy-ViT, a tiny CLIP pretrained on the base colour-shape "
           "combinations only: 'new' classes are combinations it has never seen.")
 CHART_WIDTH = 40

@@ -85,16 +85,30 @@ STAGES = {
 TRAIN_STAGE_OF = {"base2new_test_new": "base2new_train", "xd_test": "xd_train"}
 
 
+def dataset_config_file(dataset, repo_root=REPO_ROOT):
+    """The dataset yaml of `dataset`: a config name (configs/datasets/<name>.yaml) or the path of a yaml of
+    one's own (an OwnDataset anywhere on disk, docs/DATASETS.md)."""
+    if dataset.endswith((".yaml", ".yml")):
+        return osp.abspath(osp.expanduser(dataset))
+    return osp.join(repo_root, "configs", "datasets", f"{dataset}.yaml")
+
+
+def dataset_name(dataset):
+    """The name a dataset's runs and table columns go by: the config name, or the stem of a yaml path."""
+    if dataset.endswith((".yaml", ".yml")):
+        return osp.splitext(osp.basename(dataset))[0]
+    return dataset
+
+
 def default_config(trainer, stage, dataset, shots):
     """The method's declared default config for the stage's protocol."""
     return method(trainer).default_config(STAGES[stage][0], dataset, shots)
 
 
 def dataset_opts(trainer, stage, dataset):
-    """KEY VALUE options the method declares for this protocol and dataset (`dataset_opts = {protocol: {dataset:
-    (KEY, VALUE, ...)}}`, e.g. PromptSRC's few-shot GPA), placed ahead of the user's own options (which win)."""
-    declared = getattr(method(trainer), "dataset_opts", None) or {}
-    return list(declared.get(STAGES[stage][0], {}).get(dataset, ()))
+    """KEY VALUE options the method declares for this protocol and dataset (its `dataset_opts`, e.g. PromptSRC's
+    few-shot GPA), placed ahead of the user's own options (which win)."""
+    return method(trainer).dataset_options(STAGES[stage][0], dataset)
 
 
 def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
@@ -210,6 +224,8 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     rdzv_endpoint: launch_command's."""
     if stage not in STAGES:
         raise KeyError(f"mmpt.experiments.layout: unknown stage '{stage}' (known: {', '.join(STAGES)})")
+    dataset_file = dataset_config_file(dataset, repo_root)
+    dataset = dataset_name(dataset)
     cfg = cfg or default_config(trainer, stage, dataset, shots)
     seed, shots = int(seed), int(shots)
     trains = is_training_stage(stage, trainer)
@@ -217,7 +233,6 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     rel = run_dir(stage, trainer, tag, dataset, seed, shots)
     output_dir = osp.join(output_root, rel)
     config_file = method(trainer).config_file(cfg, repo_root)
-    dataset_file = osp.join(repo_root, "configs", "datasets", f"{dataset}.yaml")
     for path in (config_file, dataset_file):
         if not osp.isfile(path):
             folder = osp.dirname(path)

@@ -9,11 +9,16 @@ from mmpt.experiments.layout import DATASETS_11, DG_TARGETS, XD_TARGETS, ZERO_SH
 SOURCE = "MuDPT paper (Miao et al., ICME 2023), ViT-B/16, 16 shots"
 # rows taken from elsewhere than SOURCE: row name -> where its numbers come from
 ROW_SOURCES = {"KgCoOp": "KgCoOp's official repository readme (Yao et al., CVPR 2023), ViT-B/16, 16 shots",
-               "PromptSRC": "PromptSRC's official README (Khattak et al., ICCV 2023), ViT-B/16, 16 shots, 3 seeds"}
+               "PromptSRC": "PromptSRC's official README (Khattak et al., ICCV 2023), ViT-B/16, 16 shots, 3 seeds",
+               "TCP": "TCP paper (Yao, Zhang, Xu, CVPR 2024), ViT-B/16, 16 shots; its release's run log, seeds 1-3, "
+                      "averages to the same numbers",
+               "MMA": "MMA's official README, the paper's table (Yang et al., CVPR 2024), ViT-B/16, 16 shots, 3 seeds",
+               "MMRL": "MMRL paper (Guo, Gu, CVPR 2025), ViT-B/16, 16 shots, 3 seeds, as quoted by later papers "
+                       "(base-to-new average, domain generalisation)"}
 
 # trainer name in our results -> the row name the paper uses
 PAPER_NAMES = {ZERO_SHOT: "CLIP", "CoOp": "CoOp", "CoCoOp": "CoCoOp", "MuDPT": "MuDPT", "KgCoOp": "KgCoOp",
-               "PromptSRC": "PromptSRC"}
+               "PromptSRC": "PromptSRC", "TCP": "TCP", "MMA": "MMA", "MMRL": "MMRL"}
 
 
 def _row(datasets, values, average):
@@ -45,6 +50,7 @@ DOMAIN_GENERALISATION = {
     "CoOp": {"imagenet": 71.51, **dict(zip(DG_TARGETS, [64.20, 47.99, 49.71, 75.21]))},
     "CoCoOp": {"imagenet": 71.02, **dict(zip(DG_TARGETS, [64.07, 48.75, 50.63, 76.18]))},
     "MuDPT": {"imagenet": 72.13, **dict(zip(DG_TARGETS, [64.92, 49.31, 49.61, 77.02]))},
+    "MMRL": {"imagenet": 72.03, **dict(zip(DG_TARGETS, [64.47, 49.17, 51.20, 77.53]))},  # ROW_SOURCES
 }
 
 # base-to-new, average over the 11 datasets; HM = harmonic mean of the average base and average new
@@ -55,6 +61,9 @@ BASE2NEW_AVERAGE = {
     "MuDPT": {"base": 82.71, "new": 74.5, "hm": 78.39},
     "KgCoOp": {"base": 80.73, "new": 73.6, "hm": 77.0},  # ROW_SOURCES (only its base-to-new average is published there)
     "PromptSRC": {"base": 84.26, "new": 76.10, "hm": 79.97},  # ROW_SOURCES (its CLIP row agrees with ours)
+    "TCP": {"base": 84.13, "new": 75.36, "hm": 79.51},  # ROW_SOURCES (per dataset: docs/TCP.md, from the run log)
+    "MMA": {"base": 83.20, "new": 76.80, "hm": 79.87},  # ROW_SOURCES (its CLIP, CoOp, CoCoOp, KgCoOp rows agree)
+    "MMRL": {"base": 85.68, "new": 77.16, "hm": 81.20},  # ROW_SOURCES
 }
 
 

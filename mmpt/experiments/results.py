@@ -26,6 +26,7 @@ from collections import OrderedDict
 import numpy as np
 
 from dassl.errors import ConfigError
+from mmpt import run_folder
 from mmpt.experiments import layout, published, record
 
 HM_CONVENTIONS = {
@@ -79,7 +80,7 @@ def collect(output_root):
 
     protocol/metric: base2new/base, base2new/new, fewshot/accuracy, xd/accuracy (source "imagenet" and targets).
     """
-    cells = OrderedDict()
+    cells, own_targets = Cells(), {}
 
     def add(key, directory, test_log):
         cell = _cell(directory, test_log)
@@ -117,7 +118,26 @@ def collect(output_root):
                 key = ("xd", trainer, cfg, dataset, shots, "accuracy")
                 if key not in cells:
                     add(key, osp.join(evaluation, trainer, tag, dataset), True)
+                    if dataset not in layout.XD_TARGETS + layout.DG_TARGETS and key in cells:
+                        own_targets[dataset] = target_protocol(osp.join(evaluation, trainer, tag, dataset))
+    cells.own_targets = own_targets
     return cells
+
+
+def target_protocol(target_dir):
+    """"dg" for a target of one's own whose class names are matched to the source's (DATASET.OWN.
+    MATCH_CLASSNAMES in its runs' config.yaml), else "xd"."""
+    for seed_dir in _subdirs(target_dir):
+        recorded = run_folder.recorded_config(osp.join(target_dir, seed_dir))
+        if recorded is not None:
+            return "dg" if recorded.get("DATASET.OWN.MATCH_CLASSNAMES") else "xd"
+    return "xd"
+
+
+class Cells(OrderedDict):
+    """collect()'s cells, and `own_targets` {target of one's own: "xd" or "dg"}."""
+
+    own_targets = None
 
 
 # ----------------------------------------------------------------------------- tables
@@ -309,11 +329,15 @@ def transfer_table(cells, name, title, targets, paper):
                 table.record("ours", label, d, 16, "accuracy", by_dataset[d])
         table.record("ours", label, "target_average", 16, "accuracy", mean)
     for paper_name, row in paper.items():
+        known = [d for d in columns if d in row]  # a target of one's own has no published number
+        if not known:
+            continue
         average = row.get("average", np.mean([row[d] for d in targets]))
-        if len(columns) != len(targets):
-            average = np.mean([row[d] for d in columns])
-        table.add_row(f"{paper_name} (paper)", [fmt(row["imagenet"])] + [fmt(row[d]) for d in columns] + [fmt(average)])
-        for d in ["imagenet"] + columns:
+        if known != list(targets):
+            average = np.mean([row[d] for d in known])
+        table.add_row(f"{paper_name} (paper)", [fmt(row["imagenet"])] + [fmt(row[d]) if d in row else "-"
+                                                                          for d in columns] + [fmt(average)])
+        for d in ["imagenet"] + known:
             table.record("paper", f"{paper_name} (paper)", d, 16, "accuracy", row[d])
     return table
 
@@ -322,10 +346,13 @@ def build_tables(cells, hm_convention="avg"):
     tables = fewshot_tables(cells)
     b2n, summary = base2new_tables(cells, hm_convention)
     tables += b2n
+    own = getattr(cells, "own_targets", None) or {}
     for table in (transfer_table(cells, "cross_dataset", "Cross-dataset transfer (train ImageNet, accuracy %)",
-                                 layout.XD_TARGETS, published.CROSS_DATASET),
+                                 layout.XD_TARGETS + sorted(d for d, p in own.items() if p == "xd"),
+                                 published.CROSS_DATASET),
                   transfer_table(cells, "domain_generalisation", "Domain generalisation (train ImageNet, accuracy %)",
-                                 layout.DG_TARGETS, published.DOMAIN_GENERALISATION)):
+                                 layout.DG_TARGETS + sorted(d for d, p in own.items() if p == "dg"),
+                                 published.DOMAIN_GENERALISATION)):
         if table is not None:
             tables.append(table)
     return tables, summary

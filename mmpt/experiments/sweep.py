@@ -370,8 +370,9 @@ def get_parser():
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--trainers", nargs="+", required=True, help="e.g. MuDPT CoOp (or script folder names)")
     p.add_argument("--protocol", nargs="+", default=["base2new"], choices=PROTOCOLS)
-    p.add_argument("--datasets", nargs="+", default=["all"], help="config names (configs/datasets/*.yaml) or all "
-                   "(base2new / fewshot: the 11; xd: the 10 targets; dg: the 4 ImageNet variants)")
+    p.add_argument("--datasets", nargs="+", default=["all"], help="config names (configs/datasets/*.yaml), "
+                   "paths of dataset yamls of one's own, or all (base2new / fewshot: the 11; xd: the 10 targets; "
+                   "dg: the 4 ImageNet variants)")
     p.add_argument("--seeds", nargs="+", type=int, default=list(layout.SEEDS))
     p.add_argument("--shots", nargs="+", type=int, default=list(layout.SHOTS), help="few-shot protocol only")
     p.add_argument("--cfg", default=None, help="config name for every trainer (default: each trainer's default)")

@@ -43,6 +43,29 @@ class Datum:
         return f"Datum(impath={self._impath!r}, label={self._label}, domain={self._domain}, classname={self._classname!r})"
 
 
+def classname_key(name):
+    """What a prompt sees of a class name: CLIP's tokenizer lower-cases and collapses white space, and the
+    prompt builders turn "_" into " "."""
+    return " ".join(str(name).replace("_", " ").lower().split())
+
+
+def check_classnames(classnames, source, allowed=()):
+    """Refuse (one line, ConfigError) empty class names and names that read the same in a prompt."""
+    empty = [label for label, name in enumerate(classnames) if not classname_key(name)]
+    if empty:
+        raise ConfigError(f"{source}: empty class name for label(s) {empty[:10]}; give every class a name")
+    seen = defaultdict(list)
+    for label, name in enumerate(classnames):
+        seen[classname_key(name)].append((label, name))
+    allowed = {classname_key(name) for name in allowed}
+    clashes = [entries for key, entries in seen.items() if len(entries) > 1 and key not in allowed]
+    if clashes:
+        shown = "; ".join(" = ".join(f"{name!r} (label {label})" for label, name in entries) for entries in clashes[:3])
+        more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        raise ConfigError(f"{source}: duplicate class names (identical in a prompt): {shown}{more}; "
+                          "rename them (a class-name file, or the folder names)")
+
+
 class DatasetBase:
     """A dataset = lists of Datum: train_x (labeled), train_u (unlabeled), val and test.
 
@@ -51,6 +74,9 @@ class DatasetBase:
 
     dataset_dir = ""  # the folder name under DATASET.ROOT
     domains = []  # the domain names (domain-generalisation datasets)
+    # class names that occur twice in the dataset's official name list and are kept (the published numbers use
+    # them); any other duplicate is refused
+    official_duplicate_classnames = ()
 
     def __init__(self, train_x=None, train_u=None, val=None, test=None):
         self._train_x = train_x
@@ -59,6 +85,7 @@ class DatasetBase:
         self._test = test
         self._num_classes = self.get_num_classes(train_x)
         self._lab2cname, self._classnames = self.get_lab2cname(train_x)
+        check_classnames(self._classnames, type(self).__name__, self.official_duplicate_classnames)
 
     @property
     def train_x(self):

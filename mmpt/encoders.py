@@ -1,0 +1,245 @@
+"""CLIP's text and image towers with prompts spliced in (docs/ARCHITECTURE.md, "The encoders").
+
+Each encoder takes plain tensors and one `TowerSchedule`: what goes into the tower for this pass, per layer
+(`schedule.prompts[l]` goes in before block l; missing / None = nothing added):
+- `prompts[0]` (shallow) -- text: replaces the token embeddings at positions 1..n (after SOS) before the
+  positional embedding is added; vision: appended after the positional embedding, before ln_pre.
+- `prompts[l]`, l >= 1: remove `remove[l]` tokens from the END of the prompt region, then append `prompts[l]`
+  at the end of the region. `remove` None / `remove[l]` None = remove the whole region when `prompts[l]` is
+  given (deep replacement), nothing otherwise. Tokens not removed are carried on (contextualised).
+- `adapters[l]`: None or f(block.ln_1(x_in)) -> delta, added to block l's output (token-wise).
+- Prompt region: text = positions [1, 1 + k); vision = the last k tokens.
+- Each prompt is [n, d] (shared by every sequence / image) or [N, n, d] (one per sequence / image).
+
+The text tower's levers (`TextOptions`: truncation, chunks, checkpointing, the shared prefix) are set once on
+the encoder; all are exact.
+"""
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from mmpt.blocks import (at_layer, check_schedule_length, expand_prompt, layer_ops, prompt_count, run_tower,
+                         splice_region)
+from mmpt.shared_prefix import (PackedSuffixes, check_shared_prompt_tokens, run_block_with_prefix,
+                                shared_prefix_length)
+
+
+@dataclass(frozen=True)
+class TowerSchedule:
+    """What one pass puts into a tower (see the module docstring). The text-only fields: `placeholders`, the
+    sentences' placeholder count the shallow prompt must fill (None: no check); `shared_prompt_tokens`, the
+    first j tokens of a per-sequence shallow prompt [N, n, d] are one tensor shared by all sequences (they may
+    then join the shared prefix)."""
+
+    prompts: Optional[Sequence] = None
+    remove: Optional[Sequence] = None
+    adapters: Optional[Sequence] = None
+    placeholders: Optional[int] = None
+    shared_prompt_tokens: int = 0
+
+    def for_rows(self, rows):
+        """The schedule of the sequences `rows` (a slice): per-sequence prompts [N, n, d] are sliced."""
+        if self.prompts is None:
+            return self
+        return replace(self, prompts=[p[rows] if p is not None and p.dim() == 3 else p for p in self.prompts])
+
+    def for_set(self, g):
+        """Prompt set g of a grouped schedule (per-set prompts [G, n, d])."""
+        return replace(self, prompts=[p[g] if p is not None and p.dim() == 3 else p for p in self.prompts])
+
+
+NO_PROMPTS = TowerSchedule()
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """The text tower's levers, all exact. share_prefix: the tokens every sequence shares (up to the first
+    differing position) run once, each sequence's suffix runs to its own EOT (mmpt.shared_prefix); falls back to
+    the plain pass where it does not apply. truncate: the plain pass runs on max EOT index + 1 tokens instead
+    of 77. chunk_size: k sequences per pass (0 = all). checkpoint: activation checkpointing per block."""
+
+    truncate: bool = True
+    chunk_size: int = 0
+    checkpoint: bool = False
+    share_prefix: bool = True
+
+
+class PromptedTextEncoder(nn.Module):
+    """CLIP's text tower with prompts. token_ids [N, 77] -> features [N, embed_dim] (not normalised).
+    `per_prompt_set` encodes every sequence under each of G prompt sets (CoCoOp: one set per image) -> [G, N, E].
+    `clip_model`: anything with CLIP's text modules (a CLIP model, or another PromptedTextEncoder)."""
+
+    def __init__(self, clip_model, options=TextOptions()):
+        super().__init__()
+        self.token_embedding = clip_model.token_embedding
+        self.positional_embedding = clip_model.positional_embedding
+        self.transformer = clip_model.transformer
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.options = options
+
+    # the levers, read-only here (set them with `options` / `with_options`)
+    truncate = property(lambda self: self.options.truncate)
+    chunk_size = property(lambda self: self.options.chunk_size)
+    checkpoint = property(lambda self: self.options.checkpoint)
+    share_prefix = property(lambda self: self.options.share_prefix)
+
+    def with_options(self, **levers):
+        """An encoder on the same CLIP weights with some levers changed."""
+        return PromptedTextEncoder(self, replace(self.options, **levers))
+
+    def check(self, schedule):
+        check_placeholders(schedule)
+        check_schedule_length(schedule, len(self.transformer.resblocks), "text")
+
+    def forward(self, token_ids, schedule=NO_PROMPTS):
+        self.check(schedule)
+        check_shared_prompt_tokens(schedule.prompts, schedule.shared_prompt_tokens)
+        options = self.options
+        n_seq = token_ids.shape[0]
+        step = options.chunk_size or n_seq
+        chunks = []
+        for begin in range(0, n_seq, step):
+            rows = slice(begin, begin + step)
+            chunk, chunk_ids = schedule.for_rows(rows), token_ids[rows]
+            prefix_length = options.share_prefix and shared_prefix_length(
+                chunk_ids, chunk.prompts, chunk.remove, shared_prompt_tokens=chunk.shared_prompt_tokens)
+            if prefix_length:
+                chunks.append(self.encode_shared(chunk_ids, chunk, prefix_length, n_sets=1)[0])
+            else:
+                chunks.append(self.encode(chunk_ids, chunk))
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def per_prompt_set(self, token_ids, schedule):
+        """Every sequence of token_ids [N, 77] under each of G prompt sets -> features [G, N, E].
+
+        Each prompt is [G, n, d] (one per set) or [n, d] (the same in every set). With the shared prefix, each
+        set's prefix runs once and its N suffixes attend to it (chunk_size counts sequences: about
+        chunk_size / G classes per pass); without, one plain pass per set."""
+        self.check(schedule)
+        per_set = [p for p in schedule.prompts or () if p is not None and p.dim() == 3]
+        if not per_set:
+            raise ValueError("per_prompt_set needs at least one prompt of shape [G, n, d] (one per prompt set)")
+        n_sets = per_set[0].shape[0]
+        options = self.options
+        prefix_length = options.share_prefix and shared_prefix_length(token_ids, schedule.prompts, schedule.remove,
+                                                                       per_row_prompts=False)
+        if not prefix_length:
+            return torch.stack([self(token_ids, schedule.for_set(g)) for g in range(n_sets)])
+        n_seq = token_ids.shape[0]
+        step = max(1, options.chunk_size // n_sets) if options.chunk_size else n_seq
+        return torch.cat([self.encode_shared(token_ids[begin: begin + step], schedule, prefix_length, n_sets)
+                          for begin in range(0, n_seq, step)], dim=1)
+
+    def embed(self, token_ids, shallow):
+        """Token embeddings with the shallow prompt ([n, d] or [N, n, d]) at positions 1..n, plus positions."""
+        x = self.token_embedding(token_ids)
+        n_shallow = prompt_count(shallow)
+        if n_shallow:
+            shallow = expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)
+            x = torch.cat([x[:, :1], shallow, x[:, 1 + n_shallow:]], dim=1)
+        return x + self.positional_embedding[: x.shape[1]].to(x.dtype)
+
+    def check_shallow_fits(self, shallow, eot):
+        n_shallow = prompt_count(shallow)
+        if n_shallow and n_shallow >= int(eot.min()):
+            raise ValueError(f"{n_shallow} shallow text prompts do not fit before the EOT token at position "
+                             f"{int(eot.min())}: the prompt sentence needs >= {n_shallow} placeholder words")
+
+    def project(self, eot_features):
+        # LayerNorm is per token: normalising only the EOT rows equals CLIP's ln_final on all, then picking
+        return self.ln_final(eot_features) @ self.text_projection.to(eot_features.dtype)
+
+    def encode(self, token_ids, schedule):
+        """The plain pass: every sequence on all its tokens (up to max EOT + 1 when truncating)."""
+        eot = token_ids.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
+        if self.options.truncate:
+            token_ids = token_ids[:, : int(eot.max()) + 1]
+        shallow = at_layer(schedule.prompts, 0)
+        self.check_shallow_fits(shallow, eot)
+        n_shallow = prompt_count(shallow)
+        x = self.embed(token_ids, shallow)
+        x, k = run_tower(self.transformer.resblocks, x, schedule, lambda x, k: 1, n_shallow,
+                         causal=True, use_checkpoint=self.options.checkpoint)
+        return self.project(x[torch.arange(x.shape[0], device=x.device), eot + (k - n_shallow)])
+
+    def encode_shared(self, token_ids, schedule, prefix_length, n_sets):
+        """The shared-prefix pass -> [G, N, E]. The prefix (length `prefix_length`, from shared_prefix_length)
+        runs as G rows (G = n_sets prompt sets; 1 unless grouped); the N suffixes packed, G times."""
+        prompts, remove = schedule.prompts, schedule.remove
+        eot = token_ids.argmax(dim=-1)
+        shallow = at_layer(prompts, 0)
+        self.check_shallow_fits(shallow, eot)
+        ends = eot + 1 if self.options.truncate else torch.full_like(eot, token_ids.shape[1])
+        token_ids = token_ids[:, : int(ends.max())]
+        per_row_shallow = n_sets == 1 and shallow is not None and shallow.dim() == 3
+        rows = self.embed(token_ids, shallow if per_row_shallow else None)  # [N, L, d]
+        if per_row_shallow:
+            prefix = rows[:1, :prefix_length]
+        else:
+            prefix = self.embed(token_ids[:1, :prefix_length].expand(n_sets, -1), shallow)  # [G, p, d]
+        layout = PackedSuffixes(ends, prefix_length, eot)
+        suffixes = layout.pack(rows[:, prefix_length:]).unsqueeze(0).expand(n_sets, -1, -1)  # [G, T, d]
+        k = prompt_count(shallow)
+        for layer, block in enumerate(self.transformer.resblocks):
+            if layer >= 1:
+                added, removed = layer_ops(prompts, remove, layer)
+                if added is not None or removed:  # the prompt region [1, 1 + k) lies inside the prefix
+                    prefix, k = splice_region(prefix, 1, k, added, removed)
+            adapter = at_layer(schedule.adapters, layer)
+            if self.options.checkpoint and torch.is_grad_enabled():
+                prefix, suffixes = activation_checkpoint(run_block_with_prefix, block, prefix, suffixes, layout,
+                                                         adapter, use_reentrant=False)
+            else:
+                prefix, suffixes = run_block_with_prefix(block, prefix, suffixes, layout, adapter)
+        return self.project(suffixes[:, layout.eot])
+
+
+def check_placeholders(schedule):
+    """The shallow prompt ([n, d], [N, n, d] or [G, n, d]) must fill the sentences' `placeholders` (None: no check)."""
+    n_shallow = prompt_count(at_layer(schedule.prompts, 0))
+    if schedule.placeholders is not None and n_shallow != schedule.placeholders:
+        raise ValueError(f"the shallow text prompt has {n_shallow} tokens, the class sentences "
+                         f"{schedule.placeholders} placeholder words")
+
+
+class PromptedImageEncoder(nn.Module):
+    """CLIP's image tower with prompts. images [B, 3, H, W] -> features [B, embed_dim] (not normalised).
+    `with_region` also returns the prompt region's tokens after the last block, before ln_post ([B, k, d]).
+    ResNet backbones run clip's own `visual` and accept no prompts."""
+
+    def __init__(self, clip_model, checkpoint=False):
+        super().__init__()
+        self.visual = clip_model.visual
+        self.is_vit = hasattr(self.visual, "class_embedding")
+        self.checkpoint = checkpoint
+
+    def forward(self, images, schedule=NO_PROMPTS):
+        return self.with_region(images, schedule)[0]
+
+    def with_region(self, images, schedule=NO_PROMPTS):
+        """(features [B, E], the prompt region after the last block [B, k, d] (k may be 0))."""
+        visual = self.visual
+        if not self.is_vit:
+            if any(p is not None for p in (schedule.prompts or [])) or any(
+                    a is not None for a in (schedule.adapters or [])):
+                raise ValueError("visual prompts and adapters need a ViT backbone; this CLIP has a ResNet image tower")
+            features = visual(images.to(visual.conv1.weight.dtype))
+            return features, features.new_zeros(features.shape[0], 0, features.shape[-1])
+        check_schedule_length(schedule, len(visual.transformer.resblocks), "vision")
+        # the residual stream stays fp32 under autocast, as the text tower's does (autocast still runs the blocks'
+        # matmuls in bf16 / fp16); an fp16 CLIP (weights kept in half) stays fp16
+        x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # [B, grid**2, d]
+        x = x.to(visual.conv1.weight.dtype)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        shallow = at_layer(schedule.prompts, 0)
+        if shallow is not None:
+            x = torch.cat([x, expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)], dim=1)
+        x = visual.ln_pre(x)
+        x, k = run_tower(visual.transformer.resblocks, x, schedule, lambda x, k: x.shape[1] - k,
+                         prompt_count(shallow), causal=False, use_checkpoint=self.checkpoint)
+        return visual.ln_post(x[:, 0]) @ visual.proj.to(x.dtype), x[:, x.shape[1] - k:]
