@@ -146,3 +146,20 @@ def assert_only_prompts_differ(model, clip_model):
         assert torch.equal(tensor, frozen[clip_name[ours] + name[len(ours):]]), name
         checked += 1
     assert checked == len(frozen)
+
+
+def train_killed_in_epoch_2(tmp_path, trainer_class, config, output_dir, **run_kwargs):
+    """Train `trainer_class` through run_train into `output_dir`, stopped by an exception at the second batch of
+    epoch 2 (after epoch 1's checkpoint): a run a later run_train into the same folder resumes."""
+    import pytest
+
+    original = trainer_class.forward_backward
+
+    def killed_in_epoch_2(self, batch):
+        if (self.epoch, self.batch_idx) == (1, 1):
+            raise RuntimeError("simulated kill")
+        return original(self, batch)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="simulated kill"):
+        patch.setattr(trainer_class, "forward_backward", killed_in_epoch_2)
+        run_train(tmp_path, trainer_class.__name__, config, output_dir=output_dir, **run_kwargs)

@@ -10,7 +10,7 @@ import trainers  # noqa: F401  (declares the methods)
 from dassl.utils import ConfigError
 from mmpt.experiments import layout
 from tests import mmrl_reference as ref
-from tests.e2e import config_from_file, run_train, small_clip_model
+from tests.e2e import config_from_file, run_train, small_clip_model, train_killed_in_epoch_2
 from trainers import mmrl
 from trainers.mmrl import MMRL
 
@@ -245,16 +245,7 @@ def test_base_to_new_uses_the_fusion_on_base_and_the_class_logits_on_new(base_ru
 def test_kill_and_resume_end_bit_identical(base_run):
     tmp_path, _, _, uninterrupted, *_ = base_run
     output_dir = tmp_path / "output" / "killed"
-    original = MMRL.forward_backward
-
-    def killed_in_epoch_2(self, batch):
-        if (self.epoch, self.batch_idx) == (1, 1):
-            raise RuntimeError("simulated kill")
-        return original(self, batch)
-
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="simulated kill"):
-        patch.setattr(MMRL, "forward_backward", killed_in_epoch_2)
-        run_train(tmp_path, "MMRL", B2N, opts=TINY, subsample="base", output_dir=output_dir)
+    train_killed_in_epoch_2(tmp_path, MMRL, B2N, output_dir, opts=TINY, subsample="base")
     resumed = run_train(tmp_path, "MMRL", B2N, opts=TINY, subsample="base", output_dir=output_dir,
                         return_trainer=True)[2]
     assert resumed.start_epoch == 1

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mmpt.experiments import layout
 from mmpt.templates import PROMPTSRC_TEMPLATES
-from tests.e2e import config_from_file, run_train, small_clip_model, trainer_node
+from tests.e2e import config_from_file, run_train, small_clip_model, train_killed_in_epoch_2, trainer_node
 from trainers import promptsrc
 from dassl.utils import ConfigError
 from mmpt import frozen_clip
@@ -205,16 +205,7 @@ def test_aggregated_prompts_after_3_epochs_match_an_independent_loop(base_run):
 def test_kill_and_resume_end_with_the_same_aggregated_prompts(base_run):
     tmp_path, _, _, uninterrupted, _ = base_run
     output_dir = tmp_path / "output" / "killed"
-    original = PromptSRC.forward_backward
-
-    def killed_in_epoch_2(self, batch):
-        if (self.epoch, self.batch_idx) == (1, 1):
-            raise RuntimeError("simulated kill")
-        return original(self, batch)
-
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="simulated kill"):
-        patch.setattr(PromptSRC, "forward_backward", killed_in_epoch_2)
-        run_train(tmp_path, "PromptSRC", B2N_CONFIG, opts=TINY, subsample="base", output_dir=output_dir)
+    train_killed_in_epoch_2(tmp_path, PromptSRC, B2N_CONFIG, output_dir, opts=TINY, subsample="base")
     # other GPA settings cannot resume this run (the run-config check names the key first)
     with pytest.raises(ValueError, match=r"TRAINER.PROMPTSRC.GPA_MEAN 2.0 -> 3.0"):
         run_train(tmp_path, "PromptSRC", B2N_CONFIG, opts=TINY + ("TRAINER.PROMPTSRC.GPA_MEAN", "3.0"),
