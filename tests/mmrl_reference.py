@@ -9,7 +9,6 @@ sequence-first), the official token layout (representation tokens right after CL
 """
 import clip
 import torch
-import torch.nn.functional as F
 
 
 def block_forward(block, x, mask=None):

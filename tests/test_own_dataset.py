@@ -20,7 +20,7 @@ from dassl.data.datasets.base_dataset import check_classnames
 from mmpt import run_folder
 from mmpt.data import data_prep
 from mmpt.experiments import layout, results, sweep
-from tests.test_scripts import SCRIPTS, TINY_OPTS, run_script
+from tests.test_scripts import SCRIPTS, TINY_OPTS
 
 CLASSES = ["blue_jay", "snowy_owl", "barn_swallow", "house_sparrow"]  # folder names
 RENAMED = {"house_sparrow": "sparrow"}  # the class-name file
@@ -72,7 +72,7 @@ def own_cfg(yaml_path, root, **opts):
     cfg.VERBOSE = False
     cfg.SEED = 1  # the runs' seed (the few-shot cache is per seed)
     for key, value in opts.items():
-        node, name = cfg, key
+        node = cfg
         for part in key.split(".")[:-1]:
             node = getattr(node, part)
         setattr(node, key.split(".")[-1], value)
