@@ -151,6 +151,7 @@ class DePTTrainer:
     rule, the head's LR group and checkpoint handling."""
 
     lr_multipliers = dict.fromkeys(HEAD_CHILDREN, "HEAD_LR_MULT")
+    parameter_count_classes = COUNT_CLASSES  # the head's classes in the declared parameter_counts
     cross_entropy_weight = "ITM_WEIGHT"  # (1 - lambda) CE(s, y)
 
     @classmethod
