@@ -76,8 +76,7 @@ BASE2NEW_AVERAGE = {
     "TCP": {"base": 84.13, "new": 75.36, "hm": 79.51},  # ROW_SOURCES (per dataset: docs/TCP.md, from the run log)
     "MMA": {"base": 83.20, "new": 76.80, "hm": 79.87},  # ROW_SOURCES (its CLIP, CoOp, CoCoOp, KgCoOp rows agree)
     "MMRL": {"base": 85.68, "new": 77.16, "hm": 81.20},  # ROW_SOURCES
-    # ROW_SOURCES; the paper's average rows (CoOp's and CoCoOp's differ from the mean of their per-dataset rows,
-    # docs/DEPT.md)
+    # ROW_SOURCES; the paper's average rows (per dataset: docs/DEPT.md)
     "CoOp+DePT": {"base": 83.66, "new": 71.82, "hm": 77.29},
     "CoCoOp+DePT": {"base": 83.80, "new": 72.89, "hm": 77.97},
     "KgCoOp+DePT": {"base": 83.62, "new": 75.04, "hm": 79.10},
