@@ -231,3 +231,63 @@ def test_training_without_a_head_is_one_line_error(base_to_new):
                                           r"DATASET.SUBSAMPLE_CLASSES all of ToyWorld"):
         run_train(tmp, "ExtrasLinearProbeCoOp", TOY_CONFIG, dataset="ToyWorld", subsample="all", opts=TOY_OPTS,
                   output_dir=tmp / "all")
+
+
+def bare_trainer(trainer, model, classnames):
+    """The trainer's checkpoint loading on `model`, without data (the classes of the evaluated dataset given)."""
+    from types import SimpleNamespace
+
+    method = mmpt.methods.get_method(trainer)
+    bare = method.__new__(method)
+    bare.model, bare.dm = model, SimpleNamespace(dataset=SimpleNamespace(classnames=classnames))
+    bare._models = {"prompt_learner": model.prompt_learner}
+    return bare
+
+
+def with_record(model, classnames):
+    from mmpt.prompt_trainer import TRAINED_ON
+    from mmpt.prompted_clip import ClassesTrainedOn
+
+    model.prompt_learner.add_module(TRAINED_ON, ClassesTrainedOn("ImageNet", classnames))
+    return model
+
+
+def test_a_head_over_a_class_subset_loads_the_rows_of_its_classes(small_clip):
+    """ImageNet-A / -R: the 1000-way head's rows of their 200 classes; the fused rule on them."""
+    trained = with_record(build("ExtrasLinearProbeCoOp", small_clip, N_CTX=4), CLASSNAMES)
+    subset = ["tabby cat", "dog", "sea lion"]
+    evaluated = with_record(build("ExtrasLinearProbeCoOp", small_clip, subset, N_CTX=4), [])
+    loader = bare_trainer("ExtrasLinearProbeCoOp", evaluated, subset)
+    loader.load_state_dict_into("prompt_learner", trained.prompt_learner.state_dict(), "ckpt")
+    rows = torch.tensor([4, 0, 2])
+    for key in ("weight", "bias"):
+        assert torch.equal(getattr(evaluated.prompt_learner.linear_probe_proj, key),
+                           getattr(trained.prompt_learner.linear_probe_proj, key)[rows])
+    assert loader.on_trained_classes()
+    images, _ = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(evaluated.predict(images, True), trained.predict(images, True)[:, rows])
+    # no head on this run's classes (new classes): the checkpoint's Linear is left out, CoOp's logits
+    no_head = with_record(build("ExtrasLinearProbeCoOp", small_clip, subset, N_CTX=4, USE_HEAD="never"), [])
+    loader = bare_trainer("ExtrasLinearProbeCoOp", no_head, subset)
+    loader.load_state_dict_into("prompt_learner", trained.prompt_learner.state_dict(), "ckpt")
+    assert not loader.on_trained_classes() and torch.equal(no_head.prompt_learner.ctx, trained.prompt_learner.ctx)
+
+
+def test_gaussian_prompt_aggregation_averages_the_head(small_clip):
+    from trainers.promptsrc import GaussianPromptAggregation
+
+    model = with_record(build("ExtrasLinearProbePromptSRC", small_clip, PROMPT_DEPTH_TEXT=2, PROMPT_DEPTH_VISION=2),
+                        CLASSNAMES)
+    learner = model.prompt_learner
+    gpa = GaussianPromptAggregation(learner, 2, 1.0, 1.0, "TRAINER.PROMPTSRC_DEPT")
+    first = learner.linear_probe_proj.weight.detach().clone()
+    gpa.add_epoch(1)
+    with torch.no_grad():
+        learner.linear_probe_proj.weight.add_(1.0)
+    gpa.add_epoch(2)
+    gpa.load_into_module()
+    w1, w2 = gpa.weights
+    torch.testing.assert_close(learner.linear_probe_proj.weight, (w1 * first.double() + w2 * (first.double() + 1))
+                               .float())
+    assert learner.classes_trained_on.classnames == CLASSNAMES
