@@ -40,9 +40,15 @@ def _tcp_count(n, d_t, embed, ratio):
     return n * d_t + (embed * hidden + hidden) + (hidden * n * d_t + n * d_t)
 
 
-def expected_count(trainer_name, config_name, cfg):
+def expected_count(trainer_name, config_name, cfg, n_classes):
     method = declared_methods()[trainer_name]
     if config_name in method.parameter_counts:
+        if hasattr(method, "head_parameter_count"):  # DePT: a head row per class; declared at parameter_count_classes
+            node = cfg.TRAINER[method.cfg_node]
+            if not (node.CWT and node.USE_HEAD != "never"):
+                return None
+            return (method.parameter_counts[config_name] - method.head_parameter_count(method.parameter_count_classes)
+                    + method.head_parameter_count(n_classes))
         return method.parameter_counts[config_name]
     node = cfg.TRAINER[method.cfg_node]
     if trainer_name in ANALYTIC and not getattr(node, "CSC", False):
@@ -74,7 +80,7 @@ def main(argv=None):
             config_name = os.path.splitext(os.path.basename(path))[0]
             cfg = load_cfg(trainer_name, path, args.backbone)
             count = trainable_parameters(build_method(trainer_name, cfg, classnames, clip_model))
-            expected = expected_count(trainer_name, config_name, cfg)
+            expected = expected_count(trainer_name, config_name, cfg, args.classes)
             verdict = "" if expected is None else ("ok" if expected == count else "MISMATCH")
             mismatches += verdict == "MISMATCH"
             rows.append([trainer_name, config_name, f"{count:,}", "" if expected is None else f"{expected:,}", verdict])

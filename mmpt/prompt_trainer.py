@@ -38,7 +38,7 @@ from dassl.utils import ConfigError, RunError
 from mmpt.clip_backbone import check_backbone_name, load_clip
 from mmpt.config import PromptOptions, config_from_node, config_node, make_config, option_errors
 from mmpt.precision import Precision
-from mmpt.prompted_clip import ClassesTrainedOn, Prompts
+from mmpt.prompted_clip import ClassesTrainedOn, Outputs, Prompts
 
 LEARNER_NAME = "prompt_learner"
 TRAINED_ON = "classes_trained_on"  # in prompt_learner of a model with a logit rule (see `on_trained_classes`)
@@ -65,6 +65,8 @@ class TrainingOutputs:
     class_features: Optional[torch.Tensor]
     image_features: torch.Tensor
     extra: dict = field(default_factory=dict)
+    # the pass's `mmpt.prompted_clip.Outputs` (every named logit set, the raw features a head reads)
+    forward: Optional[Outputs] = None
 
 
 class PromptTrainer(TrainerX):
@@ -92,22 +94,20 @@ class PromptTrainer(TrainerX):
     loss_weights = {}  # {term name: weight}, one entry per term `loss_terms` returns
     # {variant name: config overrides} the bit-for-bit records (tests/records.py) build on their 3-layer backbone
     record_variants = {}
+    # {child of prompt_learner: LR multiplier (a number or a config field name)}: each such child trains in its
+    # own parameter group at OPTIM.LR x multiplier, every other prompt tensor at OPTIM.LR (DePT's head at x 6.5);
+    # a child the model does not build is skipped. {}: one group
+    lr_multipliers = {}
 
     @classmethod
     def training_outputs(cls, model, images, labels, class_features=None):
-        """The training forward pass (run under the step's autocast): the model's prompts, its class and image
-        features and logits. `class_features`: reuse these (a constant text side). A method extends it to add
-        entries of `extra`."""
+        """The training forward pass (run under the step's autocast): the model's one forward path
+        (`PromptedCLIP.outputs`) with the model's prompts. `class_features`: reuse these (a constant text side).
+        A method extends it to add entries of `extra`."""
         prompts = model.compute_prompts()
-        if prompts.depends_on_image:
-            image_features = model.image_features(images, prompts)
-            class_features = model.per_image_class_features(image_features, prompts)
-        else:
-            if class_features is None:
-                class_features = model.class_features(prompts)
-            image_features = model.image_features(images, prompts)
-        return TrainingOutputs(images, labels, prompts, model.logits(image_features, class_features), class_features,
-                               image_features)
+        out = model.outputs(images, prompts, None if prompts.depends_on_image else class_features)
+        return TrainingOutputs(images, labels, prompts, out.logits["itm"], out.class_features, out.image_features,
+                               forward=out)
 
     @classmethod
     def loss_terms(cls, model, outputs):
@@ -220,7 +220,8 @@ class PromptTrainer(TrainerX):
         self.scaler = self.precision.grad_scaler()
         self.optim = self.sched = None
         if n_trainable:
-            self.optim = build_optimizer(model.prompt_learner, cfg.OPTIM)
+            self.optim = build_optimizer(model.prompt_learner, cfg.OPTIM,
+                                         self.parameter_groups(model.prompt_learner, self.config, cfg.OPTIM.LR))
             self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(LEARNER_NAME, model.prompt_learner, self.optim, self.sched)
         self.eval_prompts = self.eval_class_features = None
@@ -251,7 +252,7 @@ class PromptTrainer(TrainerX):
         cross_entropy_weight * CE + sum of loss_weights[name] * term. "loss_ce" and the terms are logged only
         where there are terms (a plain method's epoch line stays "loss ... acc ...")."""
         terms = {}
-        ce_weight = cls.loss_weight(config, cls.cross_entropy_weight, CROSS_ENTROPY)
+        ce_weight = cls.loss_weight(config, cls.cross_entropy_weight, f"the weight of {CROSS_ENTROPY}")
         if ce_weight:
             terms[CROSS_ENTROPY] = F.cross_entropy(outputs.logits.float(), outputs.labels)
         extra = cls.loss_terms(model, outputs)
@@ -261,7 +262,7 @@ class PromptTrainer(TrainerX):
                             f"term's weight in loss_weights (and name none of them {CROSS_ENTROPY!r})")
         terms.update(extra)
         weights = {CROSS_ENTROPY: ce_weight,
-                   **{name: cls.loss_weight(config, cls.loss_weights[name], name) for name in extra}}
+                   **{name: cls.loss_weight(config, cls.loss_weights[name], f"the weight of {name}") for name in extra}}
         loss = None
         for name, value in terms.items():
             part = value if weights[name] == 1 else weights[name] * value
@@ -274,13 +275,27 @@ class PromptTrainer(TrainerX):
         summary["acc"] = compute_accuracy(outputs.logits.float(), outputs.labels)[0].item()
         return loss, summary
 
+    @classmethod
+    def parameter_groups(cls, learner, config, lr):
+        """The optimizer's parameter groups declared by `lr_multipliers` (None: one group at `lr`): first every
+        prompt tensor outside the named children at `lr`, then one group per named child the learner holds."""
+        if not cls.lr_multipliers:
+            return None
+        children = dict(learner.named_children())
+        multiplied = [name for name in cls.lr_multipliers if name in children]
+        groups = [{"params": [p for name, p in learner.named_parameters() if name.split(".")[0] not in multiplied]}]
+        for name in multiplied:
+            multiplier = cls.loss_weight(config, cls.lr_multipliers[name], f"the LR multiplier of {name}")
+            groups.append({"params": list(children[name].parameters()), "lr": lr * multiplier})
+        return [group for group in groups if group["params"]]
+
     @staticmethod
     def loss_weight(config, weight, term):
         """A declared weight: a number, or the name of the config field holding it."""
         if isinstance(weight, str):
             weight = getattr(config, weight)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise TypeError(f"the weight of {term} is {weight!r}: expected a number or a config field name")
+            raise TypeError(f"{term} is {weight!r}: expected a number or a config field name")
         return weight
 
     def training_class_features(self):

@@ -119,6 +119,8 @@ class Outputs:
     image_features: torch.Tensor  # [B, E'] normalised, after the image head
     raw_image_features: torch.Tensor  # [B, E] the image tower's output
     class_features: torch.Tensor  # [C, E'] (or [B, C, E'] per image) normalised
+    # the same before normalisation, where the text tower ran in this pass (None: class features passed in)
+    raw_class_features: Optional[torch.Tensor] = None
 
 
 class PromptedCLIP(nn.Module):
@@ -219,17 +221,22 @@ class PromptedCLIP(nn.Module):
         else:
             raw, region = self.image_encoder.with_region(images, prompts.vision_schedule())
         image_features = F.normalize(raw if prompts.image_head is None else prompts.image_head(raw), dim=-1)
+        raw_class_features = None  # the text tower's output, where it ran in this pass (heads on raw features)
         if prompts.depends_on_image:
-            class_features = self.per_image_class_features(image_features, prompts)
+            raw_class_features = self.per_image_class_features(image_features, prompts, normalize=False)
+            class_features = F.normalize(raw_class_features, dim=-1)
+        elif class_features is None and prompts.class_features is not None:
+            class_features = prompts.class_features
         elif class_features is None:
-            class_features = self.class_features(prompts)
+            raw_class_features = self.class_features(prompts, normalize=False)
+            class_features = F.normalize(raw_class_features, dim=-1)
         logits = {"itm": self.logits(image_features, class_features)}
         if region is not None:
             logits["readout"] = self.logits(F.normalize(prompts.vision_readout(region), dim=-1), class_features)
         for name, head in (prompts.logit_heads or {}).items():
             with torch.autocast(raw.device.type, enabled=False):
                 logits[name] = head(raw.float()).float()
-        return Outputs(logits, image_features, raw, class_features)
+        return Outputs(logits, image_features, raw, class_features, raw_class_features)
 
     def logits(self, image_features, class_features):
         """logit_scale.exp() * image_features @ class_features.T ([C, E], or [B, C, E] per image), in fp32 even

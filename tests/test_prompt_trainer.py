@@ -118,7 +118,8 @@ def test_cached_evaluation_equals_per_batch(three_classes, tmp_path, monkeypatch
     original_process, original_features = trainer.evaluator.process, trainer.model.class_features
     original_prompts = trainer.model.compute_prompts
     monkeypatch.setattr(trainer.evaluator, "process", lambda out, gt: (logits.append(out), original_process(out, gt)))
-    monkeypatch.setattr(trainer.model, "class_features", lambda *args: (calls.append(1), original_features(*args))[1])
+    monkeypatch.setattr(trainer.model, "class_features",
+                        lambda *args, **kwargs: (calls.append(1), original_features(*args, **kwargs))[1])
     monkeypatch.setattr(trainer.model, "compute_prompts", lambda: (prompt_calls.append(1), original_prompts())[1])
     results = {}
     for cache in (True, False):

@@ -96,20 +96,23 @@ class GaussianPromptAggregation:
         self.settings = {"max_epoch": int(max_epoch), "mean": float(mean), "std": float(std)}
         self.weights = gpa_weights(max_epoch, mean, std)
         self.epochs = 0
-        self.sum = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in module.state_dict().items()}
+        # tensors only: a module's extra state (the record of the classes trained on) is not averaged
+        self.sum = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in module.state_dict().items()
+                    if torch.is_tensor(v)}
 
     @torch.no_grad()
     def add_epoch(self, epoch):
         """Add the current tensors with the weight of `epoch` (1-based; epochs come in order)."""
         if epoch != self.epochs + 1:
             raise RuntimeError(f"GPA holds epochs 1..{self.epochs}; cannot add epoch {epoch}")
-        for key, value in self.module.state_dict().items():
-            self.sum[key] += self.weights[epoch - 1] * value.double()
+        state = self.module.state_dict()
+        for key in self.sum:
+            self.sum[key] += self.weights[epoch - 1] * state[key].double()
         self.epochs = epoch
 
     def load_into_module(self):
         current = self.module.state_dict()
-        self.module.load_state_dict({k: v.to(current[k].dtype) for k, v in self.sum.items()})
+        self.module.load_state_dict({**current, **{k: v.to(current[k].dtype) for k, v in self.sum.items()}})
 
     def state_dict(self):
         return {"epochs": self.epochs, "sum": {k: v.cpu() for k, v in self.sum.items()}, **self.settings}

@@ -1,4 +1,4 @@
-"""Published numbers (ViT-B/16, 16 shots; the MuDPT paper's, KgCoOp's and PromptSRC's from their releases) as
+"""Published numbers (ViT-B/16, 16 shots; the MuDPT paper's, KgCoOp's and PromptSRC's from their releases, DePT's) as
 data: the "(paper)" rows of `python -m mmpt.results`.
 
 Keys are our dataset config names (mmpt.experiments.layout.DATASETS_11 ...) and trainer names; "CLIP" is zero-shot CLIP
@@ -14,11 +14,18 @@ ROW_SOURCES = {"KgCoOp": "KgCoOp's official repository readme (Yao et al., CVPR 
                       "averages to the same numbers",
                "MMA": "MMA's official README, the paper's table (Yang et al., CVPR 2024), ViT-B/16, 16 shots, 3 seeds",
                "MMRL": "MMRL paper (Guo, Gu, CVPR 2025), ViT-B/16, 16 shots, 3 seeds, as quoted by later papers "
-                       "(base-to-new average, domain generalisation)"}
+                       "(base-to-new average, domain generalisation)",
+               **{f"{base}+DePT": "DePT paper (Zhang et al., CVPR 2024), ViT-B/16, 16 shots, 3 seeds, as its official "
+                                  "README's tables give it (base-to-new average; domain generalisation from the "
+                                  "repository's additional_results, a separate run)" + (
+                                      "; PromptSRC+DePT has no released code or config" if base == "PromptSRC" else "")
+                  for base in ("CoOp", "CoCoOp", "KgCoOp", "MaPLe", "PromptSRC")}}
 
 # trainer name in our results -> the row name the paper uses
 PAPER_NAMES = {ZERO_SHOT: "CLIP", "CoOp": "CoOp", "CoCoOp": "CoCoOp", "MuDPT": "MuDPT", "KgCoOp": "KgCoOp",
-               "PromptSRC": "PromptSRC", "TCP": "TCP", "MMA": "MMA", "MMRL": "MMRL"}
+               "PromptSRC": "PromptSRC", "TCP": "TCP", "MMA": "MMA", "MMRL": "MMRL",
+               **{f"ExtrasLinearProbe{base}": f"{base}+DePT" for base in ("CoOp", "CoCoOp", "KgCoOp", "MaPLe",
+                                                                             "PromptSRC")}}
 
 
 def _row(datasets, values, average):
@@ -51,6 +58,11 @@ DOMAIN_GENERALISATION = {
     "CoCoOp": {"imagenet": 71.02, **dict(zip(DG_TARGETS, [64.07, 48.75, 50.63, 76.18]))},
     "MuDPT": {"imagenet": 72.13, **dict(zip(DG_TARGETS, [64.92, 49.31, 49.61, 77.02]))},
     "MMRL": {"imagenet": 72.03, **dict(zip(DG_TARGETS, [64.47, 49.17, 51.20, 77.53]))},  # ROW_SOURCES
+    # ROW_SOURCES; DG_TARGETS order (V2, Sketch, A, R)
+    "CoOp+DePT": {"imagenet": 70.70, **dict(zip(DG_TARGETS, [64.13, 49.40, 51.57, 77.33]))},
+    "CoCoOp+DePT": {"imagenet": 70.57, **dict(zip(DG_TARGETS, [63.97, 49.83, 50.90, 76.87]))},
+    "KgCoOp+DePT": {"imagenet": 70.63, **dict(zip(DG_TARGETS, [63.70, 48.90, 50.77, 76.57]))},
+    "MaPLe+DePT": {"imagenet": 70.97, **dict(zip(DG_TARGETS, [64.33, 49.33, 49.70, 77.37]))},
 }
 
 # base-to-new, average over the 11 datasets; HM = harmonic mean of the average base and average new
@@ -64,6 +76,12 @@ BASE2NEW_AVERAGE = {
     "TCP": {"base": 84.13, "new": 75.36, "hm": 79.51},  # ROW_SOURCES (per dataset: docs/TCP.md, from the run log)
     "MMA": {"base": 83.20, "new": 76.80, "hm": 79.87},  # ROW_SOURCES (its CLIP, CoOp, CoCoOp, KgCoOp rows agree)
     "MMRL": {"base": 85.68, "new": 77.16, "hm": 81.20},  # ROW_SOURCES
+    # ROW_SOURCES; the paper's average rows (per dataset: docs/DEPT.md)
+    "CoOp+DePT": {"base": 83.66, "new": 71.82, "hm": 77.29},
+    "CoCoOp+DePT": {"base": 83.80, "new": 72.89, "hm": 77.97},
+    "KgCoOp+DePT": {"base": 83.62, "new": 75.04, "hm": 79.10},
+    "MaPLe+DePT": {"base": 84.85, "new": 74.82, "hm": 79.52},
+    "PromptSRC+DePT": {"base": 85.19, "new": 76.17, "hm": 80.43},
 }
 
 
