@@ -12,6 +12,7 @@ from torch import nn
 
 from dassl.utils import ConfigError
 from mmpt.encoders import PromptedImageEncoder, PromptedTextEncoder, TowerSchedule, TextOptions  # noqa: F401
+from mmpt.towers import text_tower_of, vision_tower_of
 
 
 @dataclass
@@ -259,23 +260,34 @@ def random_prompts(count, n_tokens, width):
 
 
 def check_depth(key, depth, n_layers):
-    """A prompt depth must lie in 1..number of layers of that tower."""
+    """A prompt depth must lie in 1..number of layers of that tower (0 layers: a ResNet image tower)."""
+    if n_layers == 0:
+        raise ConfigError(f"{key}: this method prompts a ViT image tower; MODEL.BACKBONE.NAME is a ResNet backbone")
     if not (isinstance(depth, int) and 1 <= depth <= n_layers):
         raise ConfigError(f"{key}={depth!r}: expected an int in 1..{n_layers} (the backbone's number of layers)")
 
 
 def text_width(clip_model):
-    return clip_model.ln_final.weight.shape[0]
+    return text_tower_of(clip_model).width
+
+
+def text_heads(clip_model):
+    return text_tower_of(clip_model).heads
+
+
+def embed_dim(clip_model):
+    """Width of the joint embedding space (the text tower's projected features)."""
+    return text_tower_of(clip_model).embed_dim
 
 
 def vision_width(clip_model):
     """Width of the ViT's tokens (prompts are unsupported on ResNet backbones)."""
-    conv1 = getattr(clip_model.visual, "conv1", None)
-    if conv1 is None or not hasattr(clip_model.visual, "class_embedding"):
+    tower = vision_tower_of(clip_model)
+    if not tower.is_vit:
         raise ConfigError("MODEL.BACKBONE.NAME: visual prompts need a ViT backbone (this one is a ResNet)")
-    return conv1.out_channels
+    return tower.width
 
 
 def layer_counts(clip_model):
     """(text layers, vision layers)."""
-    return len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks)
+    return text_tower_of(clip_model).layers, vision_tower_of(clip_model).layers
