@@ -38,11 +38,10 @@ from dassl.utils import ConfigError, RunError
 from mmpt.clip_backbone import check_backbone_name, load_clip
 from mmpt.config import PromptOptions, config_from_node, config_node, make_config, option_errors
 from mmpt.precision import Precision
-from mmpt.prompted_clip import BackboneTrainedOn, ClassesTrainedOn, Prompts
+from mmpt.prompted_clip import ClassesTrainedOn, Prompts
 
 LEARNER_NAME = "prompt_learner"
 TRAINED_ON = "classes_trained_on"  # in prompt_learner of a model with a logit rule (see `on_trained_classes`)
-BACKBONE_TRAINED_ON = "backbone_trained_on"  # in every prompt_learner: the MODEL.BACKBONE.NAME it was trained on
 # class-dependent tensors some upstream prompt learners (CoOp, CoCoOp, MaPLe) store; ours keep none
 UPSTREAM_CLASS_BUFFERS = ("token_prefix", "token_suffix")
 PROTOCOLS = ("b2n", "fewshot", "xd")  # base-to-new, few-shot, cross-dataset and domain generalisation
@@ -214,7 +213,6 @@ class PromptTrainer(TrainerX):
         if breakdown:
             print("  of which: " + ", ".join(f"{name} {count:,}" for name, count in breakdown))
         # CLIP stays in eval mode (BatchNorm of ResNet backbones); the engine toggles only prompt_learner
-        model.prompt_learner.add_module(BACKBONE_TRAINED_ON, BackboneTrainedOn(cfg.MODEL.BACKBONE.NAME))
         if model.logit_rule is not None:  # the classes trained on, saved with the prompts
             model.prompt_learner.add_module(TRAINED_ON, ClassesTrainedOn(cfg.DATASET.NAME, classnames))
         self.model = model.eval().to(self.device)
@@ -355,10 +353,6 @@ class PromptTrainer(TrainerX):
             first = str(error).strip().splitlines()
             raise RunError(f"{model_path} does not fit {type(self).__name__}'s {name} (other trainer or config?): "
                                f"{' '.join(line.strip() for line in first)}") from None
-        record = getattr(self._models[name], BACKBONE_TRAINED_ON, None)
-        if record is not None and record.loaded_from not in (None, record.name):
-            raise RunError(f"{model_path} was trained on the backbone {record.loaded_from!r}; this run's "
-                           f"MODEL.BACKBONE.NAME is {record.name!r}: evaluate it with that backbone")
 
 
 def freeze_all_but_prompt_learner(model):

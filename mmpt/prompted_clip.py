@@ -112,28 +112,6 @@ class ClassesTrainedOn(nn.Module):
         return list(classnames) == self.classnames and (not same_dataset or dataset == self.dataset)
 
 
-class BackboneTrainedOn(nn.Module):
-    """The backbone (MODEL.BACKBONE.NAME) a prompt learner was trained on, saved with it (module extra state):
-    prompts learnt on one backbone are never evaluated on another of the same widths. `loaded_from` is the name
-    a loaded checkpoint holds (None: a checkpoint from before the name was saved, or from another codebase)."""
-
-    def __init__(self, name=""):
-        super().__init__()
-        self.name, self.loaded_from = name, None
-
-    def get_extra_state(self):
-        return {"name": self.name}
-
-    def set_extra_state(self, state):
-        self.loaded_from = state["name"]
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        # a checkpoint without the entry still loads (it was saved before the backbone was recorded)
-        if prefix + "_extra_state" in state_dict:
-            self.set_extra_state(state_dict[prefix + "_extra_state"])
-
-
 @dataclass
 class Outputs:
     """One forward pass: named logit sets [B, C] (fp32; "itm" always) and the features they come from."""
