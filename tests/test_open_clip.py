@@ -8,8 +8,12 @@ open_clip's encode_text / encode_image in every text path; with deep prompts the
 on open_clip's own block forward; every method builds, trains only its prompt learner, and its class features
 from an initialised context equal encode_text of the words. The ViT-L/14 shapes are checked on the meta device.
 """
+import hashlib
+import http.server
+import io
 import json
 import sys
+import threading
 
 import clip
 import pytest
@@ -278,29 +282,82 @@ def test_a_local_checkpoint_loads_and_a_bad_one_fails_in_one_line(tmp_path):
     assert "garbage.pt" in str(error.value) and "\n" not in str(error.value)
 
 
-def test_the_hub_cache_is_read_offline(tmp_path, monkeypatch):
-    """HF_HUB_OFFLINE=1 (huggingface_hub reads the variable into its constants at import; set here directly):
-    an empty Hub cache fails in one line naming offline mode, a repository in the cache loads without network."""
+class LoopbackHub(http.server.BaseHTTPRequestHandler):
+    """The Hub's download API for one repository: `/<repo>/resolve/<revision>/<file>` answers HEAD and GET with
+    the headers hf_hub_download reads (X-Repo-Commit, ETag, Content-Length); 404 EntryNotFound otherwise."""
+
+    files = None  # {file name: bytes}
+    repo = None
+    requests = None
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self, body=False):
+        self.requests.append((self.command, self.path))
+        prefix = f"/{self.repo}/resolve/"
+        name = self.path.split("?")[0][len(prefix):].split("/", 1)[-1] if self.path.startswith(prefix) else None
+        if name not in self.files:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = self.files[name]
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "1" * 40)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_GET(self):
+        self.do_HEAD(body=True)
+
+
+@pytest.fixture
+def loopback_hub(tmp_path, monkeypatch):
+    """open_clip's Hub downloads go to a loopback server (huggingface_hub's constants hold the endpoint and the
+    cache, read from HF_ENDPOINT / HF_HUB_CACHE at import: set here directly); yields (handler class, set_offline)."""
     constants = pytest.importorskip("huggingface_hub.constants")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    handler = type("Hub", (LoopbackHub,), {"files": {}, "repo": "mmpt-test/tiny-ViT-ls", "requests": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield handler, lambda offline: monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    server.shutdown()
+    server.server_close()
+
+
+def test_hub_models_download_into_the_cache_and_load_offline_from_it(loopback_hub):
+    """open_clip:hf-hub:<repo>: offline with an empty cache, one line naming offline mode; online, open_clip's
+    own download through the Hub API into the cache; then offline (HF_HUB_OFFLINE=1), the cache alone."""
+    handler, set_offline = loopback_hub
     name = "open_clip:hf-hub:mmpt-test/tiny-ViT-ls"
+    set_offline(True)
     with pytest.raises(BackboneNotFoundError) as error:
         load_clip_by_name(name)
     assert "HF_HUB_OFFLINE" in str(error.value) and "mmpt-test/tiny-ViT-ls" in str(error.value)
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and not handler.requests
     reference = load_clip_by_name("random-open_clip:tiny-ViT-ls")
     embed, vision, text = OPEN_CLIP_TINY["tiny-ViT-ls"]
-    repo = tmp_path / "cache" / "models--mmpt-test--tiny-ViT-ls"  # the Hub cache's layout
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-    (snapshot / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": {"embed_dim": embed, "vision_cfg": vision, "text_cfg": text}}))
-    torch.save(reference.state_dict(), snapshot / "open_clip_pytorch_model.bin")
-    model = load_clip_by_name(name)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    weights = io.BytesIO()
+    torch.save(reference.state_dict(), weights)
+    handler.files.update({"open_clip_config.json": json.dumps(
+        {"model_cfg": {"embed_dim": embed, "vision_cfg": vision, "text_cfg": text}}).encode(),
+        "open_clip_pytorch_model.bin": weights.getvalue()})
+    for offline in (False, True):
+        set_offline(offline)
+        served = len(handler.requests)
+        model = load_clip_by_name(name)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+        assert (len(handler.requests) == served) == offline  # offline: no request at all
+    assert any(path.endswith("open_clip_pytorch_model.bin") for method, path in handler.requests if method == "GET")
 
 
 # ---- train.py end to end on a random open_clip backbone
