@@ -260,9 +260,7 @@ def random_prompts(count, n_tokens, width):
 
 
 def check_depth(key, depth, n_layers):
-    """A prompt depth must lie in 1..number of layers of that tower (0 layers: a ResNet image tower)."""
-    if n_layers == 0:
-        raise ConfigError(f"{key}: this method prompts a ViT image tower; MODEL.BACKBONE.NAME is a ResNet backbone")
+    """A prompt depth must lie in 1..number of layers of that tower."""
     if not (isinstance(depth, int) and 1 <= depth <= n_layers):
         raise ConfigError(f"{key}={depth!r}: expected an int in 1..{n_layers} (the backbone's number of layers)")
 
@@ -280,14 +278,24 @@ def embed_dim(clip_model):
     return text_tower_of(clip_model).embed_dim
 
 
-def vision_width(clip_model):
-    """Width of the ViT's tokens (prompts are unsupported on ResNet backbones)."""
+def vit_tower(clip_model):
+    """The image tower of a method that prompts or reads it: a ViT, else one ConfigError line."""
     tower = vision_tower_of(clip_model)
     if not tower.is_vit:
-        raise ConfigError("MODEL.BACKBONE.NAME: visual prompts need a ViT backbone (this one is a ResNet)")
-    return tower.width
+        raise ConfigError("MODEL.BACKBONE.NAME: visual prompts need a ViT backbone; this backbone's image tower is "
+                          "a ResNet (text-only methods such as CoOp run on it)")
+    return tower
+
+
+def vision_width(clip_model):
+    """Width of the ViT's tokens (one-line error on a ResNet backbone)."""
+    return vit_tower(clip_model).width
+
+
+def text_layer_count(clip_model):
+    return text_tower_of(clip_model).layers
 
 
 def layer_counts(clip_model):
-    """(text layers, vision layers)."""
-    return text_tower_of(clip_model).layers, vision_tower_of(clip_model).layers
+    """(text layers, vision layers); one-line error on a ResNet backbone (its image tower has no blocks)."""
+    return text_layer_count(clip_model), vit_tower(clip_model).layers

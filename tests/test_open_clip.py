@@ -171,18 +171,29 @@ def test_every_method_trains_only_its_prompts_on_open_clip(backbones, variant):
     train_one_step(model)
 
 
-@pytest.mark.parametrize("variant", method_variants(resnet=True))
-def test_text_only_methods_run_on_open_clips_resnet(backbones, variant):
-    _, trainer, overrides = variant
+TEXT_ONLY = {"ZeroshotCLIP": {}, "CoOp": {}, "CoCoOp": {}, "KgCoOp": {}, "TCP": dict(INJECT_LAYER=1)}
+
+
+@pytest.fixture(scope="module")
+def resnets(backbones):
+    return {"open_clip": backbones["resnet"], "openai": load_clip_by_name("random-tiny-RN")}
+
+
+@pytest.mark.parametrize("family", ["open_clip", "openai"])
+@pytest.mark.parametrize("trainer", sorted(TEXT_ONLY))
+def test_text_only_methods_run_on_resnets(resnets, trainer, family):
     torch.manual_seed(2)
-    train_one_step(mmpt.create_model(trainer, backbones["resnet"], CLASSNAMES, **overrides))
+    train_one_step(mmpt.create_model(trainer, resnets[family], CLASSNAMES, **TEXT_ONLY[trainer]))
 
 
-@pytest.mark.parametrize("trainer", ["MaPLe", "MuDPT", "MPL", "VPT"])
-def test_methods_prompting_the_image_tower_refuse_a_resnet_in_one_line(backbones, trainer):
-    with pytest.raises(ConfigError) as error:
-        mmpt.create_model(trainer, backbones["resnet"], CLASSNAMES)
-    assert "ResNet" in str(error.value) and "\n" not in str(error.value)
+def test_methods_prompting_the_image_tower_refuse_a_resnet_in_one_line(resnets):
+    refused = sorted(set(mmpt.declared_methods()) - set(TEXT_ONLY))
+    assert {"MaPLe", "MuDPT", "MPL", "VPT", "IVLP"} <= set(refused)
+    for trainer in refused:
+        for model in resnets.values():
+            with pytest.raises(ConfigError) as error:
+                mmpt.create_model(trainer, model, CLASSNAMES)
+            assert "need a ViT backbone" in str(error.value) and "\n" not in str(error.value), trainer
 
 
 @pytest.mark.parametrize("kind", ["layer_scale", "last_token", "resnet"])
