@@ -3,7 +3,8 @@
 Small random models are built in process with open_clip's own classes (open_clip.model.CLIP with tiny
 CLIPVisionCfg / CLIPTextCfg): one with layer scale, one with last-token text pooling, a Linear text projection,
 mean-pooled image features and no ln_pre, one with open_clip's custom block (QK norm, head scale, inner and
-attention norms, MLP norm) and final_ln_after_pool, and open_clip's ResNet. Without prompts the encoders equal
+attention norms, MLP norm) and final_ln_after_pool, one whose text tower has no causal mask, and open_clip's
+ResNet. Without prompts the encoders equal
 open_clip's encode_text / encode_image in every text path; with deep prompts they equal a reference written here
 on open_clip's own block forward; every method builds, trains only its prompt learner, and its class features
 from an initialised context equal encode_text of the words. The ViT-L/14 shapes are checked on the meta device.
@@ -44,6 +45,7 @@ BACKBONES = {
                           scale_attn_inner=True, scale_attn=True, scale_fc=True),
                      dict(TEXT, qk_norm=True, scale_heads=True, scale_attn_inner=True, scale_attn=True, scale_fc=True)),
     "resnet": (dict(image_size=32, layers=(1, 1, 1, 1), width=8), TEXT),
+    "bidirectional": (VISION, dict(TEXT, no_causal_mask=True)),  # no causal mask: every token sees all 77
 }
 SENTENCES = ["a photo of a cat.", "a photo of a great white shark.", "itap of a golden retriever on grass."]
 TEXT_PATHS = {"plain": TextOptions(truncate=False, share_prefix=False), "truncated": TextOptions(share_prefix=False),
@@ -113,7 +115,7 @@ def reference_image(model, images, prompts):
     return pooled @ visual.proj
 
 
-@pytest.mark.parametrize("kind", ["layer_scale", "last_token", "custom_block"])
+@pytest.mark.parametrize("kind", ["layer_scale", "last_token", "custom_block", "bidirectional"])
 def test_deep_prompts_run_open_clips_blocks(backbones, kind):
     model = backbones[kind]
     ids = clip.tokenize(["X X X " + s for s in SENTENCES])
