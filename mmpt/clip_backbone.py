@@ -91,6 +91,16 @@ def check_backbone_name(name, key="MODEL.BACKBONE.NAME"):
                           f"{RANDOM_OPEN_CLIP_PREFIX}<arch>")
 
 
+def backbone_identity(name, path=""):
+    """What names the weights of a backbone: its name, and for `open_clip:<model>` (whose weights come from the
+    file MODEL.BACKBONE.PATH alone) also the file's name -- checkpoints record it (one checkpoint never loads onto
+    other weights)."""
+    spec = name[len(OPEN_CLIP_PREFIX):] if name.startswith(OPEN_CLIP_PREFIX) else None
+    if spec is not None and path and "/" not in spec:
+        return f"{name}@{osp.basename(path)}"
+    return name
+
+
 def load_clip(cfg):
     """The CLIP model named by cfg.MODEL.BACKBONE.NAME (real weights from cfg.MODEL.BACKBONE.PATH / clip's cache /
     download, or a random backbone with seed 0: the backbone plays the part of fixed pretrained weights, so it

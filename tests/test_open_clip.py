@@ -401,3 +401,12 @@ def test_prompts_of_one_backbone_never_load_or_skip_on_another(tmp_path):
                   output_dir=tmp_path / "other_eval")
     with pytest.raises(Exception, match="MODEL.BACKBONE.NAME"):
         run_train(tmp_path, "CoOp", config, opts=other, output_dir=train_dir)
+
+
+def test_a_checkpoint_names_the_weights_file_where_the_name_does_not():
+    """open_clip:<model> takes its weights from MODEL.BACKBONE.PATH alone: two files are two backbones."""
+    from mmpt.clip_backbone import backbone_identity
+
+    assert backbone_identity("open_clip:ViT-B-16", "/a/tuned.pt") != backbone_identity("open_clip:ViT-B-16", "/b/x.pt")
+    for name in ("ViT-B/16", "open_clip:ViT-B-16/laion2b_s34b_b88k", "open_clip:hf-hub:org/repo"):
+        assert backbone_identity(name, "/models/file.pt") == name  # the name names the weights
