@@ -88,12 +88,6 @@ class VisionTower:
         return len(self.visual.transformer.resblocks) if self.is_vit else 0
 
     @property
-    def embed_dim(self):
-        if self.is_vit:
-            return projected_width(self.visual.proj, self.width)
-        return self.visual.attnpool.c_proj.out_features
-
-    @property
     def image_size(self):
         """The square input resolution in pixels."""
         size = getattr(self.visual, "input_resolution", None) or getattr(self.visual, "image_size")

@@ -410,3 +410,17 @@ def test_a_checkpoint_names_the_weights_file_where_the_name_does_not():
     assert backbone_identity("open_clip:ViT-B-16", "/a/tuned.pt") != backbone_identity("open_clip:ViT-B-16", "/b/x.pt")
     for name in ("ViT-B/16", "open_clip:ViT-B-16/laion2b_s34b_b88k", "open_clip:hf-hub:org/repo"):
         assert backbone_identity(name, "/models/file.pt") == name  # the name names the weights
+
+
+@pytest.mark.parametrize("vision, text, named", [
+    (dict(VISION, attentional_pool=True, attn_pooler_heads=2), TEXT, "attentional pooling"),
+    (VISION, dict(TEXT, scaled_cosine_attn=True), "scaled cosine attention"),
+    (VISION, dict(TEXT, vocab_size=1000), "CLIP's BPE tokenizer"),
+])
+def test_towers_the_encoders_cannot_run_exactly_are_refused_in_one_line(vision, text, named):
+    from mmpt.clip_backbone import checked_open_clip
+
+    model = OpenCLIP(48, CLIPVisionCfg(**vision), CLIPTextCfg(**text))
+    with pytest.raises(ConfigError) as error:
+        checked_open_clip(model, "open_clip:test")
+    assert named in str(error.value) and "open_clip:test" in str(error.value) and "\n" not in str(error.value)
