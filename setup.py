@@ -37,5 +37,7 @@ setup(
         "tensorboard": ["tensorboard"],
         # the Hub mirror of python -m mmpt.data_prep (--source hub)
         "hub": ["huggingface_hub>=0.23"],
+        # open_clip backbones (MODEL.BACKBONE.NAME open_clip:...; docs/ARCHITECTURE.md, "Backbones")
+        "open_clip": ["open_clip_torch>=3.0", "huggingface_hub>=0.23"],
     },
 )

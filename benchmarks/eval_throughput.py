@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
+from mmpt.towers import vision_tower_of  # noqa: E402
 from benchmarks.models import (Levers, LeverSwitch, build_clip, build_method, config_path,  # noqa: E402
                                load_cfg, trainable_methods, precision_context, resolved_precision)
 
@@ -169,12 +170,12 @@ def main(argv=None):
             bench = EvalBench(model, clip_model, args.device, args.precision)
             if model.compute_prompts().depends_on_image:  # CoCoOp: nothing to cache; shared prefix on vs off
                 for batch_size in args.batch:
-                    times = measure_per_image(bench, batch_size, clip_model.visual.input_resolution, args)
+                    times = measure_per_image(bench, batch_size, vision_tower_of(clip_model).image_size, args)
                     report_per_image(trainer_name, n_classes, batch_size, times, args.eval_images)
                     harness.append_records(args.json, eval_records(args, trainer_name, n_classes, batch_size, times))
                 continue
             for batch_size in args.batch:
-                times = measure(bench, n_classes, batch_size, clip_model.visual.input_resolution, args)
+                times = measure(bench, n_classes, batch_size, vision_tower_of(clip_model).image_size, args)
                 report(trainer_name, n_classes, batch_size, times, args.eval_images)
                 harness.append_records(args.json, eval_records(args, trainer_name, n_classes, batch_size, times))
 

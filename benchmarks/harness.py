@@ -34,7 +34,8 @@ def add_common_args(parser):
     parser.add_argument("--config", default=None, help="config file (name under configs/trainers/<T>/ or a path); "
                         "default: each method's declared few-shot config (benchmarks/models.py)")
     parser.add_argument("--classes", nargs="+", type=int, default=[100])
-    parser.add_argument("--backbone", default="random-ViT-B/16")
+    parser.add_argument("--backbone", default="random-ViT-B/16",
+                        help="MODEL.BACKBONE.NAME, e.g. random-ViT-L/14, random-open_clip:ViT-L-14, open_clip:ViT-B-16/laion2b_s34b_b88k")
     parser.add_argument("--opts", nargs="+", default=[], help="config overrides KEY VALUE ... (as train.py's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); 1 keeps "

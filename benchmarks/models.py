@@ -117,17 +117,24 @@ class LeverSwitch:
     """Holds a method model's own encoders and the reference ones, and installs a lever configuration.
 
     On CUDA the full reference ("all off") runs as CoOp / MaPLe do with PREC fp16: on a copy of CLIP whose
-    weights are converted to fp16 (clip.model.convert_weights), no autocast, no GradScaler.
+    weights are converted to fp16 (clip.model.convert_weights), no autocast, no GradScaler. The reference
+    encoders are the official code's path on OpenAI's CLIP; on an open_clip backbone (which that code never
+    ran) the baseline is our encoders with every text lever off.
     """
 
     def __init__(self, model, clip_model):
+        from mmpt.towers import is_open_clip
+
         self.model = model
         self.clip_model = clip_model
         self.ours = (model.text_encoder, model.image_encoder)
-        self.reference = (ReferenceTextEncoder(clip_model), ReferenceImageEncoder(clip_model))
+        self.reference = self.ours if is_open_clip(clip_model) else (ReferenceTextEncoder(clip_model),
+                                                                      ReferenceImageEncoder(clip_model))
         self._reference_fp16 = None
 
     def reference_fp16(self):
+        if self.reference is self.ours:
+            return self.ours
         if self._reference_fp16 is None:
             from clip.model import convert_weights
 
@@ -145,7 +152,7 @@ class LeverSwitch:
             text, image = self.reference
         # assigning a registered submodule through nn.Module.__setattr__ keeps the trainable parameters unchanged
         self.model.text_encoder, self.model.image_encoder = text, image
-        if levers.sdpa:
+        if levers.sdpa or self.reference is self.ours:
             text.options = TextOptions(truncate=levers.truncate, chunk_size=levers.chunk_size,
                                        checkpoint=levers.checkpoint, share_prefix=levers.share_prefix)
             return self.model

@@ -29,9 +29,12 @@ def _n_ctx(node):
     return word_count(readable(node.CTX_INIT)) if node.CTX_INIT else node.N_CTX
 
 
-ANALYTIC = {"CoOp": lambda node: _n_ctx(node) * 512, "CoCoOp": lambda node: _n_ctx(node) * 512 + 35_360 - 4 * 512,
-            "KgCoOp": lambda node: _n_ctx(node) * 512,  # CoOp's context; the release's unused modules left out
-            "TCP": lambda node: _tcp_count(_n_ctx(node), 512, 512, node.HIDDEN_RATIO)}  # 331,904 as released
+# each a function of (node, text width d, joint width E): at ViT-B/16 (d = E = 512) CoCoOp's is 35,360 for n = 4
+ANALYTIC = {"CoOp": lambda node, d, e: _n_ctx(node) * d,
+            "CoCoOp": lambda node, d, e: _n_ctx(node) * d + (e * (e // 16) + e // 16) + (e // 16 * d + d),
+            "KgCoOp": lambda node, d, e: _n_ctx(node) * d,  # CoOp's context; the release's unused modules left out
+            "TCP": lambda node, d, e: _tcp_count(_n_ctx(node), d, e, node.HIDDEN_RATIO)}  # 331,904 as released
+VIT_B16_WIDTHS = (512, 768)  # (text, vision): the backbone the published counts refer to
 
 
 def _tcp_count(n, d_t, embed, ratio):
@@ -40,9 +43,14 @@ def _tcp_count(n, d_t, embed, ratio):
     return n * d_t + (embed * hidden + hidden) + (hidden * n * d_t + n * d_t)
 
 
-def expected_count(trainer_name, config_name, cfg, n_classes):
+def expected_count(trainer_name, config_name, cfg, clip_model, n_classes):
+    """The published count (at ViT-B/16 widths only) or the analytic one at this backbone's widths (or None)."""
+    from mmpt.towers import backbone_of
+
+    backbone = backbone_of(clip_model)
     method = declared_methods()[trainer_name]
-    if config_name in method.parameter_counts:
+    widths = (backbone.text.width, backbone.vision.width if backbone.vision.is_vit else None)
+    if config_name in method.parameter_counts and widths == VIT_B16_WIDTHS:
         if hasattr(method, "head_parameter_count"):  # DePT: a head row per class; declared at parameter_count_classes
             node = cfg.TRAINER[method.cfg_node]
             if not (node.CWT and node.USE_HEAD != "never"):
@@ -52,7 +60,7 @@ def expected_count(trainer_name, config_name, cfg, n_classes):
         return method.parameter_counts[config_name]
     node = cfg.TRAINER[method.cfg_node]
     if trainer_name in ANALYTIC and not getattr(node, "CSC", False):
-        return ANALYTIC[trainer_name](node)
+        return ANALYTIC[trainer_name](node, backbone.text.width, backbone.embed_dim)
     return None
 
 
@@ -80,7 +88,7 @@ def main(argv=None):
             config_name = os.path.splitext(os.path.basename(path))[0]
             cfg = load_cfg(trainer_name, path, args.backbone)
             count = trainable_parameters(build_method(trainer_name, cfg, classnames, clip_model))
-            expected = expected_count(trainer_name, config_name, cfg, args.classes)
+            expected = expected_count(trainer_name, config_name, cfg, clip_model, args.classes)
             verdict = "" if expected is None else ("ok" if expected == count else "MISMATCH")
             mismatches += verdict == "MISMATCH"
             rows.append([trainer_name, config_name, f"{count:,}", "" if expected is None else f"{expected:,}", verdict])

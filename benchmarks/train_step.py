@@ -26,6 +26,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
+from mmpt.towers import vision_tower_of  # noqa: E402
 from mmpt.encoders import TowerSchedule  # noqa: E402
 from benchmarks.models import (Levers, LeverSwitch, build_clip, build_method, config_path,  # noqa: E402
                                load_cfg, trainable_methods, precision_context, resolved_precision, trainable_parameters,
@@ -61,7 +62,7 @@ class StepBench:
         self.switch = LeverSwitch(self.model, clip_model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.params, lr=1e-3, momentum=0.9)
-        resolution = clip_model.visual.input_resolution
+        resolution = vision_tower_of(clip_model).image_size
         generator = torch.Generator().manual_seed(0)
         self.images = torch.randn(batch_size, 3, resolution, resolution, generator=generator).to(device)
         self.labels = torch.randint(0, n_classes, (batch_size,), generator=generator).to(device)

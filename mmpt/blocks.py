@@ -1,13 +1,16 @@
 """Block mechanics shared by both prompted towers: one CLIP residual block batch-first through SDPA, the per-layer
 prompt splicing, and a tower's loop over its blocks (docs/ARCHITECTURE.md, "The encoders").
 
-clip/model.py is used as is, never forked: a block runs its own weights (ln_1, attn.in_proj / out_proj, ln_2,
-mlp). A block may carry a residual adapter (MMA): `adapter(ln_1(x_in))` is added to the block's output; it is
+Neither family's code is forked: a block runs its own weights (ln_1, attn.in_proj / out_proj, ln_2, mlp; open_clip's
+optional ls_1 / ls_2 layer scales, and its custom block's ln_q / ln_k, head_scale, ln_inner and ln_attn, each
+applied where open_clip's forward applies it; an OpenAI block has none of them, see mmpt.towers). A block may carry a residual adapter (MMA): `adapter(ln_1(x_in))` is added to the block's output; it is
 token-wise, so every encoder path (shared prefix, truncation, chunks) stays exact with it.
 """
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from mmpt.towers import optional
 
 
 def run_block(block, x, causal=False, adapter=None):
@@ -29,14 +32,35 @@ def attention_inputs(block, normed):
     n_seq, length, width = normed.shape
     heads = attn.num_heads
     q, k, v = F.linear(normed, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    return tuple(t.reshape(n_seq, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+    q, k, v = (t.reshape(n_seq, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+    return norm_queries_keys(block, q, k) + (v,)
+
+
+def norm_queries_keys(block, q, k):
+    """open_clip's QK norm (per head, over the head width); (q, k) as they are for other blocks."""
+    return optional(getattr(block.attn, "ln_q", None), q), optional(getattr(block.attn, "ln_k", None), k)
+
+
+def scale_heads(block, attention):
+    """attention [N, heads, ...] times open_clip's per-head scale, where the block has one."""
+    head_scale = getattr(block.attn, "head_scale", None)
+    return attention if head_scale is None else attention * head_scale.reshape(-1, *[1] * (attention.dim() - 2))
 
 
 def finish_block(block, x, attention):
     """The rest of the block after attention [N, heads, L, d / heads]: out_proj, residual, MLP."""
     n_seq, heads, length, head_width = attention.shape
-    x = x + block.attn.out_proj(attention.transpose(1, 2).reshape(n_seq, length, heads * head_width))
-    return x + block.mlp(block.ln_2(x))
+    merged = scale_heads(block, attention).transpose(1, 2).reshape(n_seq, length, heads * head_width)
+    return finish_residual(block, x, merged)
+
+
+def finish_residual(block, x, merged):
+    """x + the attention branch (merged heads [.., d] -> out_proj, with open_clip's optional norms and layer
+    scale) + the MLP branch."""
+    attn = block.attn
+    branch = attn.out_proj(optional(getattr(attn, "ln_inner", None), merged))
+    x = x + optional(getattr(block, "ls_1", None), optional(getattr(block, "ln_attn", None), branch))
+    return x + optional(getattr(block, "ls_2", None), block.mlp(block.ln_2(x)))
 
 
 def at_layer(schedule_list, layer):

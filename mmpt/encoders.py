@@ -25,6 +25,7 @@ from mmpt.blocks import (at_layer, check_schedule_length, expand_prompt, layer_o
                          splice_region)
 from mmpt.shared_prefix import (PackedSuffixes, check_shared_prompt_tokens, run_block_with_prefix,
                                 shared_prefix_length)
+from mmpt.towers import TextTower, VisionTower, project, text_tower_of, vision_tower_of
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,33 @@ class TextOptions:
 class PromptedTextEncoder(nn.Module):
     """CLIP's text tower with prompts. token_ids [N, 77] -> features [N, embed_dim] (not normalised).
     `per_prompt_set` encodes every sequence under each of G prompt sets (CoCoOp: one set per image) -> [G, N, E].
-    `clip_model`: anything with CLIP's text modules (a CLIP model, or another PromptedTextEncoder)."""
+    `clip_model`: a CLIP model of either family, a mmpt.towers.TextTower, or another PromptedTextEncoder.
+    The pooled token is the EOT token or the context's last position (the tower's `pooling`); a tower without
+    the causal mask runs every sequence on its full context (truncation and the shared prefix are exact only
+    under the causal mask, so they are off there whatever `options` says)."""
 
     def __init__(self, clip_model, options=TextOptions()):
         super().__init__()
-        self.token_embedding = clip_model.token_embedding
-        self.positional_embedding = clip_model.positional_embedding
-        self.transformer = clip_model.transformer
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
+        tower = text_tower_of(clip_model)
+        self.token_embedding = tower.token_embedding
+        self.positional_embedding = tower.positional_embedding
+        self.transformer = tower.transformer
+        self.ln_final = tower.ln_final
+        self.text_projection = tower.projection
+        self.pooling, self.causal = tower.pooling, tower.causal
         self.options = options
+
+    @property
+    def options(self):
+        return self._options
+
+    @options.setter
+    def options(self, options):
+        self._options = options if self.causal else replace(options, truncate=False, share_prefix=False)
+
+    def text_tower(self):
+        return TextTower(self.token_embedding, self.positional_embedding, self.transformer, self.ln_final,
+                         self.text_projection, self.pooling, self.causal)
 
     # the levers, read-only here (set them with `options` / `with_options`)
     truncate = property(lambda self: self.options.truncate)
@@ -149,31 +167,37 @@ class PromptedTextEncoder(nn.Module):
             raise ValueError(f"{n_shallow} shallow text prompts do not fit before the EOT token at position "
                              f"{int(eot.min())}: the prompt sentence needs >= {n_shallow} placeholder words")
 
-    def project(self, eot_features):
-        # LayerNorm is per token: normalising only the EOT rows equals CLIP's ln_final on all, then picking
-        return self.ln_final(eot_features) @ self.text_projection.to(eot_features.dtype)
+    def project(self, pooled_features):
+        # LayerNorm is per token: normalising only the pooled rows equals CLIP's ln_final on all, then picking
+        return project(self.text_projection, self.ln_final(pooled_features))
+
+    def pooled_positions(self, token_ids):
+        """[N] the position each sequence's feature is read at (before any deep prompt op moves it)."""
+        if self.pooling == "last":
+            return torch.full_like(token_ids[:, 0], token_ids.shape[1] - 1)
+        return token_ids.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
 
     def encode(self, token_ids, schedule):
-        """The plain pass: every sequence on all its tokens (up to max EOT + 1 when truncating)."""
-        eot = token_ids.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
+        """The plain pass: every sequence on all its tokens (up to max pooled position + 1 when truncating)."""
+        eot, pooled = token_ids.argmax(dim=-1), self.pooled_positions(token_ids)
         if self.options.truncate:
-            token_ids = token_ids[:, : int(eot.max()) + 1]
+            token_ids = token_ids[:, : int(pooled.max()) + 1]
         shallow = at_layer(schedule.prompts, 0)
         self.check_shallow_fits(shallow, eot)
         n_shallow = prompt_count(shallow)
         x = self.embed(token_ids, shallow)
         x, k = run_tower(self.transformer.resblocks, x, schedule, lambda x, k: 1, n_shallow,
-                         causal=True, use_checkpoint=self.options.checkpoint)
-        return self.project(x[torch.arange(x.shape[0], device=x.device), eot + (k - n_shallow)])
+                         causal=self.causal, use_checkpoint=self.options.checkpoint)
+        return self.project(x[torch.arange(x.shape[0], device=x.device), pooled + (k - n_shallow)])
 
     def encode_shared(self, token_ids, schedule, prefix_length, n_sets):
         """The shared-prefix pass -> [G, N, E]. The prefix (length `prefix_length`, from shared_prefix_length)
         runs as G rows (G = n_sets prompt sets; 1 unless grouped); the N suffixes packed, G times."""
         prompts, remove = schedule.prompts, schedule.remove
-        eot = token_ids.argmax(dim=-1)
+        eot, pooled = token_ids.argmax(dim=-1), self.pooled_positions(token_ids)
         shallow = at_layer(prompts, 0)
         self.check_shallow_fits(shallow, eot)
-        ends = eot + 1 if self.options.truncate else torch.full_like(eot, token_ids.shape[1])
+        ends = pooled + 1 if self.options.truncate else torch.full_like(eot, token_ids.shape[1])
         token_ids = token_ids[:, : int(ends.max())]
         per_row_shallow = n_sets == 1 and shallow is not None and shallow.dim() == 3
         rows = self.embed(token_ids, shallow if per_row_shallow else None)  # [N, L, d]
@@ -181,7 +205,7 @@ class PromptedTextEncoder(nn.Module):
             prefix = rows[:1, :prefix_length]
         else:
             prefix = self.embed(token_ids[:1, :prefix_length].expand(n_sets, -1), shallow)  # [G, p, d]
-        layout = PackedSuffixes(ends, prefix_length, eot)
+        layout = PackedSuffixes(ends, prefix_length, pooled)
         suffixes = layout.pack(rows[:, prefix_length:]).unsqueeze(0).expand(n_sets, -1, -1)  # [G, T, d]
         k = prompt_count(shallow)
         for layer, block in enumerate(self.transformer.resblocks):
@@ -209,13 +233,18 @@ def check_placeholders(schedule):
 class PromptedImageEncoder(nn.Module):
     """CLIP's image tower with prompts. images [B, 3, H, W] -> features [B, embed_dim] (not normalised).
     `with_region` also returns the prompt region's tokens after the last block, before ln_post ([B, k, d]).
-    ResNet backbones run clip's own `visual` and accept no prompts."""
+    ResNet backbones run their own `visual` and accept no prompts. The feature is the class token's, or the mean
+    of the patch tokens (the tower's `pooling`; prompt tokens never enter the mean)."""
 
     def __init__(self, clip_model, checkpoint=False):
         super().__init__()
-        self.visual = clip_model.visual
-        self.is_vit = hasattr(self.visual, "class_embedding")
+        tower = vision_tower_of(clip_model)
+        self.visual = tower.visual
+        self.is_vit, self.pooling, self.norm_after_pool = tower.is_vit, tower.pooling, tower.norm_after_pool
         self.checkpoint = checkpoint
+
+    def vision_tower(self):
+        return VisionTower(self.visual, self.is_vit, self.pooling, self.norm_after_pool)
 
     def forward(self, images, schedule=NO_PROMPTS):
         return self.with_region(images, schedule)[0]
@@ -242,4 +271,12 @@ class PromptedImageEncoder(nn.Module):
         x = visual.ln_pre(x)
         x, k = run_tower(visual.transformer.resblocks, x, schedule, lambda x, k: x.shape[1] - k,
                          prompt_count(shallow), causal=False, use_checkpoint=self.checkpoint)
-        return visual.ln_post(x[:, 0]) @ visual.proj.to(x.dtype), x[:, x.shape[1] - k:]
+        return project(visual.proj, self.pool(x, k)), x[:, x.shape[1] - k:]
+
+    def pool(self, x, k):
+        """The normalised image token of the last block's output x [B, 1 + patches + k, d]."""
+        ln_post = self.visual.ln_post
+        if self.pooling == "cls":
+            return ln_post(x[:, 0])
+        patches = x[:, 1: x.shape[1] - k]
+        return ln_post(patches.mean(dim=1)) if self.norm_after_pool else ln_post(patches).mean(dim=1)

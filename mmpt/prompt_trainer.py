@@ -35,7 +35,7 @@ from dassl.engine import TrainerX
 from dassl.metrics import compute_accuracy
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import ConfigError, RunError
-from mmpt.clip_backbone import check_backbone_name, load_clip
+from mmpt.clip_backbone import backbone_identity, check_backbone_name, load_clip
 from mmpt.config import PromptOptions, config_from_node, config_node, make_config, option_errors
 from mmpt.precision import Precision
 from mmpt.prompted_clip import ClassesTrainedOn, Outputs, Prompts
@@ -183,6 +183,10 @@ class PromptTrainer(TrainerX):
 
     def trainer_cfg(self, cfg=None):
         return getattr((cfg or self.cfg).TRAINER, self.cfg_node)
+
+    def backbone_name(self):
+        """The backbone every checkpoint records (the engine checks it on loading): name, and file for open_clip."""
+        return backbone_identity(self.cfg.MODEL.BACKBONE.NAME, self.cfg.MODEL.BACKBONE.PATH)
 
     def check_cfg(self, cfg):
         if self.cfg_node is None or self.model_class is None:

@@ -12,6 +12,7 @@ from torch import nn
 
 from dassl.utils import ConfigError
 from mmpt.encoders import PromptedImageEncoder, PromptedTextEncoder, TowerSchedule, TextOptions  # noqa: F401
+from mmpt.towers import text_tower_of, vision_tower_of
 
 
 @dataclass
@@ -272,17 +273,36 @@ def check_depth(key, depth, n_layers):
 
 
 def text_width(clip_model):
-    return clip_model.ln_final.weight.shape[0]
+    return text_tower_of(clip_model).width
+
+
+def text_heads(clip_model):
+    return text_tower_of(clip_model).heads
+
+
+def embed_dim(clip_model):
+    """Width of the joint embedding space (the text tower's projected features)."""
+    return text_tower_of(clip_model).embed_dim
+
+
+def vit_tower(clip_model):
+    """The image tower of a method that prompts or reads it: a ViT, else one ConfigError line."""
+    tower = vision_tower_of(clip_model)
+    if not tower.is_vit:
+        raise ConfigError("MODEL.BACKBONE.NAME: visual prompts need a ViT backbone; this backbone's image tower is "
+                          "a ResNet (text-only methods such as CoOp run on it)")
+    return tower
 
 
 def vision_width(clip_model):
-    """Width of the ViT's tokens (prompts are unsupported on ResNet backbones)."""
-    conv1 = getattr(clip_model.visual, "conv1", None)
-    if conv1 is None or not hasattr(clip_model.visual, "class_embedding"):
-        raise ConfigError("MODEL.BACKBONE.NAME: visual prompts need a ViT backbone (this one is a ResNet)")
-    return conv1.out_channels
+    """Width of the ViT's tokens (one-line error on a ResNet backbone)."""
+    return vit_tower(clip_model).width
+
+
+def text_layer_count(clip_model):
+    return text_tower_of(clip_model).layers
 
 
 def layer_counts(clip_model):
-    """(text layers, vision layers)."""
-    return len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks)
+    """(text layers, vision layers); one-line error on a ResNet backbone (its image tower has no blocks)."""
+    return text_layer_count(clip_model), vit_tower(clip_model).layers

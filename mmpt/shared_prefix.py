@@ -10,7 +10,8 @@ padding for the per-token work (LayerNorms, projections, MLP, adapters), padded 
 import torch
 import torch.nn.functional as F
 
-from mmpt.blocks import add_adapter, attention_inputs, finish_block, layer_ops, prompt_count
+from mmpt.blocks import (add_adapter, attention_inputs, finish_block, finish_residual, layer_ops, norm_queries_keys,
+                         prompt_count, scale_heads)
 
 
 def shared_prefix_length(token_ids, prompts, remove, per_row_prompts=True, shared_prompt_tokens=0):
@@ -100,9 +101,9 @@ def run_block_with_prefix(block, prefix, suffixes, layout, adapter=None):
     normed = block.ln_1(suffixes)
     qkv = layout.pad(F.linear(normed, attn.in_proj_weight, attn.in_proj_bias))
     q, k, v = qkv.view(n_sets, layout.n_rows, layout.span, 3, heads, width // heads).permute(3, 0, 4, 1, 2, 5)
-    out = attend_after_prefix(q, k, v, k_prefix, v_prefix).permute(0, 2, 3, 1, 4)
-    new_suffixes = suffixes + attn.out_proj(layout.unpad(out.reshape(n_sets, -1, width)))
-    new_suffixes = new_suffixes + block.mlp(block.ln_2(new_suffixes))
+    q, k = norm_queries_keys(block, q, k)
+    out = scale_heads(block, attend_after_prefix(q, k, v, k_prefix, v_prefix)).permute(0, 2, 3, 1, 4)
+    new_suffixes = finish_residual(block, suffixes, layout.unpad(out.reshape(n_sets, -1, width)))
     return add_adapter(new_prefix, adapter, prefix_normed), add_adapter(new_suffixes, adapter, normed)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from dassl.engine import TRAINER_REGISTRY
 from mmpt.config import PromptOptions
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP, Prompts, text_width
+from mmpt.prompted_clip import PromptedCLIP, Prompts, embed_dim, text_width
 from mmpt.sentences import coop_context
 
 
@@ -45,7 +45,7 @@ class CoCoOpCLIP(PromptedCLIP):
     def __init__(self, clip_model, classnames, config):
         context, sentences = coop_context(clip_model, classnames, config.N_CTX, config.CTX_INIT, "N_CTX")
         super().__init__(clip_model, sentences)
-        self.prompt_learner = CoCoOpPromptLearner(context, clip_model.text_projection.shape[1],
+        self.prompt_learner = CoCoOpPromptLearner(context, embed_dim(clip_model),
                                                   text_width(clip_model))
 
     def compute_prompts(self):

@@ -19,7 +19,7 @@ from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import ConfigError
 from mmpt.config import PromptOptions
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP, Prompts, check_depth, layer_counts, text_width, vision_width
+from mmpt.prompted_clip import PromptedCLIP, Prompts, check_depth, layer_counts, text_heads, text_width, vision_width
 from mmpt.sentences import check_positive, init_text_context, placeholder_words, prefix_sentences, readable, word_count
 
 from trainers.mudpt_injection import INJECTION_FORMS, InjectionModel
@@ -96,8 +96,8 @@ class MuDPTConfig(PromptOptions):
     SENTENCE: str = "maple"  # "maple" | "official": how the class sentence uses CTX_INIT (see sentence_prefix)
     INJECTION: str = "joint"  # "joint" | "separate" | "linear" | "none" (no coupling)
     FUSE_SHALLOW: str = "none"  # "none" | "t2v" | "both": fusion at the shallow level l = 0
-    INJECTION_WIDTH: int = 512  # width of the joint block
-    INJECTION_HEADS: int = 8  # heads of the joint block
+    INJECTION_WIDTH: int = 0  # width of the joint block; 0 = the backbone's text width (512 at ViT-B/16)
+    INJECTION_HEADS: int = 0  # heads of the joint block; 0 = the backbone's text heads (8 at ViT-B/16)
 
     def validate(self):
         super().validate()
@@ -159,7 +159,8 @@ class MuDPTCLIP(PromptedCLIP):
         shallow = init_text_context(clip_model, config.N_CTX_TEXT, init_words)
         super().__init__(clip_model, prefix_sentences(classnames, prefix, config.N_CTX_TEXT))
         self.prompt_learner = MuDPTPromptLearner(shallow, plan, config.N_CTX_VISION, d_text, d_vision,
-                                                 config.INJECTION_WIDTH, config.INJECTION_HEADS)
+                                                 config.INJECTION_WIDTH or d_text,
+                                                 config.INJECTION_HEADS or text_heads(clip_model))
 
     def compute_prompts(self):  # one injection pass gives both towers' prompts
         text, vision = self.prompt_learner.fused_prompts()

@@ -25,7 +25,7 @@ from dassl.utils import ConfigError
 from mmpt.config import PromptOptions
 from mmpt.frozen_clip import FrozenCLIP
 from mmpt.prompt_trainer import PromptTrainer
-from mmpt.prompted_clip import PromptedCLIP, Prompts, layer_counts
+from mmpt.prompted_clip import PromptedCLIP, Prompts, embed_dim, text_layer_count
 from mmpt.sentences import ClassSentences, check_positive, init_text_context, placeholder_words, readable, word_count
 from mmpt.templates import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
 
@@ -130,9 +130,9 @@ class TCPCLIP(PromptedCLIP):
                                     for name in classnames], n_ctx)
         super().__init__(clip_model, sentences)
         self.inject_layer = config.INJECT_LAYER
-        check_inject_layer(config.INJECT_LAYER, layer_counts(clip_model)[0])
+        check_inject_layer(config.INJECT_LAYER, text_layer_count(clip_model))
         self.hand_written = FrozenCLIP([self.template], classnames, "TEMPLATE")  # t0 [C, E], on first use
-        self.prompt_learner = TCPPromptLearner(context, clip_model.text_projection.shape[1], config.HIDDEN_RATIO)
+        self.prompt_learner = TCPPromptLearner(context, embed_dim(clip_model), config.HIDDEN_RATIO)
 
     # t0 and the knowledge-guided term: KgCoOp's, on this model's hand-written sentences
     hand_written_class_features = KgCoOpCLIP.hand_written_class_features

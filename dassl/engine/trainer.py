@@ -91,10 +91,24 @@ class TrainerBase:
             }
             if rng_state is not None:
                 state["rng_state"] = rng_state
+            if self.backbone_name():
+                state["backbone"] = self.backbone_name()
             extra_state = self.checkpoint_extra_state(name)
             if extra_state is not None:
                 state["extra_state"] = extra_state
             save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
+
+    def backbone_name(self):
+        """MODEL.BACKBONE.NAME (or None): saved in every checkpoint, so that weights learnt on one backbone are
+        never loaded onto another, even one of the same shapes."""
+        cfg = getattr(self, "cfg", None)
+        return cfg.MODEL.BACKBONE.NAME if cfg is not None else None
+
+    def check_backbone(self, checkpoint, model_path):
+        saved, current = checkpoint.get("backbone"), self.backbone_name()
+        if saved and current and saved != current:  # a checkpoint without the entry predates it
+            raise RunError(f"{model_path} was trained on the backbone {saved!r}; this run's MODEL.BACKBONE.NAME is "
+                           f"{current!r}: evaluate or resume it with that backbone")
 
     def checkpoint_extra_state(self, name):
         """Hook: trainer state that is not a registered model's weights but must survive a resume (e.g. a running
@@ -128,6 +142,7 @@ class TrainerBase:
             model_dir = osp.join(directory, name)
             fpath = osp.join(model_dir, fname or _read_pointer(model_dir))
             checkpoint = restore_checkpoint(fpath, self._models[name], self._optims[name], self._scheds[name])
+            self.check_backbone(checkpoint, fpath)
             self.restore_checkpoint_extra_state(name, checkpoint.get("extra_state"))
             start_epoch = checkpoint["epoch"]
             rng_state = checkpoint.get("rng_state", rng_state)
@@ -156,6 +171,7 @@ class TrainerBase:
                 raise MissingFileError(f'Model not found at "{model_path}" (check --model-dir / --load-epoch)')
             checkpoint = load_checkpoint(model_path)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
+            self.check_backbone(checkpoint, model_path)
             self.loaded_epoch = checkpoint["epoch"]  # the epoch a result record names
             self.load_state_dict_into(name, checkpoint["state_dict"], model_path)
 
