@@ -174,6 +174,7 @@ def test_every_method_trains_only_its_prompts_on_open_clip(backbones, variant):
 
 
 TEXT_ONLY = {"ZeroshotCLIP": {}, "CoOp": {}, "CoCoOp": {}, "KgCoOp": {}, "TCP": dict(INJECT_LAYER=1)}
+TEXT_ONLY.update({f"ExtrasLinearProbe{base}": {} for base in ("CoOp", "CoCoOp", "KgCoOp")})  # DePT on them
 
 
 @pytest.fixture(scope="module")
