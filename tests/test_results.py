@@ -289,3 +289,33 @@ def test_mixed_set_tables_and_plots(mixed_tree, tmp_path):
     assert [row[:4] for row in cost.rows if row[0] == "MuDPT"] == [["MuDPT", "1", "2,048", "30.0"]]
     for name in ("fewshot_curves", "base2new_bars", "hm_vs_train_time"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_real_run_records_its_environment_and_cost(tmp_path):
+    """One short training (tests.e2e.run_train: tiny random CLIP, 2 epochs) in deterministic mode, then its
+    evaluation: both records say what they ran on and what they cost; the backends' flags come back after."""
+    import torch
+
+    from tests.e2e import run_train
+
+    config = os.path.join(layout.REPO_ROOT, "configs", "trainers", "CoOp", "vit_b16_ep50.yaml")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    train_dir, log = run_train(tmp_path, "CoOp", config, opts=["DETERMINISTIC", "True"])
+    assert "Deterministic mode: torch.use_deterministic_algorithms(True)" in log
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before
+    trained = record.read_result(str(train_dir))
+    env, cost = trained.env, trained.cost
+    assert env["torch"] == torch.__version__ and env["cuda"] == torch.version.cuda and "cudnn" in env
+    assert env["device"].startswith("cpu") and env["precision"] == "amp (fp32)" and env["deterministic"] is True
+    assert env["backbone"] == "random-tiny-ViT"
+    n_ctx, width = 16, 64  # CoOp's context vectors in the tiny CLIP's text width
+    assert cost["trainable_params"] == n_ctx * width
+    assert cost["epochs_timed"] == 2 and 0 < cost["epoch_time_s"] * 2 <= cost["train_time_s"]
+    assert 0 < cost["eval_time_s"] and cost["peak_memory_kind"] == "cpu_max_rss"
+    import resource
+
+    assert 50 < cost["peak_memory_mb"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    eval_dir, _ = run_train(tmp_path, "CoOp", config, eval_only=True, model_dir=train_dir, load_epoch=2)
+    evaluated = record.read_result(str(eval_dir))
+    assert evaluated.cost["train_time_s"] is None and evaluated.cost["epochs_timed"] == 0
+    assert evaluated.cost["eval_time_s"] > 0 and evaluated.env["deterministic"] is False

@@ -730,8 +730,12 @@ def plot_base2new(summary, path, hm_convention="avg"):
     for ax, (world, bars, datasets) in zip(axes[:, 0], panels):
         x = np.arange(len(bars))
         for i, metric in enumerate(("base", "new", "hm")):
-            ax.bar(x + (i - 1) * 0.27, [avg[metric] for _, avg in bars], width=0.27,
-                   label=metric.upper() if metric == "hm" else metric.capitalize())
+            drawn = ax.bar(x + (i - 1) * 0.27, [avg[metric] for _, avg in bars], width=0.27,
+                           label=metric.upper() if metric == "hm" else metric.capitalize(), color=f"C{i}")
+            for patch, (label, _) in zip(drawn, bars):
+                if label.endswith("(paper)"):  # a published bar: hatched, beside the bar of our runs
+                    patch.set_hatch("//")
+                    patch.set_alpha(0.6)
         ax.set_xticks(x)
         ax.set_xticklabels([wrap(label, 14) for label, _ in bars], fontsize=8)
         ax.set_ylabel("accuracy (%)")
@@ -777,6 +781,8 @@ def plot_hm_vs_time(summary, cells, path):
         ax.set_title(wrap(f"Base-to-new, {world.label}: HM vs training time", 60), fontsize=10)
         ax.grid(alpha=0.3)
         ax.margins(x=0.25, y=0.15)
+        longest = max(p[1] for p in points)
+        ax.set_xlim(-0.05 * (longest or 1.0), 1.3 * (longest or 1.0))  # time starts at 0
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
