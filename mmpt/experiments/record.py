@@ -35,6 +35,9 @@ from dassl.errors import RunError
 
 RESULT_FILE = "result.json"
 RECORD_VERSION = 1
+# env.track of a method that declares no `track` attribute; tables keep other tracks (a method's declared
+# `track`, e.g. "transductive") in tables of their own, never beside published numbers
+STANDARD_TRACK = "standard"
 
 
 @dataclass

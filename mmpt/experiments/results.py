@@ -48,6 +48,7 @@ MARKS_NOTE = (f"{OUTSIDE_MARK}: the published value lies outside our mean ± 2 s
               f"{MIN_SEEDS_TO_JUDGE} seeds, too few to say.")
 TOY_BACKBONE = "toy-ViT"  # mmpt.toy_clip.NAME (not imported: it loads torch)
 RANDOM_PREFIX = "random-"  # mmpt.clip_backbone.RANDOM_PREFIX (not imported: it loads torch)
+STANDARD_TRACK = record.STANDARD_TRACK
 
 
 def harmonic_mean(a, b):
@@ -61,42 +62,47 @@ class World:
 
     kind: str  # "toy" | "random" | "real" | "unknown"
     backbone: str
+    track: str = STANDARD_TRACK  # the method's declared track (env.track of its records), e.g. "transductive"
 
     @property
     def label(self):
         if self.kind == "toy":
-            return f"toy world, {self.backbone}"
-        if self.kind == "random":
-            return f"random backbone {self.backbone} (tests the pipeline, not the methods)"
-        if self.kind == "unknown":
-            return "backbone not recorded (no config.yaml)"
-        return self.backbone
+            label = f"toy world, {self.backbone}"
+        elif self.kind == "random":
+            label = f"random backbone {self.backbone} (tests the pipeline, not the methods)"
+        elif self.kind == "unknown":
+            label = "backbone not recorded (no config.yaml)"
+        else:
+            label = self.backbone
+        return label if self.track == STANDARD_TRACK else f"{label}, {self.track} track"
 
     @property
     def short(self):
-        return {"toy": "toy world", "unknown": "backbone not recorded"}.get(self.kind, self.backbone)
+        short = {"toy": "toy world", "unknown": "backbone not recorded"}.get(self.kind, self.backbone)
+        return short if self.track == STANDARD_TRACK else f"{short}, {self.track}"
 
     @property
     def comparable(self):
-        """Whether published numbers may stand beside these runs' (their backbone is the papers')."""
-        return self.kind == "real" and self.backbone == published.BACKBONE
+        """Whether published numbers may stand beside these runs' (the papers' backbone, the standard track)."""
+        return self.kind == "real" and self.backbone == published.BACKBONE and self.track == STANDARD_TRACK
 
     def order(self):
-        return ({"real": 0, "unknown": 1, "toy": 2, "random": 3}[self.kind], not self.comparable, self.backbone)
+        return ({"real": 0, "unknown": 1, "toy": 2, "random": 3}[self.kind], not self.comparable, self.backbone,
+                self.track != STANDARD_TRACK, self.track)
 
 
-def world_of(config):
-    """The World of a recorded (identity) config, or of none."""
+def world_of(config, track=STANDARD_TRACK):
+    """The World of a recorded (identity) config, or of none, for a method of `track`."""
     if not config:
-        return World("unknown", "")
+        return World("unknown", "", track)
     backbone = str(config.get("MODEL.BACKBONE.NAME", ""))
     from mmpt.data.toy_world import DATASETS as TOY_DATASETS
 
     if backbone == TOY_BACKBONE or config.get("DATASET.NAME") in TOY_DATASETS:
-        return World("toy", backbone)
+        return World("toy", backbone, track)
     if backbone.startswith(RANDOM_PREFIX):
-        return World("random", backbone)
-    return World("real", backbone)
+        return World("random", backbone, track)
+    return World("real", backbone, track)
 
 
 # ----------------------------------------------------------------------------- cells
@@ -111,7 +117,8 @@ class Cell:
         self.n = len(values)
         self.config = config  # the runs' recorded config less the keys that cannot change results (None: none)
         self.records = OrderedDict(records or {})  # {seed folder: RunResult}
-        self.world = world_of(config)
+        tracks = {r.env.get("track", STANDARD_TRACK) for r in self.records.values()}
+        self.world = world_of(config, tracks.pop() if len(tracks) == 1 else STANDARD_TRACK)
 
     def __str__(self):
         return fmt_spread(self.mean, self.std, self.n)

@@ -16,6 +16,7 @@ import time
 import torch
 
 from dassl.utils import distributed
+from mmpt.experiments.record import STANDARD_TRACK
 
 
 def device_name(device):
@@ -25,7 +26,7 @@ def device_name(device):
 
 
 def environment(cfg, trainer):
-    """{torch, cuda, cudnn, device, precision, deterministic, backbone, world_size} of a run."""
+    """{torch, cuda, cudnn, device, precision, deterministic, backbone, world_size, python, track} of a run."""
     device = trainer.device
     precision = getattr(trainer, "precision", None)
     if precision is None:
@@ -37,7 +38,7 @@ def environment(cfg, trainer):
             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
             "device": device_name(device), "precision": prec, "deterministic": bool(cfg.DETERMINISTIC),
             "backbone": cfg.MODEL.BACKBONE.NAME, "world_size": distributed.get_world_size(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "track": str(getattr(type(trainer), "track", None) or STANDARD_TRACK)}
 
 
 def trainable_parameters(trainer):
