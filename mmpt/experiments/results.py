@@ -650,7 +650,10 @@ def _pyplot():
 
 
 def wrap(label, width=16):
-    return textwrap.fill(label, width, break_long_words=True, break_on_hyphens=False)
+    """A label on lines of at most `width` characters, broken after the commas and before the `__` of a config
+    name with extra options (mmpt.run_folder.run_tag) where it can."""
+    spaced = label.replace(",", ", ").replace("__", " __")
+    return textwrap.fill(spaced, width, break_long_words=True, break_on_hyphens=False).replace(", ", ",").replace(" __", "__")
 
 
 def plot_fewshot(cells, path):
@@ -732,8 +735,10 @@ def plot_base2new(summary, path, hm_convention="avg"):
         return None
     plt = _pyplot()
     panels = base2new_bar_panels(summary)
-    width = max(6.0, max(0.9 * len(bars) for _, bars, _ in panels))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.8 * len(panels)), squeeze=False)
+    label_lines = max(wrap(label, 14).count("\n") + 1 for _, bars, _ in panels for label, _ in bars)
+    width = max(6.0, max(1.1 * len(bars) for _, bars, _ in panels))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, (3.4 + 0.14 * label_lines) * len(panels)),
+                             squeeze=False)
     for ax, (world, bars, datasets) in zip(axes[:, 0], panels):
         x = np.arange(len(bars))
         for i, metric in enumerate(("base", "new", "hm")):
@@ -777,11 +782,14 @@ def plot_hm_vs_time(summary, cells, path):
     if not panels:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(8.5 * len(panels), 4.5), squeeze=False)
     for ax, (world, points) in zip(axes[0], panels.items()):
-        for label, seconds, hm, _ in points:
-            ax.scatter([seconds], [hm], s=40)
-            ax.annotate(wrap(label, 18), (seconds, hm), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        for i, (label, seconds, hm, _) in enumerate(points, start=1):
+            # a number beside the point, the label in the legend outside (long labels never overlap the points)
+            ax.scatter([seconds], [hm], s=40, color=f"C{(i - 1) % 10}", marker="os^Dv<>ph*"[(i - 1) // 10 % 10],
+                       label=f"{i}: " + wrap(label, 30))
+            ax.annotate(str(i), (seconds, hm), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
         devices = ", ".join(sorted({p[3] for p in points}))
         ax.set_xlabel(wrap(f"average training time per dataset (s; {devices})", 60))
         ax.set_ylabel("average HM (%)")
