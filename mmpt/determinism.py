@@ -9,9 +9,9 @@ split-K reductions) sum in a varying order. Deterministic mode turns these off:
 - torch.backends.cudnn.deterministic = True, torch.backends.cudnn.benchmark = False;
 - CUBLAS_WORKSPACE_CONFIG=:4096:8 (cuBLAS needs it for repeatable reductions; an existing value is kept).
 
-Cost: on the CPU none measured (the flags change no CPU kernel here; docs/EXPERIMENTS.md gives the measurement).
-On CUDA it was not measured in this repository; expect slower convolutions (no autotuning) and a few MB of
-cuBLAS workspace. It does not make runs agree across machines, GPUs or torch versions. The result record's
+Cost (benchmarks/deterministic.py; figures in docs/EXPERIMENTS.md): on the CPU none beyond noise, with identical
+results. On CUDA it was not measured in this repository; expect slower convolutions (no autotuning) and backward
+passes, and a few MB of cuBLAS workspace. It does not make runs agree across machines, GPUs or torch versions. The result record's
 env.deterministic says whether it was on; the key is part of a run's identity (a run folder of one mode is
 not resumed in the other).
 

@@ -42,7 +42,12 @@ def environment(cfg, trainer):
 
 
 def trainable_parameters(trainer):
-    return int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
+    """Parameters that require grad in the trainer's model (or, without a `model`, its registered models)."""
+    model = getattr(trainer, "model", None)
+    modules = [model] if isinstance(model, torch.nn.Module) else \
+        [m for m in getattr(trainer, "_models", {}).values() if isinstance(m, torch.nn.Module)]
+    params = {id(p): p for m in modules for p in m.parameters() if p.requires_grad}
+    return int(sum(p.numel() for p in params.values()))
 
 
 def peak_rss_mb():
