@@ -294,6 +294,10 @@ def test_mixed_set_tables_and_plots(mixed_tree, tmp_path):
     cost = tables["cost_base2new_toy_world"]
     assert cost.title.endswith("toy world, toy-ViT")
     assert [row[:4] for row in cost.rows if row[0] == "MuDPT"] == [["MuDPT", "1", "2,048", "30.0"]]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["source"] for r in rows if r["world"] == "toy world, toy-ViT"} == {"ours"}
+    assert {r["source"] for r in rows if r["world"] == "ViT-B/16"} == {"ours", "paper"}
     for name in ("fewshot_curves", "base2new_bars", "hm_vs_train_time"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

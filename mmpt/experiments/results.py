@@ -11,7 +11,8 @@ OUTPUT_ROOT/results):
                         generalisation, and what the runs cost; cells are mean ± std over seeds (numpy std, ddof 0,
                         as CoOp's parser) with the seed count, no ± for one seed; a published number
                         (mmpt.experiments.published) stands beside ours only on its backbone, dataset and protocol
-  results.csv           every cell in long form (table, method, dataset, shots, metric, mean, std, n, seeds, source)
+  results.csv           every cell in long form (table, world, source, method, dataset, shots, metric, mean, std, n,
+                        seeds)
   fewshot_curves.png    accuracy vs shots per dataset (and the average)
   base2new_bars.png     average base / new / HM per method, one panel per world
   hm_vs_train_time.png  average HM against the average training time per dataset, one point per method (as MPL's
@@ -256,8 +257,8 @@ def titled(title, world):
 class Table:
     """A titled grid of strings (Markdown) plus its cells in long form (CSV rows)."""
 
-    def __init__(self, name, title, columns, note=""):
-        self.name, self.title, self.columns = name, title, columns
+    def __init__(self, name, title, columns, note="", world=None):
+        self.name, self.title, self.columns, self.world = name, title, columns, world
         self.notes = [note] if note else []
         self.rows, self.records = [], []
         self.sources = OrderedDict()  # published rows shown: label -> source
@@ -277,7 +278,8 @@ class Table:
             mean, std, n = value.mean, value.std, value.n
         else:
             mean, std, n, seeds = value, "", "", ""
-        self.records.append(dict(table=self.name, source=source, method=method, dataset=dataset, shots=shots,
+        self.records.append(dict(table=self.name, world=self.world.label if self.world else "", source=source,
+                                 method=method, dataset=dataset, shots=shots,
                                  metric=metric, mean=round(mean, 4), std=std if std == "" else round(std, 4),
                                  n=n, seeds=seeds))
 
@@ -398,7 +400,7 @@ def fewshot_tables(cells):
             table = Table(f"fewshot_{shots}{suffix}", titled(f"Few-shot recognition, {shots} shots (accuracy %, "
                                                              f"mean ± std over seeds)", world),
                           ["Method"] + datasets + ["Average"],
-                          subset_note(datasets, layout.DATASETS_11) if world.comparable else "")
+                          subset_note(datasets, layout.DATASETS_11) if world.comparable else "", world)
             labels = list(OrderedDict.fromkeys(k[0] for k in fewshot if k[1] == shots))
             rows = [(label, {k[2]: v for k, v in fewshot.items() if k[:2] == (label, shots)}) for label in labels]
             if zero_shot:
@@ -488,7 +490,7 @@ def base2new_tables(cells, hm_convention="avg"):
                         titled("Base-to-new generalisation, average over datasets (accuracy %)", world),
                         ["Method", "Datasets", "Base", "New", "HM", "Seeds"],
                         f"HM convention: {HM_CONVENTIONS[hm_convention]}. ±: the std over seeds of each seed's "
-                        f"average (the seeds present in every dataset: column Seeds).")
+                        f"average (the seeds present in every dataset: column Seeds).", world)
         short = []
         for label, entry in entries:
             avg, spread, seeds = entry["average"], entry["spread"], entry["seeds"]
@@ -513,7 +515,8 @@ def base2new_tables(cells, hm_convention="avg"):
         datasets = ordered_datasets({d for _, e in entries for d in e["datasets"]}, layout.DATASETS_11)
         for d in datasets:
             table = Table(f"base2new_{d}{suffix}", titled(f"Base-to-new on {d} (accuracy %, mean ± std over seeds; "
-                                                          f"HM of the means)", world), ["Method", "Base", "New", "HM"])
+                                                          f"HM of the means)", world), ["Method", "Base", "New", "HM"],
+                          world=world)
             for label, entry in entries:
                 if d in entry["datasets"]:
                     v = entry["datasets"][d]
@@ -537,7 +540,7 @@ def transfer_tables(cells, name, title, targets, paper):
         suffix = "" if world.comparable or len(worlds) == 1 else "_" + slug(world.short)
         table = Table(name + suffix, titled(title, world),
                       ["Method", "Source: imagenet"] + columns + ["Target average"],
-                      subset_note(columns, targets) if world.comparable else "")
+                      subset_note(columns, targets) if world.comparable else "", world)
         for (trainer, cfg), label in method_labels(xd, "xd").items():
             by_dataset = {k[3]: v for k, v in xd.items() if (k[1], k[2]) == (trainer, cfg)}
             if not any(d in by_dataset for d in columns):
@@ -616,7 +619,7 @@ def cost_tables(cells):
             table = Table(f"cost_{protocol}{suffix}", titled(f"{title}: what the runs cost", world), COST_COLUMNS,
                           "Means over the training runs (a method with nothing to train: its evaluations); train "
                           "time: wall time of training without the final test, per dataset; peak memory: CUDA peak "
-                          "allocated, or the process's peak RSS on the CPU (see Device).")
+                          "allocated, or the process's peak RSS on the CPU (see Device).", world)
             for _, _, label, c in (item for item in costs if item[0] == world):
                 def num(value, digits=1):
                     return "" if value is None else f"{value:,.{digits}f}"
@@ -825,7 +828,7 @@ def write_report(output_root, out_dir=None, hm_convention="avg", echo=print):
     files = {"markdown": osp.join(out_dir, "results.md"), "csv": osp.join(out_dir, "results.csv")}
     with open(files["markdown"], "w", encoding="utf-8") as f:
         f.write(markdown)
-    fields = ["table", "source", "method", "dataset", "shots", "metric", "mean", "std", "n", "seeds"]
+    fields = ["table", "world", "source", "method", "dataset", "shots", "metric", "mean", "std", "n", "seeds"]
     with open(files["csv"], "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
