@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 
-
 from dassl.config import ConfigError
 from dassl.engine import build_trainer
 from dassl.utils import (
