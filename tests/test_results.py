@@ -326,6 +326,10 @@ def test_a_real_run_records_its_environment_and_cost(tmp_path):
     import resource
 
     assert 50 < cost["peak_memory_mb"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + 0.1  # rounded
+    from mmpt.experiments.config import config_from_argv
+
+    assert config_from_argv(["--trainer", "CoOp", "--config-file", config, "--deterministic"]).DETERMINISTIC
+    assert not config_from_argv(["--trainer", "CoOp", "--config-file", config]).DETERMINISTIC
     eval_dir, _ = run_train(tmp_path, "CoOp", config, eval_only=True, model_dir=train_dir, load_epoch=2)
     evaluated = record.read_result(str(eval_dir))
     assert evaluated.cost["train_time_s"] is None and evaluated.cost["epochs_timed"] == 0
