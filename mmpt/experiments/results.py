@@ -652,6 +652,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path):
+    """Write the figure (the legends outside the axes included) and close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def wrap(label, width=16):
     """A label on lines of at most `width` characters, broken after the commas and before the `__` of a config
     name with extra options (mmpt.run_folder.run_tag) where it can."""
@@ -707,10 +715,7 @@ def plot_fewshot(cells, path):
     fig.legend(list(handles.values()), [wrap(k, 28) for k in handles], loc="upper left", bbox_to_anchor=(1.0, 0.98),
                fontsize=8, title="gray * = paper, 16 shots\n(papers' backbone only)", title_fontsize=7)
     fig.suptitle("Few-shot recognition: accuracy vs shots (mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def base2new_bar_panels(summary):
@@ -759,10 +764,7 @@ def plot_base2new(summary, path, hm_convention="avg"):
         ax.set_title(wrap(f"Base-to-new, {world.label}: average over {over} ({hm_convention} HM)", 90), fontsize=10)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def hm_time_points(summary, cells):
@@ -801,10 +803,7 @@ def plot_hm_vs_time(summary, cells, path):
         ax.margins(x=0.25, y=0.15)
         longest = max(p[1] for p in points)
         ax.set_xlim(-0.05 * (longest or 1.0), 1.3 * (longest or 1.0))  # time starts at 0
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------- command line
