@@ -7,7 +7,9 @@
 
 Each run folder holds log.txt; a run that was resumed also holds log.txt-<timestamp>: all of them are read in
 order of modification time and the last value found counts. The value read is `* <keyword>: X%` after the line
-`Finish training` (or after `=> result` with --test-log).
+`Finish training` (or after `=> result` with --test-log). Runs whose recorded config.yaml differs from the
+others' (beyond the seed and the keys that cannot change results) are not averaged: a WARNING line names them
+and the differing keys.
 
 The parser lives in the package (mmpt.experiments.logs); this file is CoOp's command on top of it.
 """

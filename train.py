@@ -12,16 +12,16 @@ import os
 import signal
 import sys
 
-import torch
-
 from dassl.config import ConfigError
 from dassl.engine import build_trainer
 from dassl.utils import (
     collect_env_info, distributed, remove_temp_files, set_random_seed, setup_logger,
 )
 from mmpt.data.image_check import check_run_images
+from mmpt.determinism import set_backend_flags
 from mmpt.experiments.config import get_parser, reset_cfg, setup_cfg  # noqa: F401  (train.setup_cfg for callers)
 from mmpt.experiments.record import run_result, write_result
+from mmpt.experiments.run_cost import CostMeter, environment
 from mmpt.run_folder import (  # noqa: F401  (OutputDirInUseError: train.OutputDirInUseError for callers)
     OutputDirInUseError, RunInterrupted, check_config, interrupt_on_stop_signals, locked_output_dir, record_config,
     stop_signal_received,
@@ -76,14 +76,14 @@ def run(cfg, args):
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
     setup_logger(cfg.OUTPUT_DIR if distributed.is_main_process() else None)
+    restore_backend_flags = set_backend_flags(cfg)  # cudnn autotuning, or deterministic mode
     try:
-        if torch.cuda.is_available() and cfg.USE_CUDA:
-            torch.backends.cudnn.benchmark = True
         print_args(args, cfg)
         if cfg.VERBOSE:
             print("Collecting env info ...")
             print(f"** System info **\n{collect_env_info()}\n")
         trainer = build_trainer(cfg)
+        trainer.cost_meter = CostMeter(trainer)  # the result record's cost
         learns = any(trainer._optims[name] is not None for name in trainer.get_model_names())
         if args.eval_only and not args.model_dir and learns:
             print(f"WARNING: --eval-only without --model-dir: {cfg.TRAINER.NAME}'s learned parts are evaluated "
@@ -100,6 +100,7 @@ def run(cfg, args):
                 record_result(cfg, args, trainer, trained=True)
         return trainer
     finally:
+        restore_backend_flags()
         sys.stdout.flush()
         setup_logger(None)  # stop teeing into this run's log.txt (in-process callers run several)
 
@@ -111,7 +112,8 @@ def record_result(cfg, args, trainer, trained):
         return
     epoch = trainer.loaded_epoch if not trained or cfg.TEST.FINAL_MODEL == "best_val" else trainer.max_epoch
     write_result(cfg.OUTPUT_DIR, run_result(cfg, args.config_file, trainer.test_metrics, epoch, trained,
-                                            args.model_dir if not trained else ""))
+                                            args.model_dir if not trained else "", env=environment(cfg, trainer),
+                                            cost=trainer.cost_meter.cost()))
 
 
 def cli(argv=None):

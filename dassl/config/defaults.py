@@ -8,6 +8,8 @@ _C.OUTPUT_DIR = "./output"
 _C.RESUME = ""
 _C.SEED = -1  # negative: a random seed
 _C.USE_CUDA = True
+# deterministic kernels (mmpt.determinism; train.py --deterministic sets it): repeatable reruns, at a cost
+_C.DETERMINISTIC = False
 _C.VERBOSE = True
 
 _C.INPUT = CN()

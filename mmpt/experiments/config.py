@@ -58,6 +58,8 @@ def reset_cfg(cfg, args):
         cfg.MODEL.BACKBONE.NAME = args.backbone
     if args.head:
         cfg.MODEL.HEAD.NAME = args.head
+    if getattr(args, "deterministic", False):
+        cfg.DETERMINISTIC = True
 
 
 def setup_cfg(args):
@@ -109,6 +111,8 @@ def get_parser(raise_errors=False):
     parser.add_argument("--model-dir", type=str, default="", help="load the model from this directory for eval-only")
     parser.add_argument("--load-epoch", type=int, help="load the weights of this epoch (default: model-best)")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("--deterministic", action="store_true", help="deterministic kernels (sets DETERMINISTIC "
+                        "True; mmpt/determinism.py says what it sets and costs)")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="modify config options using the command line (KEY VALUE pairs)")
     return parser

@@ -7,6 +7,9 @@ format for researchers' own parsers.
 Each run folder holds log.txt; a run that was resumed also holds log.txt-<timestamp>: all of them are read in
 order of modification time and the last value found counts. The value read is `* <keyword>: X%` after the line
 `Finish training` (or after `=> result` with --test-log).
+
+Only runs of one config are averaged: a run folder whose recorded config.yaml differs from the others' (less
+the seed and the keys that cannot change results) is kept apart with a WARNING line naming the differing keys.
 """
 import argparse
 import glob
@@ -16,6 +19,8 @@ import re
 from collections import OrderedDict, defaultdict
 
 import numpy as np
+
+from mmpt.experiments import config_groups
 
 END_SIGNAL_TRAIN = "Finish training"
 END_SIGNAL_TEST = "=> result"
@@ -79,12 +84,16 @@ def parse_function(*metrics, directory="", args=None, end_signal=None):
     if end_signal is None:
         end_signal = END_SIGNAL_TEST if getattr(args, "test_log", False) else END_SIGNAL_TRAIN
     print(f"Parsing files in {directory}")
-    outputs, skipped = [], []
+    found, skipped = OrderedDict(), []
     for run_dir in sub_folders(directory):
         output = parse_run(run_dir, metrics, end_signal)
-        (outputs if output else skipped).append(output if output else osp.basename(run_dir))
-    if not outputs:
+        if output:
+            found[run_dir] = output
+        else:
+            skipped.append(osp.basename(run_dir))
+    if not found:
         raise ValueError(f"No '{metrics[0]['name']}' result after '{end_signal}' in any log of {directory}")
+    outputs = [found[run_dir] for run_dir in one_config_runs(directory, list(found), echo=print)]
     metrics_results = defaultdict(list)
     for output in outputs:
         msg = ""
@@ -107,19 +116,34 @@ def parse_function(*metrics, directory="", args=None, end_signal=None):
     return output_results
 
 
+def one_config_runs(directory, run_dirs, echo=print):
+    """The run folders of the main config among `run_dirs` (mmpt.experiments.config_groups: the recorded
+    config.yaml less the seed and the keys that cannot change results); a WARNING line through `echo` for each
+    other config, naming its runs and the differing keys (their values are left out of the summary)."""
+    groups = config_groups.group_runs(run_dirs)
+    for other in groups[1:]:
+        echo("WARNING: " + config_groups.describe_apart(directory, groups[0], other))
+    return groups[0].runs if groups else []
+
+
 def collect_results(directory, keyword="accuracy", test_log=False):
     """Parse the run folders of `directory` without printing.
 
-    Returns {"per_run": {run folder name: value}, "mean", "std", "ci95", "n"}; runs without a result are
-    left out (per_run may be empty, then the statistics are nan).
+    Returns {"per_run": {run folder name: value}, "mean", "std", "ci95", "n", "apart", "warnings"}; runs without
+    a result are left out (per_run may be empty, then the statistics are nan), and so are runs of another config
+    than the main one (in "apart", with a line naming the differing keys in "warnings").
     """
     metrics = [{"name": keyword, "regex": metric_regex(keyword)}]
     end_signal = END_SIGNAL_TEST if test_log else END_SIGNAL_TRAIN
-    per_run = OrderedDict()
+    found = OrderedDict()
     for run_dir in sub_folders(directory):
         output = parse_run(run_dir, metrics, end_signal)
         if keyword in output:
-            per_run[osp.basename(run_dir)] = output[keyword]
+            found[run_dir] = output[keyword]
+    warnings = []
+    kept = one_config_runs(directory, list(found), echo=warnings.append)
+    per_run = OrderedDict((osp.basename(d), found[d]) for d in kept)
+    apart = OrderedDict((osp.basename(d), v) for d, v in found.items() if d not in kept)
     values = list(per_run.values())
     nan = float("nan")
     return {
@@ -128,6 +152,8 @@ def collect_results(directory, keyword="accuracy", test_log=False):
         "std": float(np.std(values)) if values else nan,
         "ci95": float(compute_ci95(values)) if values else nan,
         "n": len(values),
+        "apart": apart,  # runs of another config than those of per_run (not in the statistics)
+        "warnings": warnings,  # one line per config kept apart, naming the differing keys
     }
 
 

@@ -6,6 +6,11 @@ Keys are our dataset config names (mmpt.experiments.layout.DATASETS_11 ...) and 
 """
 from mmpt.experiments.layout import DATASETS_11, DG_TARGETS, XD_TARGETS, ZERO_SHOT
 
+# what every published number here was measured with: a run is compared with them only on this backbone, with
+# these shots, on the same dataset and protocol (mmpt.experiments.results)
+BACKBONE = "ViT-B/16"
+SHOTS = 16
+
 SOURCE = "MuDPT paper (Miao et al., ICME 2023), ViT-B/16, 16 shots"
 # rows taken from elsewhere than SOURCE: row name -> where its numbers come from
 ROW_SOURCES = {"KgCoOp": "KgCoOp's official repository readme (Yao et al., CVPR 2023), ViT-B/16, 16 shots",
@@ -88,6 +93,11 @@ BASE2NEW_AVERAGE = {
 def sources_note():
     """Where the "(paper)" rows come from, one sentence."""
     return "; ".join([SOURCE] + [f"{name} (paper): {source}" for name, source in ROW_SOURCES.items()])
+
+
+def source_of(name):
+    """Where the published row `name` ("CoOp", "CLIP", ...) comes from."""
+    return ROW_SOURCES.get(name, SOURCE)
 
 
 def paper_name(trainer):

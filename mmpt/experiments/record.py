@@ -8,7 +8,18 @@ their format for researchers' own parsers: parse_test_res.py, mmpt.experiments.l
     {"version": 1, "trainer": "CoOp", "config": "vit_b16_ep50", "dataset": "Caltech101", "seed": 1,
      "shots": 16, "subsample": "base", "split": "test", "accuracy": 93.1, "error_rate": 6.9,
      "macro_f1": 92.7, "metrics": {...every value the evaluator returned...}, "epoch": 50, "trained": true,
-     "model_dir": "", "finished": true, "extra": {}}
+     "model_dir": "", "finished": true,
+     "env": {"torch": "2.4.1", "cuda": "12.1", "cudnn": 90100, "device": "NVIDIA A100-SXM4-40GB",
+             "precision": "amp (bf16 autocast)", "deterministic": false, "backbone": "ViT-B/16", "world_size": 1},
+     "cost": {"trainable_params": 8192, "train_time_s": 312.4, "epochs_timed": 50, "epoch_time_s": 6.2,
+              "peak_memory_mb": 3021.5, "peak_memory_kind": "cuda_max_allocated", "eval_time_s": 21.7},
+     "extra": {}}
+
+`env` and `cost` (mmpt.experiments.run_cost) say what the run ran on and what it cost: train_time_s is the wall
+time of trainer.train() less its final test (epochs, validation, checkpoints), epoch_time_s the mean wall time
+of the epochs this process ran (a resumed run times only its own), eval_time_s the final test's wall time, and
+peak memory CUDA's peak allocated memory, or the process's peak RSS on the CPU (getrusage: for the whole process,
+so in-process callers that run several runs see the largest so far). An evaluation records no train time.
 
 Adding a field: give it a default in RunResult (an older record then reads with that default) and keep
 RECORD_VERSION unless a field changes meaning. A record holding fields this code does not know reads with them
@@ -24,6 +35,9 @@ from dassl.errors import RunError
 
 RESULT_FILE = "result.json"
 RECORD_VERSION = 1
+# env.track of a method that declares no `track` attribute; tables keep other tracks (a method's declared
+# `track`, e.g. "transductive") in tables of their own, never beside published numbers
+STANDARD_TRACK = "standard"
 
 
 @dataclass
@@ -45,6 +59,8 @@ class RunResult:
     trained: bool = False  # True: this run trained the model; False: an evaluation (--eval-only)
     model_dir: str = ""  # --model-dir of an evaluation
     finished: bool = True
+    env: dict = field(default_factory=dict)  # versions, device, precision, deterministic (run_cost.environment)
+    cost: dict = field(default_factory=dict)  # params, times, peak memory (run_cost.CostMeter); {}: not measured
     extra: dict = field(default_factory=dict)  # fields of a newer writer that this code does not know
     version: int = RECORD_VERSION
 
@@ -100,12 +116,14 @@ def is_finished(run_dir):
     return result is not None and result.finished
 
 
-def run_result(cfg, config_file, metrics, epoch, trained, model_dir=""):
-    """The RunResult of a run of config `cfg` (built from `config_file`) whose evaluator returned `metrics`."""
+def run_result(cfg, config_file, metrics, epoch, trained, model_dir="", env=None, cost=None):
+    """The RunResult of a run of config `cfg` (built from `config_file`) whose evaluator returned `metrics`;
+    env / cost: mmpt.experiments.run_cost's."""
     metrics = {name: float(value) for name, value in metrics.items()}
     config = osp.splitext(osp.basename(config_file or ""))[0]
     return RunResult(trainer=cfg.TRAINER.NAME, config=config, dataset=cfg.DATASET.NAME, seed=int(cfg.SEED),
                      shots=int(cfg.DATASET.NUM_SHOTS), subsample=cfg.DATASET.SUBSAMPLE_CLASSES, split=cfg.TEST.SPLIT,
                      accuracy=metrics.get("accuracy", float("nan")), error_rate=metrics.get("error_rate", float("nan")),
                      macro_f1=metrics.get("macro_f1", float("nan")), metrics=metrics,
-                     epoch=None if epoch is None else int(epoch), trained=bool(trained), model_dir=model_dir or "")
+                     epoch=None if epoch is None else int(epoch), trained=bool(trained), model_dir=model_dir or "",
+                     env=dict(env or {}), cost=dict(cost or {}))
