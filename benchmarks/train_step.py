@@ -13,8 +13,9 @@ reference implementations' computation: 77-token text tower and CLIP's own nn.Mu
 
 --method-loss times the method's own training step (its declared training_outputs and loss terms, as
 PromptTrainer runs them: MMRL's read-out CE and cosine terms, KgCoOp / TCP's knowledge-guided term) instead of
-the cross-entropy of the "itm" logits. "frozen-block cache off" (methods whose first text input is deep: MMRL,
-MMA) is the official code's shape: the whole text tower every step.
+the cross-entropy of the "itm" logits. "frozen blocks every step (official)" (methods whose first text input is
+deep: MMRL, MMA) is the official code's shape: the whole text tower every step, and (MMRL) the frozen image pass
+on all its blocks instead of from the prompted pass's states before its first input.
 
 --limit adds the physical limit of a step: the image tower's forward (+ backward where visual prompts learn) on
 the batch, plus the text tower's forward + backward on the class prompts with the prefix shared, each timed
@@ -58,7 +59,7 @@ def lever_configs(device, chunk_size, cpu_bf16):
     return configs
 
 
-FULL_TEXT_PASS = "frozen-block cache off (full text pass)"
+FULL_TEXT_PASS = "frozen blocks every step (official)"
 
 
 class StepBench:
@@ -282,7 +283,7 @@ def report(trainer_name, n_classes, bench, times, memory):
     print(harness.format_table(headers, rows))
     if FULL_TEXT_PASS in times:
         print(f"=> {trainer_name} {n_classes} classes: the frozen text blocks 1..{bench.first_text_input} once per "
-              f"class list: the official code's shape (full text pass every step) takes "
+              f"class list (and frozen image blocks shared): the official code's shape (full passes every step) takes "
               f"{wall[FULL_TEXT_PASS] / wall['all on']:.2f}x the wall time, {cpu[FULL_TEXT_PASS] / cpu['all on']:.2f}x "
               f"the CPU time")
     if "shared prefix off" in times:

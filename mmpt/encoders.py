@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from mmpt.blocks import (at_layer, check_schedule_length, expand_prompt, layer_ops, prompt_count, run_tower,
                          splice_region)
-from mmpt.frozen_blocks import FrozenBlockCache, first_input_layer
+from mmpt.frozen_blocks import FrozenBlockCache, LeadingImageStates, first_input_layer
 from mmpt.shared_prefix import (PackedSuffixes, check_shared_prompt_tokens, run_block_with_prefix,
                                 shared_prefix_length)
 
@@ -256,13 +256,22 @@ def check_placeholders(schedule):
 class PromptedImageEncoder(nn.Module):
     """CLIP's image tower with prompts. images [B, 3, H, W] -> features [B, embed_dim] (not normalised).
     `with_region` also returns the prompt region's tokens after the last block, before ln_post ([B, k, d]).
-    ResNet backbones run clip's own `visual` and accept no prompts."""
+    ResNet backbones run clip's own `visual` and accept no prompts. A pass whose first input is at block s > 0
+    keeps the states entering block s; a later pass on the same images that feeds nothing before s starts there
+    (mmpt.frozen_blocks.LeadingImageStates: exact, the same operations on the same tensors)."""
 
-    def __init__(self, clip_model, checkpoint=False):
+    def __init__(self, clip_model, checkpoint=False, share_leading_blocks=True):
         super().__init__()
         self.visual = clip_model.visual
         self.is_vit = hasattr(self.visual, "class_embedding")
         self.checkpoint = checkpoint
+        self.share_leading_blocks = share_leading_blocks
+        self.leading_states = LeadingImageStates()  # never in the state dict
+
+    def leading_weights(self, first):
+        visual = self.visual
+        return [visual.conv1.weight, visual.class_embedding, visual.positional_embedding, visual.ln_pre.weight,
+                visual.ln_pre.bias, *(p for block in list(visual.transformer.resblocks)[:first] for p in block.parameters())]
 
     def forward(self, images, schedule=NO_PROMPTS):
         return self.with_region(images, schedule)[0]
@@ -276,7 +285,14 @@ class PromptedImageEncoder(nn.Module):
                 raise ValueError("visual prompts and adapters need a ViT backbone; this CLIP has a ResNet image tower")
             features = visual(images.to(visual.conv1.weight.dtype))
             return features, features.new_zeros(features.shape[0], 0, features.shape[-1])
-        check_schedule_length(schedule, len(visual.transformer.resblocks), "vision")
+        blocks = visual.transformer.resblocks
+        check_schedule_length(schedule, len(blocks), "vision")
+        first = first_input_layer(schedule, len(blocks))
+        kept = self.leading_states.take(images, first, self.leading_weights) if self.share_leading_blocks else None
+        if kept is not None:  # blocks 0..s-1 ran on these images in an earlier pass; nothing is fed before s here
+            x, k = run_tower(blocks, kept[1], schedule, lambda x, k: x.shape[1] - k, 0, causal=False,
+                             use_checkpoint=self.checkpoint, first_layer=kept[0])
+            return visual.ln_post(x[:, 0]) @ visual.proj.to(x.dtype), x[:, x.shape[1] - k:]
         # the residual stream stays fp32 under autocast, as the text tower's does (autocast still runs the blocks'
         # matmuls in bf16 / fp16); an fp16 CLIP (weights kept in half) stays fp16
         x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # [B, grid**2, d]
@@ -287,6 +303,12 @@ class PromptedImageEncoder(nn.Module):
         if shallow is not None:
             x = torch.cat([x, expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)], dim=1)
         x = visual.ln_pre(x)
-        x, k = run_tower(visual.transformer.resblocks, x, schedule, lambda x, k: x.shape[1] - k,
-                         prompt_count(shallow), causal=False, use_checkpoint=self.checkpoint)
+        region_start, k = (lambda x, k: x.shape[1] - k), prompt_count(shallow)
+        if 0 < first < len(blocks):
+            x = run_tower(blocks, x, schedule, region_start, k, causal=False, use_checkpoint=self.checkpoint,
+                          end_layer=first)[0]
+            if self.share_leading_blocks:
+                self.leading_states.keep(images, first, x, self.leading_weights(first))
+        x, k = run_tower(blocks, x, schedule, region_start, k, causal=False, use_checkpoint=self.checkpoint,
+                         first_layer=first if 0 < first < len(blocks) else 0)
         return visual.ln_post(x[:, 0]) @ visual.proj.to(x.dtype), x[:, x.shape[1] - k:]

@@ -63,3 +63,29 @@ class FrozenBlockCache:
             with torch.inference_mode(False), torch.no_grad():
                 self.states[key] = compute()
         return self.states[key]
+
+
+class LeadingImageStates:
+    """The image tower's states entering block s of the last prompted pass whose first input is at s > 0, kept
+    for a later pass on the same image tensor that feeds nothing before block s either (MMRL's frozen CLIP image
+    features of the batch: blocks 0..s-1 are shared with the prompted pass instead of run twice). One slot; it
+    holds the images themselves, so their identity and in-place version identify them."""
+
+    def __init__(self):
+        self.slot = None
+
+    def keep(self, images, first, state, weights):
+        if not any(w.requires_grad for w in weights) and not torch.is_inference_mode_enabled():
+            self.slot = (images, images._version, first, state.detach(), weight_signature(weights),
+                         autocast_state(images.device))
+
+    def take(self, images, first, weights_of):
+        """(s, states entering block s) kept for these images with s <= first (the pass's first input), else None."""
+        if self.slot is None:
+            return None
+        kept, version, kept_first, state, signature, autocast = self.slot
+        if not (kept is images and version == images._version and 0 < kept_first <= first):
+            return None
+        if signature != weight_signature(weights_of(kept_first)) or autocast != autocast_state(images.device):
+            return None
+        return kept_first, state

@@ -3,16 +3,18 @@ first text input is deep (MMRL's representation tokens, MMA's adapters) the stat
 computed once per class list. Logits and gradients over two training steps are bit-identical to the full pass on
 every encoder path (plain, shared prefix, chunks, checkpointing, per prompt set) and under autocast; the leading
 blocks do not run again while the class list, the weights and the autocast state are unchanged, and run again
-when one of them changes; nothing enters the state dict; a method with a shallow prompt (TCP) is not cached."""
+when one of them changes; nothing enters the state dict; a method with a shallow prompt (TCP) is not cached.
+The image tower's counterpart: MMRL's frozen image pass starts from its prompted pass's states."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mmpt
 import trainers  # noqa: F401  (declares the methods)
-from mmpt.encoders import TowerSchedule
+from mmpt.encoders import PromptedImageEncoder, TowerSchedule
 from mmpt.frozen_blocks import first_input_layer
 from tests.e2e import small_clip_model
+from trainers.mmrl import MMRL
 
 CLASSNAMES = ["dog", "golden_retriever", "sea lion", "cat", "tabby cat", "great white shark", "owl"]
 METHODS = {
@@ -153,3 +155,31 @@ def test_per_prompt_set_path_equals_the_full_pass(small_clip):
     full = encoder.with_options(cache_frozen_blocks=False).per_prompt_set(ids, schedule)
     assert torch.equal(ours, full) and torch.equal(again, full)
     assert torch.equal(grad, torch.autograd.grad(full.sum(), sets)[0])
+
+
+def test_frozen_image_pass_starts_from_the_prompted_pass(small_clip):
+    """MMRL's frozen CLIP image features of the batch start from the prompted pass's states before its first
+    input (blocks 0..s-1 run once per step): equal to a full frozen pass bit for bit; not reused for images changed
+    in place or under another autocast state."""
+    model = build(small_clip, "MMRL")
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    full = PromptedImageEncoder(small_clip, share_leading_blocks=False)  # on the same blocks: references first
+    with torch.no_grad():
+        expected = F.normalize(full(images).float(), dim=-1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected_bf16 = F.normalize(full(images).float(), dim=-1)
+        expected_halved = F.normalize(full(images * 0.5).float(), dim=-1)
+    runs = []
+    model.image_encoder.visual.transformer.resblocks[0].ln_1.register_forward_hook(lambda *a: runs.append(1))
+    outputs = MMRL.training_outputs(model, images, torch.tensor([0, 1, 2]))
+    assert len(runs) == 1  # the prompted pass; the frozen one started at block s
+    assert torch.equal(outputs.extra["frozen_image"], expected)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(model.frozen.image_features(model, images), expected_bf16)
+        assert len(runs) == 2
+        model.outputs(images)  # the same images again, in fp32: from the first pass's states
+        assert len(runs) == 2
+        images.mul_(0.5)
+        assert torch.equal(model.frozen.image_features(model, images), expected_halved)
+        assert len(runs) == 3
