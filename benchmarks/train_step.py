@@ -17,6 +17,9 @@ the cross-entropy of the "itm" logits. "frozen blocks every step (official)" (me
 deep: MMRL, MMA) is the official code's shape: the whole text tower every step, and (MMRL) the frozen image pass
 on all its blocks instead of from the prompted pass's states before its first input.
 
+--limit --frozen-image adds a third tower to the limit, CLIP's image tower forward without prompts on all its blocks
+(MMRL's loss needs the frozen image features of the batch).
+
 --limit adds the physical limit of a step: the image tower's forward (+ backward where visual prompts learn) on
 the batch, plus the text tower's forward + backward on the class prompts with the prefix shared, each timed
 alone (prompts as leaf tensors, nothing else); the step is reported as a multiple of their sum.
@@ -169,10 +172,17 @@ class StepBench:
                 for p in self.model.sentences.passes(prompts)]
         sum(f.float().sum() for f in features).backward()
 
-    def limit_steps(self):
+    def frozen_image_tower_alone(self):
+        """CLIP's image tower without prompts on the batch, forward only, all its blocks (MMRL's frozen features)."""
+        self.switch.install(Levers(cache_frozen_blocks=False), self.device)
+        with torch.no_grad(), precision_context(Levers(), self.device):
+            self.model.image_encoder(self.images)
+
+    def limit_steps(self, frozen_image=False):
         self.switch.install(Levers(), self.device)
         self.fixed_prompts()
-        return {IMAGE_ALONE: self.image_tower_alone, TEXT_ALONE: self.text_tower_alone}
+        steps = {IMAGE_ALONE: self.image_tower_alone, TEXT_ALONE: self.text_tower_alone}
+        return {**steps, FROZEN_IMAGE_ALONE: self.frozen_image_tower_alone} if frozen_image else steps
 
     def text_lengths(self):
         """"<truncated> / 77" tokens: the text tower's sequence length with and without lever 1."""
@@ -192,7 +202,8 @@ class StepBench:
 
 IMAGE_ALONE = "limit: image tower alone"
 TEXT_ALONE = "limit: text tower alone (prefix shared)"
-LIMIT = "physical limit (sum of the two)"
+FROZEN_IMAGE_ALONE = "limit: frozen image tower alone (forward)"
+LIMIT = "physical limit (sum of the towers)"
 
 
 def parse_args(argv=None):
@@ -204,6 +215,8 @@ def parse_args(argv=None):
     parser.add_argument("--only", nargs="+", default=None, help="run only these configurations (names as printed)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--limit", action="store_true", help="also time the physical limit (each tower alone)")
+    parser.add_argument("--frozen-image", action="store_true",
+                        help="with --limit: the frozen image tower's forward is a third tower of the step (MMRL)")
     parser.add_argument("--method-loss", action="store_true",
                         help="time the method's own training step (its declared outputs and loss terms)")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the CPU memory child
@@ -264,7 +277,7 @@ def report(trainer_name, n_classes, bench, times, memory):
     """Table of median wall / CPU time and peak memory per configuration, relative to "all on"."""
     wall = {name: harness.median(t["wall"]) for name, t in times.items()}
     cpu = {name: harness.median(t["cpu"]) for name, t in times.items()}
-    limit_parts = [name for name in (IMAGE_ALONE, TEXT_ALONE) if name in times]
+    limit_parts = [name for name in (IMAGE_ALONE, TEXT_ALONE, FROZEN_IMAGE_ALONE) if name in times]
     if limit_parts:
         for clock in (wall, cpu):
             clock[LIMIT] = sum(clock[name] for name in limit_parts)
@@ -292,7 +305,9 @@ def report(trainer_name, n_classes, bench, times, memory):
     if limit_parts:
         print(f"=> {trainer_name} {n_classes} classes: step = {wall['all on'] / wall[LIMIT]:.2f}x the physical limit "
               f"(wall), {cpu['all on'] / cpu[LIMIT]:.2f}x (CPU time); limit = image tower alone "
-              f"{cpu[IMAGE_ALONE]:.2f} + text tower alone {cpu[TEXT_ALONE]:.2f} CPU s")
+              f"{cpu[IMAGE_ALONE]:.2f} + text tower alone {cpu[TEXT_ALONE]:.2f}"
+              + (f" + frozen image tower alone {cpu[FROZEN_IMAGE_ALONE]:.2f}" if FROZEN_IMAGE_ALONE in cpu else "")
+              + " CPU s")
     reference = "all off (reference)"
     if reference in times:
         line = (f"=> {trainer_name} {n_classes} classes: all levers on / all off = {wall['all on'] / wall[reference]:.2f} "
@@ -320,7 +335,8 @@ def main(argv=None):
         for n_classes in args.classes:
             bench = StepBench(trainer_name, n_classes, clip_model, args)
             bench_configs = bench.applicable(configs)
-            steps = {**bench.steps(bench_configs), **(bench.limit_steps() if args.limit else {})}
+            steps = {**bench.steps(bench_configs),
+                     **(bench.limit_steps(args.frozen_image) if args.limit else {})}
             print(f"\n{trainer_name}, {n_classes} classes: timing {len(steps)} configurations")
             times = harness.time_interleaved(steps, args.repeats, args.warmup, args.device)
             memory = measure_memory(args, trainer_name, n_classes, bench, bench_configs)
