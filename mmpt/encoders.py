@@ -288,27 +288,27 @@ class PromptedImageEncoder(nn.Module):
         blocks = visual.transformer.resblocks
         check_schedule_length(schedule, len(blocks), "vision")
         first = first_input_layer(schedule, len(blocks))
+        start = first if 0 < first < len(blocks) else 0  # blocks 0..start-1 receive nothing from the schedule
+        region_start = lambda x, k: x.shape[1] - k  # noqa: E731
         kept = self.leading_states.take(images, first, self.leading_weights) if self.share_leading_blocks else None
         if kept is not None:  # blocks 0..s-1 ran on these images in an earlier pass; nothing is fed before s here
-            x, k = run_tower(blocks, kept[1], schedule, lambda x, k: x.shape[1] - k, 0, causal=False,
-                             use_checkpoint=self.checkpoint, first_layer=kept[0])
-            return visual.ln_post(x[:, 0]) @ visual.proj.to(x.dtype), x[:, x.shape[1] - k:]
-        # the residual stream stays fp32 under autocast, as the text tower's does (autocast still runs the blocks'
-        # matmuls in bf16 / fp16); an fp16 CLIP (weights kept in half) stays fp16
-        x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # [B, grid**2, d]
-        x = x.to(visual.conv1.weight.dtype)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        shallow = at_layer(schedule.prompts, 0)
-        if shallow is not None:
-            x = torch.cat([x, expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)], dim=1)
-        x = visual.ln_pre(x)
-        region_start, k = (lambda x, k: x.shape[1] - k), prompt_count(shallow)
-        if 0 < first < len(blocks):
-            x = run_tower(blocks, x, schedule, region_start, k, causal=False, use_checkpoint=self.checkpoint,
-                          end_layer=first)[0]
-            if self.share_leading_blocks:
-                self.leading_states.keep(images, first, x, self.leading_weights(first))
+            (start, x), k = kept, 0
+        else:
+            # the residual stream stays fp32 under autocast, as the text tower's does (autocast still runs the
+            # blocks' matmuls in bf16 / fp16); an fp16 CLIP (weights kept in half) stays fp16
+            x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # [B, grid**2, d]
+            x = x.to(visual.conv1.weight.dtype)
+            cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+            shallow = at_layer(schedule.prompts, 0)
+            if shallow is not None:
+                x = torch.cat([x, expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)], dim=1)
+            x, k = visual.ln_pre(x), prompt_count(shallow)
+            if start:
+                x = run_tower(blocks, x, schedule, region_start, k, causal=False, use_checkpoint=self.checkpoint,
+                              end_layer=start)[0]
+                if self.share_leading_blocks:
+                    self.leading_states.keep(images, start, x, self.leading_weights(start))
         x, k = run_tower(blocks, x, schedule, region_start, k, causal=False, use_checkpoint=self.checkpoint,
-                         first_layer=first if 0 < first < len(blocks) else 0)
+                         first_layer=start)
         return visual.ln_post(x[:, 0]) @ visual.proj.to(x.dtype), x[:, x.shape[1] - k:]
