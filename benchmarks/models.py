@@ -104,10 +104,13 @@ class Levers:
     chunk_size: int = 0  # lever 5: text tower on this many classes at a time (0: all at once)
     checkpoint: bool = False  # lever 5: activation checkpointing in the text tower
     precision: str = "default"  # lever 4: "default" (our PREC amp), "fp32", "bf16", or "fp16" (reference on CUDA)
+    # the text tower's frozen leading blocks once per class list (MMRL, MMA), the image tower's shared by the
+    # prompted and the frozen pass of a step (MMRL); False: the full passes every step, as the official code
+    cache_frozen_blocks: bool = True
 
     @staticmethod
     def reference():
-        return Levers(truncate=False, share_prefix=False, sdpa=False, precision="reference")
+        return Levers(truncate=False, share_prefix=False, sdpa=False, precision="reference", cache_frozen_blocks=False)
 
     def but(self, **changes):
         return replace(self, **changes)
@@ -153,8 +156,10 @@ class LeverSwitch:
         # assigning a registered submodule through nn.Module.__setattr__ keeps the trainable parameters unchanged
         self.model.text_encoder, self.model.image_encoder = text, image
         if levers.sdpa or self.reference is self.ours:
+            image.share_leading_blocks = levers.cache_frozen_blocks
             text.options = TextOptions(truncate=levers.truncate, chunk_size=levers.chunk_size,
-                                       checkpoint=levers.checkpoint, share_prefix=levers.share_prefix)
+                                       checkpoint=levers.checkpoint, share_prefix=levers.share_prefix,
+                                       cache_frozen_blocks=levers.cache_frozen_blocks)
             return self.model
         text.truncate = levers.truncate
         if levers.chunk_size or levers.checkpoint or levers.share_prefix:

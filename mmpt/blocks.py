@@ -107,10 +107,13 @@ def check_schedule_length(schedule, n_layers, tower):
             raise ValueError(f"{tower} {name}: {len(entries)} layers given, the tower has {n_layers}")
 
 
-def run_tower(blocks, x, schedule, region_start, k, causal, use_checkpoint):
-    """Blocks with the schedule's per-layer remove / append ops (layer 0's prompts are already in x) and
-    adapters. `region_start(x, k)` gives where the k-token prompt region begins. Returns (output, region size)."""
+def run_tower(blocks, x, schedule, region_start, k, causal, use_checkpoint, first_layer=0, end_layer=None):
+    """Blocks first_layer..end_layer-1 (default: all) with the schedule's per-layer remove / append ops (layer 0's
+    prompts are already in x) and adapters; x enters block first_layer. `region_start(x, k)` gives where the
+    k-token prompt region begins. Returns (output, region size)."""
     for layer, block in enumerate(blocks):
+        if layer < first_layer or (end_layer is not None and layer >= end_layer):
+            continue
         if layer >= 1:
             added, removed = layer_ops(schedule.prompts, schedule.remove, layer)
             if added is not None or removed:

@@ -11,8 +11,8 @@ Each encoder takes plain tensors and one `TowerSchedule`: what goes into the tow
 - Prompt region: text = positions [1, 1 + k); vision = the last k tokens.
 - Each prompt is [n, d] (shared by every sequence / image) or [N, n, d] (one per sequence / image).
 
-The text tower's levers (`TextOptions`: truncation, chunks, checkpointing, the shared prefix) are set once on
-the encoder; all are exact.
+The text tower's levers (`TextOptions`: truncation, chunks, checkpointing, the shared prefix, the frozen-block
+cache) are set once on the encoder; all are exact.
 """
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from mmpt.blocks import (at_layer, check_schedule_length, expand_prompt, layer_ops, prompt_count, run_tower,
                          splice_region)
+from mmpt.frozen_blocks import FrozenBlockCache, LeadingImageStates, first_input_layer
 from mmpt.shared_prefix import (PackedSuffixes, check_shared_prompt_tokens, run_block_with_prefix,
                                 shared_prefix_length)
 from mmpt.towers import TextTower, VisionTower, project, text_tower_of, vision_tower_of
@@ -60,12 +61,15 @@ class TextOptions:
     """The text tower's levers, all exact. share_prefix: the tokens every sequence shares (up to the first
     differing position) run once, each sequence's suffix runs to its own EOT (mmpt.shared_prefix); falls back to
     the plain pass where it does not apply. truncate: the plain pass runs on max EOT index + 1 tokens instead
-    of 77. chunk_size: k sequences per pass (0 = all). checkpoint: activation checkpointing per block."""
+    of 77. chunk_size: k sequences per pass (0 = all). checkpoint: activation checkpointing per block.
+    cache_frozen_blocks: when the schedule's first input is at layer s > 0 (and before the last), the hidden states
+    entering block s are computed once per class list and reused (mmpt.frozen_blocks)."""
 
     truncate: bool = True
     chunk_size: int = 0
     checkpoint: bool = False
     share_prefix: bool = True
+    cache_frozen_blocks: bool = True
 
 
 class PromptedTextEncoder(nn.Module):
@@ -86,6 +90,7 @@ class PromptedTextEncoder(nn.Module):
         self.text_projection = tower.projection
         self.pooling, self.causal = tower.pooling, tower.causal
         self.options = options
+        self.frozen_block_cache = FrozenBlockCache()  # never in the state dict
 
     @property
     def options(self):
@@ -119,6 +124,7 @@ class PromptedTextEncoder(nn.Module):
         options = self.options
         n_seq = token_ids.shape[0]
         step = options.chunk_size or n_seq
+        first = self.cached_layers(token_ids, schedule)
         chunks = []
         for begin in range(0, n_seq, step):
             rows = slice(begin, begin + step)
@@ -126,10 +132,29 @@ class PromptedTextEncoder(nn.Module):
             prefix_length = options.share_prefix and shared_prefix_length(
                 chunk_ids, chunk.prompts, chunk.remove, shared_prompt_tokens=chunk.shared_prompt_tokens)
             if prefix_length:
-                chunks.append(self.encode_shared(chunk_ids, chunk, prefix_length, n_sets=1)[0])
+                chunks.append(self.encode_shared(chunk_ids, chunk, prefix_length, n_sets=1,
+                                                 cached=(first, begin))[0])
             else:
-                chunks.append(self.encode(chunk_ids, chunk))
+                chunks.append(self.encode(chunk_ids, chunk, cached=(first, begin)))
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def cached_layers(self, token_ids, schedule):
+        """s when the states entering block s come from the frozen-block cache (bound to these token ids), else 0."""
+        blocks = self.transformer.resblocks
+        first = first_input_layer(schedule, len(blocks)) if self.options.cache_frozen_blocks else 0
+        if not 0 < first < len(blocks):
+            return 0
+        weights = [self.token_embedding.weight, self.positional_embedding,
+                   *(p for block in list(blocks)[:first] for p in block.parameters())]
+        return first if self.frozen_block_cache.bind(token_ids, weights) else 0
+
+    def leading_states(self, cached, layout, compute):
+        """compute() (the states entering block s, from blocks 0..s-1), through the cache when `cached` = (s, first
+        row) has s > 0; the layout (path, shapes, truncation) is part of the key."""
+        first, begin = cached or (0, 0)
+        if not first:
+            return compute(0)
+        return self.frozen_block_cache.get((first, begin, self.options.truncate) + layout, lambda: compute(first))
 
     def per_prompt_set(self, token_ids, schedule):
         """Every sequence of token_ids [N, 77] under each of G prompt sets -> features [G, N, E].
@@ -149,7 +174,9 @@ class PromptedTextEncoder(nn.Module):
             return torch.stack([self(token_ids, schedule.for_set(g)) for g in range(n_sets)])
         n_seq = token_ids.shape[0]
         step = max(1, options.chunk_size // n_sets) if options.chunk_size else n_seq
-        return torch.cat([self.encode_shared(token_ids[begin: begin + step], schedule, prefix_length, n_sets)
+        first = self.cached_layers(token_ids, schedule)
+        return torch.cat([self.encode_shared(token_ids[begin: begin + step], schedule, prefix_length, n_sets,
+                                             cached=(first, begin))
                           for begin in range(0, n_seq, step)], dim=1)
 
     def embed(self, token_ids, shallow):
@@ -177,48 +204,68 @@ class PromptedTextEncoder(nn.Module):
             return torch.full_like(token_ids[:, 0], token_ids.shape[1] - 1)
         return token_ids.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
 
-    def encode(self, token_ids, schedule):
-        """The plain pass: every sequence on all its tokens (up to max pooled position + 1 when truncating)."""
+    def encode(self, token_ids, schedule, cached=None):
+        """The plain pass: every sequence on all its tokens (up to max pooled position + 1 when truncating).
+        `cached` = (s, first row): the states entering block s come from the frozen-block cache (s = 0: none)."""
         eot, pooled = token_ids.argmax(dim=-1), self.pooled_positions(token_ids)
         if self.options.truncate:
             token_ids = token_ids[:, : int(pooled.max()) + 1]
         shallow = at_layer(schedule.prompts, 0)
         self.check_shallow_fits(shallow, eot)
         n_shallow = prompt_count(shallow)
-        x = self.embed(token_ids, shallow)
-        x, k = run_tower(self.transformer.resblocks, x, schedule, lambda x, k: 1, n_shallow,
-                         causal=self.causal, use_checkpoint=self.options.checkpoint)
+        blocks, use_checkpoint, causal = self.transformer.resblocks, self.options.checkpoint, self.causal
+
+        def leading(first):  # blocks 0..first-1 receive nothing from the schedule when first > 0
+            x = self.embed(token_ids, shallow)
+            return run_tower(blocks, x, schedule, lambda x, k: 1, n_shallow, causal=causal,
+                             use_checkpoint=use_checkpoint, end_layer=first)[0] if first else x
+        x = self.leading_states(cached, ("plain", tuple(token_ids.shape)), leading)
+        x, k = run_tower(blocks, x, schedule, lambda x, k: 1, n_shallow, causal=causal, use_checkpoint=use_checkpoint,
+                         first_layer=(cached or (0,))[0])
         return self.project(x[torch.arange(x.shape[0], device=x.device), pooled + (k - n_shallow)])
 
-    def encode_shared(self, token_ids, schedule, prefix_length, n_sets):
+    def encode_shared(self, token_ids, schedule, prefix_length, n_sets, cached=None):
         """The shared-prefix pass -> [G, N, E]. The prefix (length `prefix_length`, from shared_prefix_length)
-        runs as G rows (G = n_sets prompt sets; 1 unless grouped); the N suffixes packed, G times."""
+        runs as G rows (G = n_sets prompt sets; 1 unless grouped); the N suffixes packed, G times. `cached`: as
+        `encode`'s."""
         prompts, remove = schedule.prompts, schedule.remove
         eot, pooled = token_ids.argmax(dim=-1), self.pooled_positions(token_ids)
         shallow = at_layer(prompts, 0)
         self.check_shallow_fits(shallow, eot)
         ends = pooled + 1 if self.options.truncate else torch.full_like(eot, token_ids.shape[1])
         token_ids = token_ids[:, : int(ends.max())]
-        per_row_shallow = n_sets == 1 and shallow is not None and shallow.dim() == 3
-        rows = self.embed(token_ids, shallow if per_row_shallow else None)  # [N, L, d]
-        if per_row_shallow:
-            prefix = rows[:1, :prefix_length]
-        else:
-            prefix = self.embed(token_ids[:1, :prefix_length].expand(n_sets, -1), shallow)  # [G, p, d]
         layout = PackedSuffixes(ends, prefix_length, pooled)
-        suffixes = layout.pack(rows[:, prefix_length:]).unsqueeze(0).expand(n_sets, -1, -1)  # [G, T, d]
+        blocks = list(self.transformer.resblocks)
         k = prompt_count(shallow)
-        for layer, block in enumerate(self.transformer.resblocks):
-            if layer >= 1:
-                added, removed = layer_ops(prompts, remove, layer)
-                if added is not None or removed:  # the prompt region [1, 1 + k) lies inside the prefix
-                    prefix, k = splice_region(prefix, 1, k, added, removed)
-            adapter = at_layer(schedule.adapters, layer)
-            if self.options.checkpoint and torch.is_grad_enabled():
-                prefix, suffixes = activation_checkpoint(run_block_with_prefix, block, prefix, suffixes, layout,
-                                                         adapter, use_reentrant=False)
+
+        def run(prefix, suffixes, k, layers):
+            for layer in layers:
+                block = blocks[layer]
+                if layer >= 1:
+                    added, removed = layer_ops(prompts, remove, layer)
+                    if added is not None or removed:  # the prompt region [1, 1 + k) lies inside the prefix
+                        prefix, k = splice_region(prefix, 1, k, added, removed)
+                adapter = at_layer(schedule.adapters, layer)
+                if self.options.checkpoint and torch.is_grad_enabled():
+                    prefix, suffixes = activation_checkpoint(run_block_with_prefix, block, prefix, suffixes, layout,
+                                                             adapter, use_reentrant=False)
+                else:
+                    prefix, suffixes = run_block_with_prefix(block, prefix, suffixes, layout, adapter)
+            return prefix, suffixes, k
+
+        def leading(first):  # the embedded prefix and suffixes, through blocks 0..first-1
+            per_row_shallow = n_sets == 1 and shallow is not None and shallow.dim() == 3
+            rows = self.embed(token_ids, shallow if per_row_shallow else None)  # [N, L, d]
+            if per_row_shallow:
+                prefix = rows[:1, :prefix_length]
             else:
-                prefix, suffixes = run_block_with_prefix(block, prefix, suffixes, layout, adapter)
+                prefix = self.embed(token_ids[:1, :prefix_length].expand(n_sets, -1), shallow)  # [G, p, d]
+            suffixes = layout.pack(rows[:, prefix_length:]).unsqueeze(0).expand(n_sets, -1, -1)  # [G, T, d]
+            return run(prefix, suffixes, k, range(first))[:2]
+        first = (cached or (0,))[0]
+        prefix, suffixes = self.leading_states(cached, ("shared", tuple(token_ids.shape), prefix_length, n_sets),
+                                               leading)
+        prefix, suffixes, k = run(prefix, suffixes, k, range(first, len(blocks)))
         return self.project(suffixes[:, layout.eot])
 
 
@@ -234,14 +281,23 @@ class PromptedImageEncoder(nn.Module):
     """CLIP's image tower with prompts. images [B, 3, H, W] -> features [B, embed_dim] (not normalised).
     `with_region` also returns the prompt region's tokens after the last block, before ln_post ([B, k, d]).
     ResNet backbones run their own `visual` and accept no prompts. The feature is the class token's, or the mean
-    of the patch tokens (the tower's `pooling`; prompt tokens never enter the mean)."""
+    of the patch tokens (the tower's `pooling`; prompt tokens never enter the mean). A pass whose first input is at
+    block s > 0 keeps the states entering block s; a later pass on the same images that feeds nothing before s
+    starts there (mmpt.frozen_blocks.LeadingImageStates: exact, the same operations on the same tensors)."""
 
-    def __init__(self, clip_model, checkpoint=False):
+    def __init__(self, clip_model, checkpoint=False, share_leading_blocks=True):
         super().__init__()
         tower = vision_tower_of(clip_model)
         self.visual = tower.visual
         self.is_vit, self.pooling, self.norm_after_pool = tower.is_vit, tower.pooling, tower.norm_after_pool
         self.checkpoint = checkpoint
+        self.share_leading_blocks = share_leading_blocks
+        self.leading_states = LeadingImageStates()  # never in the state dict
+
+    def leading_weights(self, first):
+        visual = self.visual
+        return [visual.conv1.weight, visual.class_embedding, visual.positional_embedding, *visual.ln_pre.parameters(),
+                *(p for block in list(visual.transformer.resblocks)[:first] for p in block.parameters())]
 
     def vision_tower(self):
         return VisionTower(self.visual, self.is_vit, self.pooling, self.norm_after_pool)
@@ -258,19 +314,32 @@ class PromptedImageEncoder(nn.Module):
                 raise ValueError("visual prompts and adapters need a ViT backbone; this CLIP has a ResNet image tower")
             features = visual(images.to(visual.conv1.weight.dtype))
             return features, features.new_zeros(features.shape[0], 0, features.shape[-1])
-        check_schedule_length(schedule, len(visual.transformer.resblocks), "vision")
-        # the residual stream stays fp32 under autocast, as the text tower's does (autocast still runs the blocks'
-        # matmuls in bf16 / fp16); an fp16 CLIP (weights kept in half) stays fp16
-        x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # [B, grid**2, d]
-        x = x.to(visual.conv1.weight.dtype)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        shallow = at_layer(schedule.prompts, 0)
-        if shallow is not None:
-            x = torch.cat([x, expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)], dim=1)
-        x = visual.ln_pre(x)
-        x, k = run_tower(visual.transformer.resblocks, x, schedule, lambda x, k: x.shape[1] - k,
-                         prompt_count(shallow), causal=False, use_checkpoint=self.checkpoint)
+        blocks = visual.transformer.resblocks
+        check_schedule_length(schedule, len(blocks), "vision")
+        first = first_input_layer(schedule, len(blocks))
+        start = first if 0 < first < len(blocks) else 0  # blocks 0..start-1 receive nothing from the schedule
+        region_start = lambda x, k: x.shape[1] - k  # noqa: E731
+        kept = self.leading_states.take(images, first, self.leading_weights) if self.share_leading_blocks else None
+        if kept is not None:  # blocks 0..s-1 ran on these images in an earlier pass; nothing is fed before s here
+            (start, x), k = kept, 0
+        else:
+            # the residual stream stays fp32 under autocast, as the text tower's does (autocast still runs the
+            # blocks' matmuls in bf16 / fp16); an fp16 CLIP (weights kept in half) stays fp16
+            x = visual.conv1(images.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)  # [B, grid**2, d]
+            x = x.to(visual.conv1.weight.dtype)
+            cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+            shallow = at_layer(schedule.prompts, 0)
+            if shallow is not None:
+                x = torch.cat([x, expand_prompt(shallow, x.shape[0], x.shape[-1]).to(x.dtype)], dim=1)
+            x, k = visual.ln_pre(x), prompt_count(shallow)
+            if start:
+                x = run_tower(blocks, x, schedule, region_start, k, causal=False, use_checkpoint=self.checkpoint,
+                              end_layer=start)[0]
+                if self.share_leading_blocks:
+                    self.leading_states.keep(images, start, x, self.leading_weights(start))
+        x, k = run_tower(blocks, x, schedule, region_start, k, causal=False, use_checkpoint=self.checkpoint,
+                         first_layer=start)
         return project(visual.proj, self.pool(x, k)), x[:, x.shape[1] - k:]
 
     def pool(self, x, k):

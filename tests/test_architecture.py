@@ -138,7 +138,8 @@ def test_the_method_package_is_imported_by_name_with_a_one_line_error_elsewhere(
 
 # the prompt mechanics, bottom up: each module imports only the ones before it (and torch); the contract
 # (mmpt.prompted_clip) sits on top of the encoders, and methods never reach below the encoders' block mechanics
-PROMPT_MECHANICS = ("mmpt.towers", "mmpt.blocks", "mmpt.shared_prefix", "mmpt.encoders", "mmpt.prompted_clip")
+PROMPT_MECHANICS = ("mmpt.towers", "mmpt.blocks", "mmpt.frozen_blocks", "mmpt.shared_prefix", "mmpt.encoders",
+                    "mmpt.prompted_clip")
 
 
 def test_prompt_mechanics_are_layered():

@@ -4,6 +4,8 @@ against the plain pass under autocast, and training end to end with PREC amp and
 Skipped when MMPT_TEST_DEVICE is unset; MMPT_TEST_DEVICE=cpu runs the same checks with CPU autocast."""
 import clip
 import pytest
+
+import mmpt
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +38,11 @@ def models(clip_model):
         "CoCoOp": cocoop.CoCoOpCLIP(clip_model, CLASSNAMES, trainer_node(cocoop, "COCOOP", CTX_INIT="a photo of a")),
         "MPL text schedule": mpl.MPLCLIP(clip_model, CLASSNAMES, trainer_node(
             mpl, "MPL", N_CTX=2, PROMPT_DEPTH=3, TEXT_N_ADD_OP=[2, 2], TEXT_N_RM_OP=[1, 3])),
+        # class prompts at a middle layer; representation tokens from block 2 (the frozen-block cache) and the
+        # read-out head. (MMA under autocast: tests/test_mma.py, test_precision.py and the end-to-end run below)
+        "TCP": mmpt.create_model("TCP", clip_model, CLASSNAMES, INJECT_LAYER=2, PREC="fp32"),
+        "MMRL": mmpt.create_model("MMRL", clip_model, CLASSNAMES, N_REP_TOKENS=3, REP_DIM=16, REP_LAYERS=[2, 3],
+                                  TEMPLATE="a photo of a {}.", PREC="fp32"),
     }
     for model in built.values():
         with torch.no_grad():
@@ -54,7 +61,9 @@ def logits_and_gradients(model, share_prefix, dtype=None):
     with autocast(dtype) if dtype else torch.autocast(DEVICE.type, enabled=False):
         logits = model(images())
     F.cross_entropy(logits.float(), torch.tensor([0, 3], device=DEVICE)).backward()
-    return logits.detach().float(), {n: p.grad.float() for n, p in model.prompt_learner.named_parameters()}
+    # (MMRL's read-out projection gets no gradient from the "itm" logits)
+    return logits.detach().float(), {n: p.grad.float() for n, p in model.prompt_learner.named_parameters()
+                                     if p.grad is not None}
 
 
 @pytest.mark.parametrize("precision", [None, "bf16", "fp16"])
@@ -115,14 +124,19 @@ def test_autocast_keeps_residual_streams_and_logits_fp32(small_clip, precision):
 
 @pytest.mark.parametrize("prec", ["amp", "fp16"])
 @pytest.mark.parametrize("trainer, config", [("CoOp", "vit_b16_ep50.yaml"), ("MaPLe", "vit_b16_c2_ep5_batch4_2ctx.yaml"),
-                                             ("MMA", "vit_b16_ep5.yaml")])
+                                             ("MMA", "vit_b16_ep5.yaml"), ("TCP", "vit_b16_c4_ep50_batch32.yaml"),
+                                             ("MMRL", "vit_b16.yaml")])
 def test_training_end_to_end_on_the_device(tmp_path, trainer, config, prec):
-    node = {"CoOp": "COOP", "MaPLe": "MAPLE", "MMA": "MMA"}[trainer]
+    node = {"CoOp": "COOP", "MaPLe": "MAPLE", "MMA": "MMA", "TCP": "TCP", "MMRL": "MMRL"}[trainer]
     opts = ["USE_CUDA", str(DEVICE.type == "cuda"), f"TRAINER.{node}.PREC", prec]
     if trainer == "MaPLe":
         opts += ["TRAINER.MAPLE.PROMPT_DEPTH", "2"]  # the tiny backbone has 2 layers
     if trainer == "MMA":  # adapters on both blocks of the tiny backbone; gradient scaling under the GradScaler
         opts += ["TRAINER.MMA.ADAPTER_START", "1", "TRAINER.MMA.ADAPTER_END", "2"]
+    if trainer == "TCP":  # class prompts before the second block
+        opts += ["TRAINER.TCP.INJECT_LAYER", "1"]
+    if trainer == "MMRL":  # representation tokens in block 2; its four loss terms
+        opts += ["TRAINER.MMRL.REP_LAYERS", "[2]", "TRAINER.MMRL.REP_DIM", "16", "OPTIM.WARMUP_EPOCH", "0"]
     _, log, trained = run_train(tmp_path, trainer, config_path(trainer, config), opts=opts, return_trainer=True)
     assert trained.device.type == DEVICE.type
     assert "Finish training" in log and "* accuracy:" in log

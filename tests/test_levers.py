@@ -170,7 +170,7 @@ def test_trainer_evaluation_computes_class_features_once(tmp_path):
     model = trainer.model
     calls = []
     original_class_features = model.class_features
-    model.class_features = lambda *args: calls.append(1) or original_class_features(*args)
+    model.class_features = lambda *args, **kwargs: calls.append(1) or original_class_features(*args, **kwargs)
     outputs = []
     original_process = trainer.evaluator.process
     trainer.evaluator.process = lambda output, label: outputs.append(output.clone()) or original_process(output, label)

@@ -10,7 +10,8 @@ import mmpt
 import trainers  # noqa: F401  (declares the methods)
 from dassl.utils import ConfigError
 from mmpt.clip_backbone import build_random_clip, load_clip_by_name
-from tests.e2e import assert_only_prompts_differ, config_from_file, run_train, small_clip_model, trainer_node
+from tests.e2e import (assert_only_prompts_differ, config_from_file, run_train, small_clip_model,
+                       train_killed_in_epoch_2, trainer_node)
 from trainers import tcp
 
 CLASSNAMES = ["banded", "golden_retriever", "sea lion of the north", "cat", "tabby cat"]
@@ -239,15 +240,22 @@ def test_create_model_and_hand_written_features_not_saved(small_clip):
 
 
 # ---------------------------------------------------------------- end to end
-TINY = ("TRAINER.TCP.INJECT_LAYER", "1")  # the tiny backbone has 2 text layers
+TINY = ("TRAINER.TCP.INJECT_LAYER", "1", "TRAIN.CHECKPOINT_FREQ", "1")  # the tiny backbone has 2 text layers
 
 
-def test_base_to_new_end_to_end(tmp_path):
-    """Train on the base half through train.py (official config, tiny backbone): Adam at eps 1e-3, only the
-    prompt learner moves, the step's loss equals the restatement on CLIP's own code; then the new half, whose
-    class prompts come from the new classes' t0 through the trained TKE."""
-    train_dir, log, trainer = run_train(tmp_path, "TCP", CONFIG, dataset="OxfordPets", subsample="base", opts=TINY,
-                                        return_trainer=True)
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """2 epochs on the base half of OxfordPets through train.py (official config, tiny backbone)."""
+    tmp_path = tmp_path_factory.mktemp("tcp")
+    return (tmp_path, *run_train(tmp_path, "TCP", CONFIG, dataset="OxfordPets", subsample="base", opts=TINY,
+                                 return_trainer=True))
+
+
+def test_base_to_new_end_to_end(base_run):
+    """Train on the base half through train.py: Adam at eps 1e-3, only the prompt learner moves, the step's loss
+    equals the restatement on CLIP's own code; then the new half, whose class prompts come from the new classes'
+    t0 through the trained TKE."""
+    tmp_path, train_dir, log, trainer = base_run
     assert "Finish training" in log and "* accuracy:" in log and "loss_kg" in log
     assert "Trainable parameters:" in log and "of which: context" in log
     assert trainer.optim.param_groups[0]["eps"] == 1e-3 and isinstance(trainer.optim, torch.optim.Adam)
@@ -282,3 +290,16 @@ def test_base_to_new_end_to_end(tmp_path):
     expected_t0 = tcp_reference(clip_model, params, RELEASE_SENTENCES["OxfordPets"], RELEASE_TEMPLATES["OxfordPets"],
                                 new_names, batch["img"], batch["label"] % len(new_names), layer=1)["t0"]
     torch.testing.assert_close(evaluator.model.hand_written_class_features(), expected_t0, atol=1e-6, rtol=0)
+
+
+def test_kill_and_resume_end_bit_identical(base_run):
+    """Killed in epoch 2 (after epoch 1's checkpoint), restarted into the same folder: the resumed run ends with
+    the uninterrupted run's context and TKE, bit for bit (Adam's state and the RNG resumed with them)."""
+    tmp_path, _, _, uninterrupted = base_run
+    output_dir = tmp_path / "output" / "killed"
+    train_killed_in_epoch_2(tmp_path, tcp.TCP, CONFIG, output_dir, dataset="OxfordPets", subsample="base", opts=TINY)
+    resumed = run_train(tmp_path, "TCP", CONFIG, dataset="OxfordPets", subsample="base", opts=TINY,
+                        output_dir=output_dir, return_trainer=True)[2]
+    assert resumed.start_epoch == 1
+    for ours, expected in zip(learner_tensors(resumed.model), learner_tensors(uninterrupted.model)):
+        assert torch.equal(ours, expected)
