@@ -20,7 +20,9 @@ from dassl.utils import (
     collect_env_info, distributed, remove_temp_files, set_random_seed, setup_logger,
 )
 from mmpt.data.image_check import check_run_images
-from mmpt.experiments.config import get_parser, reset_cfg, setup_cfg  # noqa: F401  (train.setup_cfg for callers)
+from mmpt.experiments.config import (  # noqa: F401  (train.setup_cfg for callers)
+    check_inputs, get_parser, reset_cfg, setup_cfg,
+)
 from mmpt.experiments.record import run_result, write_result
 from mmpt.run_folder import (  # noqa: F401  (OutputDirInUseError: train.OutputDirInUseError for callers)
     OutputDirInUseError, RunInterrupted, check_config, interrupt_on_stop_signals, locked_output_dir, record_config,
@@ -45,6 +47,7 @@ def print_args(args, cfg):
 def main(args):
     """Run training and/or evaluation; returns the trainer (trainer.test_result: the last test accuracy)."""
     cfg = setup_cfg(args)
+    check_inputs(cfg)  # a mistake stops here: nothing built, printed at length or written
     distributed.init_from_env(use_cuda=cfg.USE_CUDA)  # under torchrun / SLURM tasks; a plain run: no-op
     if not distributed.is_main_process():  # rank 0 locks, checks and records the folder, writes the log
         with distributed.quiet():

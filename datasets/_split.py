@@ -37,7 +37,8 @@ def require_path(path, dataset_name, root, what="dataset folder"):
     if not osp.exists(path):
         raise DatasetNotFoundError(
             f"{dataset_name}: {what} not found: {path} (DATASET.ROOT={root}); prepare it with "
-            f"`python -m mmpt.data_prep --root {root} --datasets {dataset_name}` (see the README's Datasets section)")
+            f"`python -m mmpt.data_prep --root {root} --datasets {dataset_name}` (see docs/DATASETS.md, section "
+            f"Preparing the data)")
     return path
 
 
@@ -264,6 +265,15 @@ class SplitDataset(DatasetBase):
         self.locate(cfg)
         train, val, test = self.load_split()
         self.finish(cfg, train, val, test)
+
+    @classmethod
+    def check_present(cls, cfg):
+        """The first check __init__ makes (the dataset folder exists), run before anything is built or printed at
+        length; a subclass that finds or makes its folder otherwise (the toy world, one's own yaml) is not
+        checked here."""
+        if cls.__init__ is SplitDataset.__init__ and cls.locate is SplitDataset.locate:
+            root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT))
+            require_path(osp.join(root, cls.dataset_dir), cls.__name__, root)
 
     def locate(self, cfg):
         """Set dataset_dir, image_dir, split_path and split_fewshot_dir."""

@@ -76,6 +76,38 @@ def setup_cfg(args):
     return cfg
 
 
+def check_inputs(cfg):
+    """What a run is given, checked before anything is built, printed at length or written (train.py calls it
+    first): the trainer's name and options, the backbone's name (and, for real CLIP weights named by
+    MODEL.BACKBONE.PATH, the file), the dataset's name and folder. A mistake is one ConfigError line, the last
+    one the run prints; nothing is created."""
+    from dassl.data.datasets import DATASET_REGISTRY
+    from dassl.engine.build import TRAINER_REGISTRY
+    from dassl.utils.registry import UnknownNameError, closest_name_hint
+    from mmpt.clip_backbone import check_backbone_name, find_clip_file, real_backbone_names
+
+    name = cfg.TRAINER.NAME
+    if name not in TRAINER_REGISTRY:
+        available = TRAINER_REGISTRY.registered_names()
+        raise UnknownNameError(f"Unknown trainer '{name}' (TRAINER.NAME / --trainer).{closest_name_hint(name, available)}"
+                               f" Available: {sorted(available)}")
+    trainer_class = TRAINER_REGISTRY.get(name)
+    cfg_node = getattr(trainer_class, "cfg_node", None)
+    if cfg_node and cfg_node in cfg.TRAINER and hasattr(trainer_class, "config_from_node"):
+        trainer_class.config_from_node(cfg.TRAINER[cfg_node])  # the method's own value checks
+    check_backbone_name(cfg.MODEL.BACKBONE.NAME)
+    if cfg.MODEL.BACKBONE.PATH and cfg.MODEL.BACKBONE.NAME in real_backbone_names():
+        find_clip_file(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)  # a named file must be there
+    dataset = cfg.DATASET.NAME
+    if dataset not in DATASET_REGISTRY:
+        available = DATASET_REGISTRY.registered_names()
+        raise UnknownNameError(f"Unknown dataset '{dataset}' (DATASET.NAME).{closest_name_hint(dataset, available)} "
+                               f"Available: {sorted(available)}")
+    check_present = getattr(DATASET_REGISTRY.get(dataset), "check_present", None)
+    if check_present is not None:
+        check_present(cfg)
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, raise_errors=False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -107,7 +139,8 @@ def get_parser(raise_errors=False):
     parser.add_argument("--head", type=str, default="", help="name of the head")
     parser.add_argument("--eval-only", action="store_true", help="evaluation only")
     parser.add_argument("--model-dir", type=str, default="", help="load the model from this directory for eval-only")
-    parser.add_argument("--load-epoch", type=int, help="load the weights of this epoch (default: model-best)")
+    parser.add_argument("--load-epoch", type=int, help="load the weights of this epoch (default: the last epoch "
+                        "found in --model-dir)")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="modify config options using the command line (KEY VALUE pairs)")

@@ -33,6 +33,7 @@ from datetime import datetime
 
 from dassl.errors import ConfigError
 from dassl.utils import atomic_write
+from dassl.utils.registry import closest_name_hint
 from mmpt import run_folder
 from mmpt.experiments import layout
 
@@ -50,7 +51,8 @@ def resolve_trainer(name):
     try:
         return names[name.lower()]
     except KeyError:
-        raise ValueError(f"mmpt.sweep: unknown trainer '{name}' (known: {', '.join(declared)})") from None
+        raise ValueError(f"unknown trainer '{name}' (--trainers).{closest_name_hint(name, declared)} "
+                         f"Known: {', '.join(declared)}") from None
 
 
 def protocol_stages(protocol, trainer, datasets, shots_list):
@@ -69,7 +71,7 @@ def protocol_stages(protocol, trainer, datasets, shots_list):
         targets = datasets or (layout.XD_TARGETS if protocol == "xd" else layout.DG_TARGETS)
         source = [("xd_test", layout.SOURCE_DATASET, 16)] if zero_shot else [("xd_train", layout.SOURCE_DATASET, 16)]
         return source + [("xd_test", d, 16) for d in targets if not (zero_shot and d == layout.SOURCE_DATASET)]
-    raise ValueError(f"mmpt.sweep: unknown protocol '{protocol}' (known: {', '.join(PROTOCOLS)})")
+    raise ValueError(f"unknown protocol '{protocol}' (known: {', '.join(PROTOCOLS)})")
 
 
 def expand_grid(trainers, protocols, datasets=None, seeds=(1, 2, 3), shots=(1, 2, 4, 8, 16), cfg=None,
