@@ -124,8 +124,16 @@ def recorded_config(run_dir):
     path = osp.join(run_dir, CONFIG_FILE)
     if not osp.isfile(path):
         return None
+    import yaml
+
     with open(path, encoding="utf-8") as f:
-        return config_values(f.read())
+        text = f.read()
+    try:
+        return config_values(text)
+    except (yaml.YAMLError, AttributeError) as error:  # cut or edited by hand; AttributeError: not a mapping
+        first = " ".join(str(error).split())[:100]
+        raise RunError(f"{path} does not parse as a config ({type(error).__name__}: {first}); it records what this "
+                       f"folder's run was: restore it, or delete the folder {run_dir} to start again") from None
 
 
 def config_differences(recorded, requested):

@@ -107,8 +107,14 @@ class Manifest:
         self.path = osp.join(output_root, MANIFEST_NAME)
         self.data = {"command": command, "updated": now(), "jobs": OrderedDict()}
         if osp.isfile(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                old = json.load(f)
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    old = json.load(f)
+                old.get("jobs", {}).items()
+            except (ValueError, AttributeError) as error:  # cut (an old, non-atomic write) or edited by hand
+                raise ConfigError(f"{self.path} does not parse ({type(error).__name__}: {error}); it records the "
+                                  f"jobs of earlier sweeps into {output_root}: restore it, or delete it (finished "
+                                  f"runs are found again from their folders)") from None
             self.data["jobs"].update(old.get("jobs", {}))  # keep the records of jobs outside this grid
         self.data["command"] = command
 
