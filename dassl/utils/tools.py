@@ -97,6 +97,29 @@ def collect_env_info():
     return "\n".join(lines)
 
 
+def available_cpus():
+    """The CPUs this process may run on (its affinity mask: a SLURM or taskset share), else the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_capped_worker_counts = set()  # (requested, cpus) already reported by this process
+
+
+def capped_worker_count(requested, key="DATALOADER.NUM_WORKERS"):
+    """`requested` DataLoader workers, at most one per available CPU (more only compete for the same cores; the
+    worker count changes no result). Says so in one line, once per process and value."""
+    cpus = available_cpus()
+    if requested <= cpus:
+        return requested
+    if (requested, cpus) not in _capped_worker_counts:
+        _capped_worker_counts.add((requested, cpus))
+        print(f"Note: {key}={requested} but this process may use {cpus} CPU(s): using {cpus} worker(s)")
+    return cpus
+
+
 def listdir_nohidden(path, sort=False):
     """List non-hidden entries of a directory."""
     items = [f for f in os.listdir(path) if not f.startswith(".")]
@@ -121,7 +144,7 @@ def to_rgb(img):
         return img.convert("RGB")
     samples = np.asarray(img).astype(np.float64)
     grey = np.clip(np.rint(samples * (255.0 / ((1 << bits) - 1))), 0, 255).astype(np.uint8)
-    return Image.fromarray(grey, mode="L").convert("RGB")
+    return Image.fromarray(grey).convert("RGB")  # uint8 2-D: mode L
 
 
 def read_image(path):

@@ -10,7 +10,6 @@ import fails with one line saying so.
 """
 import argparse
 import importlib
-import warnings
 
 from dassl.config import get_cfg_default
 from dassl.errors import ConfigError
@@ -20,15 +19,13 @@ METHOD_PACKAGE = "trainers"  # the repository's method package: importing it dec
 
 def import_method_package():
     """Import the method package (declaring every method, MMPT_TRAINER_MODULES' included); returns it."""
-    with warnings.catch_warnings():  # clip's import warns about pkg_resources: noise on the scripts' stderr
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-        try:
-            return importlib.import_module(METHOD_PACKAGE)
-        except ModuleNotFoundError as error:
-            if error.name != METHOD_PACKAGE:
-                raise  # the package exists but one of its own imports failed: keep the traceback
-            raise ConfigError(f"cannot import the method package '{METHOD_PACKAGE}': run from the repository root "
-                              f"or put the repository on PYTHONPATH") from None
+    try:  # (clip's pkg_resources warning is silenced where mmpt is imported: mmpt/__init__.py)
+        return importlib.import_module(METHOD_PACKAGE)
+    except ModuleNotFoundError as error:
+        if error.name != METHOD_PACKAGE:
+            raise  # the package exists but one of its own imports failed: keep the traceback
+        raise ConfigError(f"cannot import the method package '{METHOD_PACKAGE}': run from the repository root "
+                          f"or put the repository on PYTHONPATH") from None
 
 
 def default_max_epoch():
