@@ -26,7 +26,7 @@ from mmpt.experiments.config import (  # noqa: F401  (train.setup_cfg for caller
 from mmpt.experiments.record import run_result, write_result
 from mmpt.run_folder import (  # noqa: F401  (OutputDirInUseError: train.OutputDirInUseError for callers)
     OutputDirInUseError, RunInterrupted, check_config, interrupt_on_stop_signals, locked_output_dir, record_config,
-    stop_signal_received,
+    remove_refused_run_folder, stop_signal_received,
 )
 
 import datasets  # noqa: F401  (registers the datasets)
@@ -52,16 +52,22 @@ def main(args):
     if not distributed.is_main_process():  # rank 0 locks, checks and records the folder, writes the log
         with distributed.quiet():
             return run(cfg, args)
-    with locked_output_dir(cfg.OUTPUT_DIR):
-        try:
-            prepare_run_folder(cfg)
-            return run(cfg, args)
-        except BaseException as error:
-            # Ctrl-C, SIGTERM, and whatever else broke because of them (a DataLoader worker killed by the same
-            # signal): one line that says how to resume
-            if isinstance(error, KeyboardInterrupt) or stop_signal_received():
-                raise RunInterrupted(cfg.OUTPUT_DIR, stop_signal_received() or signal.SIGINT) from None
-            raise
+    new_folder = not os.path.exists(cfg.OUTPUT_DIR)
+    try:
+        with locked_output_dir(cfg.OUTPUT_DIR):
+            try:
+                prepare_run_folder(cfg)
+                return run(cfg, args)
+            except BaseException as error:
+                # Ctrl-C, SIGTERM, and whatever else broke because of them (a DataLoader worker killed by the same
+                # signal): one line that says how to resume
+                if isinstance(error, KeyboardInterrupt) or stop_signal_received():
+                    raise RunInterrupted(cfg.OUTPUT_DIR, stop_signal_received() or signal.SIGINT) from None
+                raise
+    except ConfigError as error:
+        if new_folder and not isinstance(error, RunInterrupted):
+            remove_refused_run_folder(cfg.OUTPUT_DIR)  # its error line says it all; a rerun starts clean
+        raise
 
 
 def prepare_run_folder(cfg):

@@ -127,6 +127,28 @@ def folder_in_use(output_dir, lock_name=LOCK_FILE):
     return False
 
 
+# files a run that stops before its first checkpoint leaves (what train.py writes at start)
+REFUSED_RUN_FILES = {CONFIG_FILE, LOCK_FILE, "log.txt"}
+
+
+def remove_refused_run_folder(run_dir):
+    """Remove the folder a run created and that holds nothing but its start files (a run refused in one line
+    before its first checkpoint: a bad option found when the model was built, a NaN loss in epoch 1). Any other
+    file (a checkpoint, the list of unreadable images) keeps the folder. Returns whether it was removed."""
+    try:
+        names = set(os.listdir(run_dir))
+    except OSError:
+        return False
+    if not names <= REFUSED_RUN_FILES or holds_results(run_dir):
+        return False
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(osp.join(run_dir, name))
+    with contextlib.suppress(OSError):  # another process may have started writing into it meanwhile
+        os.rmdir(run_dir)
+    return not osp.exists(run_dir)
+
+
 # ----------------------------------------------------------------------------- recorded config
 def config_values(cfg_yaml_text):
     """{dotted key: value} of a dumped config (yacs' cfg.dump() text, or the text of config.yaml)."""

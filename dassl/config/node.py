@@ -24,18 +24,17 @@ def dotted_keys(node, prefix=""):
     return keys
 
 
-def _describe_yacs_error(err, node):
-    """One line of a yacs error. yacs words an unknown key differently for files ('Non-existent config key') and
-    lists ('Non-existent key'): both become 'Non-existent config key: A.B', with the closest existing key."""
+def _describe_yacs_error(err, node, where):
+    """One line of a yacs error, `where` it came from. yacs words an unknown key differently for files
+    ('Non-existent config key') and lists ('Non-existent key'): both become 'Non-existent config key: A.B
+    (where); did you mean <the closest existing key>?'."""
     msg = " ".join((str(err.args[0]) if err.args else str(err)).split())
     unknown = _UNKNOWN_KEY.match(msg)
-    if unknown:
-        key = unknown.group(1)
-        msg = f"Non-existent config key: {key}"
-        close = closest_name(key, dotted_keys(node), cutoff=0.6)
-        if close:
-            msg += f" (did you mean {close}?)"
-    return msg
+    if not unknown:
+        return f"{msg} ({where})"
+    key = unknown.group(1)
+    close = closest_name(key, dotted_keys(node), cutoff=0.6)
+    return f"Non-existent config key: {key} ({where})" + (f"; did you mean {close}?" if close else "")
 
 
 class CfgNode(_YacsCfgNode):
@@ -56,7 +55,7 @@ class CfgNode(_YacsCfgNode):
         except FileNotFoundError:
             raise ConfigKeyError(f"Config file not found: {cfg_filename}") from None
         except (KeyError, ValueError, AssertionError, TypeError) as e:
-            raise ConfigKeyError(f"{_describe_yacs_error(e, self)} (in config file {cfg_filename})") from None
+            raise ConfigKeyError(_describe_yacs_error(e, self, f"in config file {cfg_filename}")) from None
         except Exception as e:  # yaml syntax errors and the like
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigKeyError(f"Cannot parse config file {cfg_filename}: {first}") from None
@@ -71,4 +70,4 @@ class CfgNode(_YacsCfgNode):
                 super().merge_from_list([key, value])
             except (KeyError, ValueError, AssertionError, TypeError) as e:
                 raise ConfigKeyError(
-                    f"{_describe_yacs_error(e, self)} (in command-line option '{key} {value}')") from None
+                    _describe_yacs_error(e, self, f"in command-line option '{key} {value}'")) from None

@@ -90,11 +90,11 @@ def check_inputs(cfg):
                                f" Available: {sorted(available)}")
     trainer_class = TRAINER_REGISTRY.get(name)
     cfg_node = getattr(trainer_class, "cfg_node", None)
-    if cfg_node and cfg_node in cfg.TRAINER and hasattr(trainer_class, "config_from_node"):
+    if cfg_node and cfg_node in cfg.TRAINER and hasattr(trainer_class, "config_from_node"):  # a prompt trainer
         trainer_class.config_from_node(cfg.TRAINER[cfg_node])  # the method's own value checks
-    check_backbone_name(cfg.MODEL.BACKBONE.NAME)
-    if cfg.MODEL.BACKBONE.PATH and cfg.MODEL.BACKBONE.NAME in real_backbone_names():
-        find_clip_file(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)  # a named file must be there
+        check_backbone_name(cfg.MODEL.BACKBONE.NAME)
+        if cfg.MODEL.BACKBONE.PATH and cfg.MODEL.BACKBONE.NAME in real_backbone_names():
+            find_clip_file(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)  # a named file must be there
     dataset = cfg.DATASET.NAME
     if dataset not in DATASET_REGISTRY:
         available = DATASET_REGISTRY.registered_names()
