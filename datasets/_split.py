@@ -212,7 +212,8 @@ def read_cache(path):
         problem = "holds no few-shot split"
     except Exception as error:  # noqa: BLE001  (a cut pickle raises EOFError, UnpicklingError, ValueError, ...)
         problem = f"does not unpickle ({type(error).__name__}: {' '.join(str(error).split())[:80]})"
-    warnings.warn(f"few-shot cache {path} {problem} (truncated?): sampling the shots again and rewriting it")
+    warnings.warn(f"few-shot cache {path} {problem} (truncated?): sampling the shots again and rewriting it (drawn "
+                  f"from this run's random state, they may differ from the shots earlier runs of this seed used)")
     return None
 
 
