@@ -365,3 +365,26 @@ def test_sweep_killed_with_sigkill_and_restarted_at_once_ends_every_job_done_onc
     assert str(orphan) not in (tmp_path / "a" / "finished.txt").read_text()  # the killed sweep's job died with it
     with pytest.raises(ProcessLookupError):
         os.kill(orphan, 0)
+
+
+def test_restarted_sweep_waits_for_a_job_still_running_and_adopts_its_result(tmp_path):
+    """Where the parent-death signal is missing (or the job ignores it), the job of a killed sweep may still run
+    into its folder: the restarted sweep waits for its lock and counts its result, without running it again."""
+    job = slow_job(tmp_path, "a")
+    os.makedirs(job.output_dir)
+    job_code = job.argv[-1]
+    job.argv[-1] = "open('ran.txt', 'w')"  # never run: the running process finishes the job
+    still_running = subprocess.Popen([sys.executable, "-c", job_code], env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        started = Path(job.output_dir, "started.txt")
+        while not started.exists():
+            time.sleep(0.02)
+        manifest = sweep.Manifest(str(tmp_path), command="test")
+        sweep.prepare([job], manifest)
+        lines = []
+        sweep.LocalRunner(manifest, [None], poll_seconds=0.05, echo=lines.append).run([job])
+    finally:
+        still_running.wait()
+    assert lines[0].startswith(f"[waiting] a (a running process holds {Path(job.output_dir, '.lock')}")
+    assert lines[-1] == "[done] a (finished by the job that was running into its folder)"
+    assert manifest.status("a") == "done" and not Path(layout.REPO_ROOT, "ran.txt").exists()
