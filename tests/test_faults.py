@@ -62,6 +62,8 @@ def test_mistakes_stop_before_anything_is_built_printed_or_written(tmp_path, cap
         ("--trainer", "mudpt"): "Unknown trainer 'mudpt' (TRAINER.NAME / --trainer). Did you mean 'MuDPT'?",
         ("TRAINER.MUDPT.INJECTION", "linaer"): "TRAINER.MUDPT.INJECTION='linaer': expected one of",
         ("MODEL.BACKBONE.NAME", "ViT-B/17"): "MODEL.BACKBONE.NAME='ViT-B/17' is not a CLIP backbone",
+        ("MODEL.BACKBONE.NAME", "ViT-B/16", "MODEL.BACKBONE.PATH", str(tmp_path / "ViT-B-16.pt")):
+            f"MODEL.BACKBONE.PATH: no CLIP checkpoint for ViT-B/16 at {tmp_path / 'ViT-B-16.pt'}",
         ("DATASET.NAME", "OxfordPets"): f"OxfordPets: dataset folder not found: {root / 'oxford_pets'}",
     }
     for extra, expected in cases.items():

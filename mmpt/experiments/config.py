@@ -10,6 +10,7 @@ import fails with one line saying so.
 """
 import argparse
 import importlib
+import os
 
 from dassl.config import get_cfg_default
 from dassl.errors import ConfigError
@@ -75,8 +76,8 @@ def setup_cfg(args):
 
 def check_inputs(cfg):
     """What a run is given, checked before anything is built, printed at length or written (train.py calls it
-    first): the trainer's name and options, the backbone's name (and, for real CLIP weights named by
-    MODEL.BACKBONE.PATH, the file), the dataset's name and folder. A mistake is one ConfigError line, the last
+    first): the trainer's name and options, the backbone's name and, for real CLIP weights, their file (fetched
+    into clip's cache when missing), the dataset's name and folder. A mistake is one ConfigError line, the last
     one the run prints; nothing is created."""
     from dassl.data.datasets import DATASET_REGISTRY
     from dassl.engine.build import TRAINER_REGISTRY
@@ -93,8 +94,11 @@ def check_inputs(cfg):
     if cfg_node and cfg_node in cfg.TRAINER and hasattr(trainer_class, "config_from_node"):  # a prompt trainer
         trainer_class.config_from_node(cfg.TRAINER[cfg_node])  # the method's own value checks
         check_backbone_name(cfg.MODEL.BACKBONE.NAME)
-        if cfg.MODEL.BACKBONE.PATH and cfg.MODEL.BACKBONE.NAME in real_backbone_names():
-            find_clip_file(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)  # a named file must be there
+        # real CLIP weights: the file MODEL.BACKBONE.PATH names, or clip's cache, downloaded there when missing
+        # (one process of a distributed run must not download alongside the others: there the model loads them)
+        single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
+        if cfg.MODEL.BACKBONE.NAME in real_backbone_names() and (cfg.MODEL.BACKBONE.PATH or single_process):
+            find_clip_file(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)
     dataset = cfg.DATASET.NAME
     if dataset not in DATASET_REGISTRY:
         available = DATASET_REGISTRY.registered_names()
