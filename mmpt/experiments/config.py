@@ -79,33 +79,22 @@ def check_inputs(cfg):
     first): the trainer's name and options, the backbone's name and, for real CLIP weights, their file (fetched
     into clip's cache when missing), the dataset's name and folder. A mistake is one ConfigError line, the last
     one the run prints; nothing is created."""
-    from dassl.data.datasets import DATASET_REGISTRY
-    from dassl.engine.build import TRAINER_REGISTRY
-    from dassl.utils.registry import UnknownNameError, closest_name_hint
+    from dassl.data.datasets.build import dataset_class
+    from dassl.engine.build import trainer_class
     from mmpt.clip_backbone import check_backbone_name, find_clip_file, real_backbone_names
 
-    name = cfg.TRAINER.NAME
-    if name not in TRAINER_REGISTRY:
-        available = TRAINER_REGISTRY.registered_names()
-        raise UnknownNameError(f"Unknown trainer '{name}' (TRAINER.NAME / --trainer).{closest_name_hint(name, available)}"
-                               f" Available: {sorted(available)}")
-    trainer_class = TRAINER_REGISTRY.get(name)
-    cfg_node = getattr(trainer_class, "cfg_node", None)
-    if cfg_node and cfg_node in cfg.TRAINER and hasattr(trainer_class, "config_from_node"):  # a prompt trainer
-        trainer_class.config_from_node(cfg.TRAINER[cfg_node])  # the method's own value checks
+    trainer = trainer_class(cfg.TRAINER.NAME)
+    cfg_node = getattr(trainer, "cfg_node", None)
+    if cfg_node and cfg_node in cfg.TRAINER and hasattr(trainer, "config_from_node"):  # a prompt trainer
+        trainer.config_from_node(cfg.TRAINER[cfg_node])  # the method's own value checks
         check_backbone_name(cfg.MODEL.BACKBONE.NAME)
         # real CLIP weights: the file MODEL.BACKBONE.PATH names, or clip's cache, downloaded there when missing
         # (one process of a distributed run must not download alongside the others: there the model loads them)
         single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
         if cfg.MODEL.BACKBONE.NAME in real_backbone_names() and (cfg.MODEL.BACKBONE.PATH or single_process):
             find_clip_file(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)
-    dataset = cfg.DATASET.NAME
-    if dataset not in DATASET_REGISTRY:
-        available = DATASET_REGISTRY.registered_names()
-        raise UnknownNameError(f"Unknown dataset '{dataset}' (DATASET.NAME).{closest_name_hint(dataset, available)} "
-                               f"Available: {sorted(available)}")
-    check_present = getattr(DATASET_REGISTRY.get(dataset), "check_present", None)
-    if check_present is not None:
+    check_present = getattr(dataset_class(cfg.DATASET.NAME), "check_present", None)
+    if check_present is not None:  # the dataset's folder (a loader that makes or finds its own: nothing)
         check_present(cfg)
 
 

@@ -301,9 +301,11 @@ class LocalRunner:
                             continue
                         queue.remove(job)
                         if job.id in waiting and layout.is_done(job.output_dir, job.trains, job.argv):
+                            waiting.discard(job.id)
                             self.manifest.set(job.id, status="done", returncode=0, error=None, finished=now())
                             self.echo(f"[done] {job.id} (finished by the job that was running into its folder)")
                             continue
+                        waiting.discard(job.id)
                         slot = free.pop(0)
                         progress = None
                         if self.progress:
@@ -322,7 +324,6 @@ class LocalRunner:
                 proc.wait()
                 self.manifest.set(job_id, status="failed", returncode=proc.returncode, error="interrupted")
             raise
-
 
     def still_running_elsewhere(self, job, waiting):
         """True while a live train.py holds the job's folder lock (the job of a sweep killed a moment ago, until
