@@ -19,12 +19,14 @@ from dassl.utils import (
 )
 from mmpt.data.image_check import check_run_images
 from mmpt.determinism import set_backend_flags
-from mmpt.experiments.config import get_parser, reset_cfg, setup_cfg  # noqa: F401  (train.setup_cfg for callers)
+from mmpt.experiments.config import (  # noqa: F401  (train.setup_cfg for callers)
+    check_inputs, get_parser, reset_cfg, setup_cfg,
+)
 from mmpt.experiments.record import run_result, write_result
 from mmpt.experiments.run_cost import CostMeter, environment
 from mmpt.run_folder import (  # noqa: F401  (OutputDirInUseError: train.OutputDirInUseError for callers)
     OutputDirInUseError, RunInterrupted, check_config, interrupt_on_stop_signals, locked_output_dir, record_config,
-    stop_signal_received,
+    remove_refused_run_folder, stop_signal_received,
 )
 
 import datasets  # noqa: F401  (registers the datasets)
@@ -45,20 +47,27 @@ def print_args(args, cfg):
 def main(args):
     """Run training and/or evaluation; returns the trainer (trainer.test_result: the last test accuracy)."""
     cfg = setup_cfg(args)
+    check_inputs(cfg)  # a mistake stops here: nothing built, printed at length or written
     distributed.init_from_env(use_cuda=cfg.USE_CUDA)  # under torchrun / SLURM tasks; a plain run: no-op
     if not distributed.is_main_process():  # rank 0 locks, checks and records the folder, writes the log
         with distributed.quiet():
             return run(cfg, args)
-    with locked_output_dir(cfg.OUTPUT_DIR):
-        try:
-            prepare_run_folder(cfg)
-            return run(cfg, args)
-        except BaseException as error:
-            # Ctrl-C, SIGTERM, and whatever else broke because of them (a DataLoader worker killed by the same
-            # signal): one line that says how to resume
-            if isinstance(error, KeyboardInterrupt) or stop_signal_received():
-                raise RunInterrupted(cfg.OUTPUT_DIR, stop_signal_received() or signal.SIGINT) from None
-            raise
+    new_folder = not os.path.exists(cfg.OUTPUT_DIR)
+    try:
+        with locked_output_dir(cfg.OUTPUT_DIR):
+            try:
+                prepare_run_folder(cfg)
+                return run(cfg, args)
+            except BaseException as error:
+                # Ctrl-C, SIGTERM, and whatever else broke because of them (a DataLoader worker killed by the same
+                # signal): one line that says how to resume
+                if isinstance(error, KeyboardInterrupt) or stop_signal_received():
+                    raise RunInterrupted(cfg.OUTPUT_DIR, stop_signal_received() or signal.SIGINT) from None
+                raise
+    except ConfigError as error:
+        if new_folder and not isinstance(error, RunInterrupted):
+            remove_refused_run_folder(cfg.OUTPUT_DIR)  # its error line says it all; a rerun starts clean
+        raise
 
 
 def prepare_run_folder(cfg):

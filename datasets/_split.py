@@ -13,6 +13,7 @@ import os
 import os.path as osp
 import pickle
 import random
+import warnings
 from collections import defaultdict
 
 from PIL import Image
@@ -37,7 +38,8 @@ def require_path(path, dataset_name, root, what="dataset folder"):
     if not osp.exists(path):
         raise DatasetNotFoundError(
             f"{dataset_name}: {what} not found: {path} (DATASET.ROOT={root}); prepare it with "
-            f"`python -m mmpt.data_prep --root {root} --datasets {dataset_name}` (see the README's Datasets section)")
+            f"`python -m mmpt.data_prep --root {root} --datasets {dataset_name}` (see docs/DATASETS.md, section "
+            f"Preparing the data)")
     return path
 
 
@@ -199,6 +201,22 @@ def read_class_folders(image_dir, folder_to_name, ignored=()):
 
 
 # --------------------------------------------------------------------------------------------- few-shot, base/new
+def read_cache(path):
+    """The few-shot cache at `path` ({"train", "val"}), or None with a warning when it does not unpickle (cut by a
+    full disk or a partial copy): the caller samples it again (seeded, the same shots) and rewrites it."""
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+        if isinstance(data, dict) and "train" in data:
+            return data
+        problem = "holds no few-shot split"
+    except Exception as error:  # noqa: BLE001  (a cut pickle raises EOFError, UnpicklingError, ValueError, ...)
+        problem = f"does not unpickle ({type(error).__name__}: {' '.join(str(error).split())[:80]})"
+    warnings.warn(f"few-shot cache {path} {problem} (truncated?): sampling the shots again and rewriting it (drawn "
+                  f"from this run's random state, they may differ from the shots earlier runs of this seed used)")
+    return None
+
+
 def load_or_make_fewshot(dataset, train, val, num_shots, seed, cache_dir):
     """CoOp's few-shot cache: `<cache_dir>/shot_<K>-seed_<S>.pkl` holds {"train", "val"} (val: min(K, 4) per class).
 
@@ -209,10 +227,9 @@ def load_or_make_fewshot(dataset, train, val, num_shots, seed, cache_dir):
     if num_shots < 1:
         return train, val
     path = osp.join(cache_dir, f"shot_{num_shots}-seed_{seed}.pkl")
-    if osp.exists(path):
+    data = read_cache(path) if osp.exists(path) else None
+    if data is not None:
         print(f"Loading preprocessed few-shot data from {path}")
-        with open(path, "rb") as f:
-            data = pickle.load(f)
         check_image_files(data["train"] + list(data.get("val") or []),
                           f"few-shot cache {path} (delete it if the dataset moved)")
         return data["train"], (data.get("val") if val is not None else None)
@@ -264,6 +281,15 @@ class SplitDataset(DatasetBase):
         self.locate(cfg)
         train, val, test = self.load_split()
         self.finish(cfg, train, val, test)
+
+    @classmethod
+    def check_present(cls, cfg):
+        """The first check __init__ makes (the dataset folder exists), run before anything is built or printed at
+        length; a subclass that finds or makes its folder otherwise (the toy world, one's own yaml) is not
+        checked here."""
+        if cls.__init__ is SplitDataset.__init__ and cls.locate is SplitDataset.locate:
+            root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT))
+            require_path(osp.join(root, cls.dataset_dir), cls.__name__, root)
 
     def locate(self, cfg):
         """Set dataset_dir, image_dir, split_path and split_fewshot_dir."""

@@ -8,6 +8,12 @@ the stable commands.
 `mmpt.create_model(name, clip_model, classnames, **fields)` builds any declared method's model (see
 mmpt.methods); it is imported on first use, so that `import mmpt` stays light for the command-line tools.
 """
+import warnings
+
+# clip-anytorch's clip/clip.py imports pkg_resources, which setuptools >= 80 marks deprecated: every run, script
+# and DataLoader worker would print that warning. Only that one warning, raised from clip's own import, is
+# silenced (every module of the repository that imports clip imports mmpt first)
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning, module=r"clip\.clip")
 
 
 def __getattr__(name):

@@ -24,6 +24,7 @@ This class loads CLIP, builds `model_class`, freezes everything outside `prompt_
 CoOp-compatible), trains with the PREC policy and evaluates with the prompts (and, where the text does not
 depend on the image, the class text features) computed once per evaluation.
 """
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -245,6 +246,10 @@ class PromptTrainer(TrainerX):
         with self.precision.autocast():
             outputs = self.training_outputs(self.model, images, labels, self.training_class_features())
         loss, summary = self.training_loss(self.model, self.config, outputs)
+        if not self.scaler.is_enabled():
+            # under fp16 an overflowing step is the GradScaler's to skip (it lowers the scale); elsewhere a
+            # non-finite loss stops the run before the step, so no checkpoint or result holds that state
+            self.check_finite(loss, summary)
         self.backward_and_update(loss)
         if self.batch_idx + 1 == self.num_batches:
             self.update_lr()
@@ -293,6 +298,16 @@ class PromptTrainer(TrainerX):
             groups.append({"params": list(children[name].parameters()), "lr": lr * multiplier})
         return [group for group in groups if group["params"]]
 
+    def check_finite(self, loss, summary):
+        """RunError (one line naming the epoch, the batch and the non-finite loss terms) when the loss is NaN / inf."""
+        if bool(torch.isfinite(loss).all()):
+            return
+        terms = {name: value for name, value in summary.items() if name != "acc"}
+        bad = [f"{name}={value}" for name, value in terms.items() if not math.isfinite(value)]
+        raise RunError(f"non-finite loss at epoch {self.epoch + 1}, batch {self.batch_idx + 1}: {', '.join(bad)}; "
+                       f"training stopped before this step (no checkpoint or result was written from it); lower "
+                       f"OPTIM.LR (now {self.cfg.OPTIM.LR}) and train into a new --output-dir")
+
     @staticmethod
     def loss_weight(config, weight, term):
         """A declared weight: a number, or the name of the config field holding it."""
@@ -316,8 +331,6 @@ class PromptTrainer(TrainerX):
         """model_backward_and_update with the GradScaler (a no-op scaler unless PREC is fp16)."""
         self.optim.zero_grad()
         if not self.scaler.is_enabled():
-            # under fp16 an overflowing step is the GradScaler's to skip (it lowers the scale); elsewhere a
-            # non-finite loss is a bug and stops the run
             self.detect_anomaly(loss)
         self.scaler.scale(loss).backward()
         self.sync_gradients()  # distributed: the global batch's gradient (scaled alike on every rank)

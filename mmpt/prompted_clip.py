@@ -269,7 +269,9 @@ def random_prompts(count, n_tokens, width):
 def check_depth(key, depth, n_layers):
     """A prompt depth must lie in 1..number of layers of that tower."""
     if not (isinstance(depth, int) and 1 <= depth <= n_layers):
-        raise ConfigError(f"{key}={depth!r}: expected an int in 1..{n_layers} (the backbone's number of layers)")
+        raise ConfigError(f"{key}={depth!r}: expected an int in 1..{n_layers} (the backbone's number of layers): "
+                          f"set it to {n_layers} or less, or use a config made for this backbone (toy-ViT: the "
+                          f"toy_demo configs, CFG=toy_demo for the scripts and --cfg toy_demo for the sweep)")
 
 
 def text_width(clip_model):

@@ -32,7 +32,12 @@ from dassl.errors import RunError  # dassl.errors imports nothing (no torch)
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"
 # keys that may differ between runs of one folder: where things are, how much is printed (not what is computed)
-NON_IDENTITY_KEYS = ("OUTPUT_DIR", "RESUME", "DATASET.ROOT", "MODEL.BACKBONE.PATH", "VERBOSE", "TRAIN.PRINT_FREQ")
+# (the one list: run folder names, the config check of a rerun or resume, and the results tables read it); the
+# DataLoader's worker count changes speed only (a run resumes bit-identically with or without workers)
+NON_IDENTITY_KEYS = ("OUTPUT_DIR", "RESUME", "DATASET.ROOT", "MODEL.BACKBONE.PATH", "VERBOSE", "TRAIN.PRINT_FREQ",
+                     "DATALOADER.NUM_WORKERS")
+# last key components that say nothing alone (MODEL.BACKBONE.NAME=toy-ViT is not "NAME=toy-ViT" in a folder name)
+GENERIC_KEY_NAMES = ("NAME", "PATH", "SIZE", "TYPE", "MODE", "BATCH_SIZE", "SAMPLER", "SPLIT")
 MAX_TAG_SUFFIX = 80  # characters of the readable suffix before it is cut and completed with a hash
 RESULT_LINE = "* accuracy:"
 
@@ -72,16 +77,17 @@ def check_output_dir(output_dir):
 
 
 @contextlib.contextmanager
-def locked_output_dir(output_dir):
+def locked_output_dir(output_dir, lock_name=LOCK_FILE, holder="train.py", option="--output-dir"):
     """Hold OUTPUT_DIR/.lock for the whole run (see the module docstring); a second live run stops at once.
-    Filesystems without POSIX locks run unlocked."""
+    Filesystems without POSIX locks run unlocked. The sweep locks its output root the same way (`holder`: who
+    holds such a lock, `option`: the flag that picks another folder)."""
     check_output_dir(output_dir)
     try:
         import fcntl
     except ImportError:  # not POSIX
         yield
         return
-    lock_path = osp.join(output_dir, LOCK_FILE)
+    lock_path = osp.join(output_dir, lock_name)
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as error:
@@ -94,11 +100,53 @@ def locked_output_dir(output_dir):
             if error.errno not in (errno.EACCES, errno.EAGAIN):
                 pass  # no lock support here (some network filesystems): run unlocked
             else:
-                raise OutputDirInUseError(f"{output_dir} is in use by another running train.py (lock file "
-                                        f"{lock_path}); wait for it or use another --output-dir") from None
+                raise OutputDirInUseError(f"{output_dir} is in use by another running {holder} (lock file "
+                                          f"{lock_path}); wait for it or use another {option}") from None
         yield
     finally:
         os.close(fd)  # releases the lock (the process's only descriptor of the file)
+
+
+def folder_in_use(output_dir, lock_name=LOCK_FILE):
+    """Whether a live process holds output_dir's lock (a train.py running into it). The caller holds no lock of
+    its own on that file (closing the probe's descriptor would release it)."""
+    lock_path = osp.join(output_dir, lock_name)
+    if not osp.isfile(lock_path):
+        return False
+    try:
+        import fcntl
+        fd = os.open(lock_path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        return error.errno in (errno.EACCES, errno.EAGAIN)
+    finally:
+        os.close(fd)  # also releases the probe's lock
+    return False
+
+
+# files a run that stops before its first checkpoint leaves (what train.py writes at start)
+REFUSED_RUN_FILES = {CONFIG_FILE, LOCK_FILE, "log.txt"}
+
+
+def remove_refused_run_folder(run_dir):
+    """Remove the folder a run created and that holds nothing but its start files (a run refused in one line
+    before its first checkpoint: a bad option found when the model was built, a NaN loss in epoch 1). Any other
+    file (a checkpoint, the list of unreadable images) keeps the folder. Returns whether it was removed."""
+    try:
+        names = set(os.listdir(run_dir))
+    except OSError:
+        return False
+    if not names <= REFUSED_RUN_FILES or holds_results(run_dir):
+        return False
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(osp.join(run_dir, name))
+    with contextlib.suppress(OSError):  # another process may have started writing into it meanwhile
+        os.rmdir(run_dir)
+    return not osp.exists(run_dir)
 
 
 # ----------------------------------------------------------------------------- recorded config
@@ -124,8 +172,16 @@ def recorded_config(run_dir):
     path = osp.join(run_dir, CONFIG_FILE)
     if not osp.isfile(path):
         return None
+    import yaml
+
     with open(path, encoding="utf-8") as f:
-        return config_values(f.read())
+        text = f.read()
+    try:
+        return config_values(text)
+    except (yaml.YAMLError, AttributeError) as error:  # cut or edited by hand; AttributeError: not a mapping
+        first = " ".join(str(error).split())[:100]
+        raise RunError(f"{path} does not parse as a config ({type(error).__name__}: {first}); it records what this "
+                       f"folder's run was: restore it, or delete the folder {run_dir} to start again") from None
 
 
 def config_differences(recorded, requested):
@@ -186,15 +242,31 @@ def option_pairs(opts):
     return dict(zip(opts[0::2], opts[1::2]))
 
 
+def short_key_names(keys):
+    """{key: its name in a folder}: the last component (INJECTION, LR), with as many components before it as make
+    it readable (BACKBONE.NAME, TRAIN_X.BATCH_SIZE) and distinct among `keys` (the full key otherwise)."""
+    def tail(key, n):
+        return ".".join(key.split(".")[-n:])
+
+    names = {}
+    for key in keys:
+        n = 1
+        while n < len(key.split(".")) and (tail(key, n).split(".")[0] in GENERIC_KEY_NAMES or
+                                           sum(tail(other, n) == tail(key, n) for other in keys) > 1):
+            n += 1
+        names[key] = tail(key, n)
+    return names
+
+
 def run_tag(cfg_name, opts=()):
     """The folder name of config `cfg_name` run with the extra KEY VALUE `opts` (see the module docstring)."""
     pairs = {key: value for key, value in option_pairs(opts).items() if key not in NON_IDENTITY_KEYS}
     if not pairs:
         return cfg_name
-    short = [key.split(".")[-1] for key in pairs]
+    names = short_key_names(pairs)
     parts = []
     for key in sorted(pairs):
-        name = key.split(".")[-1] if short.count(key.split(".")[-1]) == 1 else key
+        name = names[key]
         value = re.sub(r"[^A-Za-z0-9._+-]+", "-", pairs[key]).strip("-") or "none"
         parts.append(f"{name}={value}")
     suffix = ",".join(parts)

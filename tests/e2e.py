@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 
 import torch
+
+import mmpt  # noqa: F401  (first: it silences clip's pkg_resources warning, raised by clip's first import)
 from clip.model import CLIP
 
 

@@ -80,7 +80,8 @@ def test_plugin_method_trains_evaluates_and_sweeps(plugin, tmp_path):
     assert "Loading weights to prompt_learner" in log and "* accuracy:" in log
 
     swept = run(["-m", "mmpt.sweep", "--trainers", "toyplugin", "--protocol", "base2new", "--datasets",
-                 "caltech101", "--seeds", "1", "--dry-run", "--output", str(tmp_path / "sweep")], env)
+                 "caltech101", "--seeds", "1", "--dry-run", "--data", str(tmp_path), "--output",
+                 str(tmp_path / "sweep")], env)
     assert swept.returncode == 0, swept.stderr[-3000:]
     assert "base2new/train_base/caltech101/shots_16/ToyPlugin/toy/seed1" in swept.stdout
     assert f"--config-file {folder / 'toy.yaml'}" in swept.stdout and "2 jobs" in swept.stdout
@@ -132,7 +133,8 @@ def test_plugin_method_runs_through_the_generic_scripts_and_records_its_results(
     assert "--model-dir" in done.stdout and result.model_dir.endswith(str(Path("train_base") / tail))
 
     swept = run(["-m", "mmpt.sweep", "--trainers", "ToyPlugin", "--protocol", "base2new", "--datasets",
-                 "caltech101", "--seeds", "1", "--dry-run", "--output", str(out), "--opts", *TINY], env)
+                 "caltech101", "--seeds", "1", "--dry-run", "--data", str(tmp_path), "--output", str(out),
+                 "--opts", *TINY], env)
     assert swept.returncode == 0, swept.stderr[-3000:]
     assert swept.stdout.count("[done]") == 2 and "[todo]" not in swept.stdout
     after = run(["-c", "import subprocess; print(subprocess.run(['git', 'status', '--porcelain'], "

@@ -3,7 +3,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 from torchvision.transforms import Compose, Normalize, Resize, ToTensor
 
-from dassl.utils import distributed, read_image
+from dassl.utils import capped_worker_count, distributed, read_image
 
 from .datasets import build_dataset
 from .samplers import build_sampler
@@ -27,17 +27,18 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
         sampler = build_sampler(sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size,
                                 n_domain=n_domain, n_ins=n_ins)
     dataset_wrapper = DatasetWrapper if dataset_wrapper is None else dataset_wrapper
+    workers = capped_worker_count(cfg.DATALOADER.NUM_WORKERS)
     return DataLoader(
         dataset_wrapper(cfg, data_source, transform=tfm, is_train=is_train),
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        num_workers=workers,
         drop_last=is_train and len(data_source) >= batch_size,
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
         # evaluation loaders keep their workers between evaluations; training loaders re-fork theirs each epoch
         # because a worker's seed is drawn from the main RNG when the epoch starts: that is what makes a resumed
         # run's augmentations equal an uninterrupted run's (persistent workers would carry their own RNG state)
-        persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0 and not is_train,
+        persistent_workers=workers > 0 and not is_train,
         # an evaluation loader draws its worker seed from its own generator, never from the global RNG: with
         # persistent workers it would draw once per run, so a resumed run's RNG (and data order) would drift
         generator=None if is_train else torch.Generator(),

@@ -31,11 +31,23 @@ from dassl.utils.registry import MissingFileError
 from dassl.utils.torchtools import POINTER_FILE, restore_checkpoint
 
 _EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
+BEST_MODEL = "best"  # load_model(directory, epoch=BEST_MODEL): the best-validation model
+BEST_MODEL_FILE = "model-best.pth.tar"
 
 
 def _read_pointer(model_dir):
     with open(osp.join(model_dir, POINTER_FILE), "r") as f:
         return f.readline().strip()
+
+
+def saved_epochs(model_dir):
+    """The epochs of the model.pth.tar-<E> files in model_dir, ascending."""
+    names = os.listdir(model_dir) if osp.isdir(model_dir) else []
+    return sorted(int(m.group(1)) for m in map(_EPOCH_FILE.match, names) if m)
+
+
+def _epoch_list(model_dir):
+    return ", ".join(map(str, saved_epochs(model_dir))) or "none"
 
 
 class TrainerBase:
@@ -141,6 +153,10 @@ class TrainerBase:
         for name in names:
             model_dir = osp.join(directory, name)
             fpath = osp.join(model_dir, fname or _read_pointer(model_dir))
+            if not osp.isfile(fpath):  # a checkpoint deleted by hand: the epochs it held cannot be rebuilt
+                raise RunError(f"{osp.join(model_dir, POINTER_FILE)} names {osp.basename(fpath)}, which is not "
+                               f"there (deleted?); epoch files present: {_epoch_list(model_dir)}; restore it, or "
+                               f"delete {directory} to train from scratch")
             checkpoint = restore_checkpoint(fpath, self._models[name], self._optims[name], self._scheds[name])
             self.check_backbone(checkpoint, fpath)
             self.restore_checkpoint_extra_state(name, checkpoint.get("extra_state"))
@@ -160,15 +176,33 @@ class TrainerBase:
                 self.best_result = val_result
 
     def load_model(self, directory, epoch=None):
-        """Load directory/<name>/model.pth.tar-<epoch> (model-best.pth.tar when epoch is None) into each model."""
+        """Load directory/<name>/model.pth.tar-<epoch> into each model; epoch None: the last epoch file found
+        (model-best.pth.tar when there is none), BEST_MODEL: model-best.pth.tar. A missing model folder or
+        epoch is one line that says what the folder holds."""
         if not directory:
             print("Note that load_model() is skipped as no pretrained model is given")
             return
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-        for name in self.get_model_names():
+        names = self.get_model_names()
+        first_dir = osp.join(directory, names[0])
+        if not osp.isdir(first_dir):
+            raise MissingFileError(f"no trained model in {directory} ({first_dir} does not exist): train it first "
+                                   f"(the training command or script of this evaluation), or pass --model-dir "
+                                   f"<a training run's output folder>")
+        if epoch is None:
+            found = saved_epochs(first_dir)
+            if found:
+                epoch = found[-1]
+                print(f"No --load-epoch given: loading the last epoch found, {epoch} (epochs in {first_dir}: "
+                      f"{_epoch_list(first_dir)})")
+            else:
+                epoch = BEST_MODEL
+        model_file = BEST_MODEL_FILE if epoch == BEST_MODEL else f"model.pth.tar-{epoch}"
+        for name in names:
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise MissingFileError(f'Model not found at "{model_path}" (check --model-dir / --load-epoch)')
+                raise MissingFileError(f"Model not found at {model_path}: the epochs saved in "
+                                       f"{osp.join(directory, name)} are {_epoch_list(osp.join(directory, name))} "
+                                       f"(pass one as --load-epoch, or none for the last)")
             checkpoint = load_checkpoint(model_path)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             self.check_backbone(checkpoint, model_path)
@@ -351,7 +385,7 @@ class SimpleTrainer(TrainerBase):
         if not self.cfg.TEST.NO_TEST:
             if self.cfg.TEST.FINAL_MODEL == "best_val":
                 print("Deploy the model with the best val performance")
-                self.load_model(self.output_dir)
+                self.load_model(self.output_dir, epoch=BEST_MODEL)
             else:
                 print("Deploy the last-epoch model")
             self.test_result = self.test()

@@ -15,9 +15,18 @@ class UnknownNameError(ConfigError):
     """A name (trainer, dataset, ...) that is not registered; the message suggests the closest one."""
 
 
+def closest_name(name, available, cutoff=0.0):
+    """The name of `available` closest to `name`, ignoring case (`mudpt` -> `MuDPT`); None when nothing is close."""
+    by_folded = {}
+    for candidate in map(str, available):
+        by_folded.setdefault(candidate.lower(), candidate)
+    close = difflib.get_close_matches(str(name).lower(), list(by_folded), n=1, cutoff=cutoff)
+    return by_folded[close[0]] if close else None
+
+
 def closest_name_hint(name, available):
-    close = difflib.get_close_matches(str(name), [str(a) for a in available], n=1, cutoff=0.0)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    close = closest_name(name, available)
+    return f" Did you mean '{close}'?" if close else ""
 
 
 def check_availability(requested, available):

@@ -97,6 +97,29 @@ def collect_env_info():
     return "\n".join(lines)
 
 
+def available_cpus():
+    """The CPUs this process may run on (its affinity mask: a SLURM or taskset share), else the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_capped_worker_counts = set()  # (requested, cpus) already reported by this process
+
+
+def capped_worker_count(requested, key="DATALOADER.NUM_WORKERS"):
+    """`requested` DataLoader workers, at most one per available CPU (more only compete for the same cores; the
+    worker count changes no result). Says so in one line, once per process and value."""
+    cpus = available_cpus()
+    if requested <= cpus:
+        return requested
+    if (requested, cpus) not in _capped_worker_counts:
+        _capped_worker_counts.add((requested, cpus))
+        print(f"Note: {key}={requested} but this process may use {cpus} CPU(s): using {cpus} worker(s)")
+    return cpus
+
+
 def listdir_nohidden(path, sort=False):
     """List non-hidden entries of a directory."""
     items = [f for f in os.listdir(path) if not f.startswith(".")]
@@ -109,13 +132,28 @@ class ImageReadError(OSError):
     """An image file is missing or does not decode (raised in DataLoader workers too: one-argument constructor)."""
 
 
+# PIL modes of more than 8 bits per sample that convert("RGB") clips at 255 (a 16-bit PNG reads pure white):
+# {mode: the sample's number of bits}; these are scaled to 8 bits instead
+_WIDE_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
+
+
+def to_rgb(img):
+    """An RGB image of `img`; greyscale of 16 bits per sample scaled to 8 bits (value * 255 / 65535), not clipped."""
+    bits = _WIDE_MODES.get(img.mode)
+    if bits is None:
+        return img.convert("RGB")
+    samples = np.asarray(img).astype(np.float64)
+    grey = np.clip(np.rint(samples * (255.0 / ((1 << bits) - 1))), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")  # uint8 2-D: mode L
+
+
 def read_image(path):
     """Read an image as RGB PIL.Image; a missing or corrupt file raises one line naming the file."""
     if not osp.exists(path):
         raise ImageReadError(f"Image file not found: {path}")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except Exception as e:  # PIL raises several types for truncated / unknown files
         raise ImageReadError(f"Cannot read image {path}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None

@@ -4,6 +4,7 @@ A checkpoint holds only state dicts and plain values: `state_dict`, `epoch` (1-b
 `scheduler`, `val_result` and optionally `rng_state` and `extra_state` (a trainer's own resumable state, see
 TrainerBase.checkpoint_extra_state), so it loads with torch.load(weights_only=True).
 """
+import errno
 import os
 import os.path as osp
 import pickle
@@ -81,10 +82,26 @@ def atomic_write(fpath, write_fn):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, fpath)
-    except BaseException:
+    except BaseException as error:
         if osp.exists(tmp_path):
             os.remove(tmp_path)
+        if _is_disk_full(error):  # torch.save reports it as an "enforce fail" RuntimeError around the OSError
+            raise RunError(f"no space left on device writing {fpath}: free space on that filesystem (or move the "
+                           f"output elsewhere), then run the same command again; "
+                           f"{'the previous file is kept' if osp.exists(fpath) else 'nothing else was changed'}") \
+                from None
         raise
+
+
+def _is_disk_full(error):
+    """Whether `error` or an exception it was raised from is ENOSPC (disk full) or EDQUOT (quota exceeded)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def atomic_torch_save(obj, fpath):

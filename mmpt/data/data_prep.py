@@ -645,7 +645,7 @@ def check(name, root, workers=None):
     paths = image_files(dataset_dir)
     bad = find_unreadable(paths, workers, desc=name)
     problems += [reason if path in reason else f"{path}: {reason}" for path, reason in bad]
-    print(f"  {len(paths)} images decoded, {len(bad)} unreadable")
+    print(f"  {len(paths) - len(bad)} images decoded, {len(bad)} unreadable")
     return problems
 
 

@@ -22,7 +22,7 @@ import signal
 import sys
 
 from dassl.errors import RunError
-from dassl.utils import atomic_write, read_image
+from dassl.utils import atomic_write, capped_worker_count, read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -181,4 +181,4 @@ def check_run_images(cfg, dataset, trains):
     is read-only, in OUTPUT_DIR)."""
     caches = [cache_path(folder, cfg.DATASET.NAME) for folder in (cfg.DATASET.ROOT, cfg.OUTPUT_DIR) if folder]
     return check_images(run_image_paths(dataset, cfg, trains), caches, cfg.OUTPUT_DIR,
-                        workers=max(1, cfg.DATALOADER.NUM_WORKERS))
+                        workers=max(1, capped_worker_count(cfg.DATALOADER.NUM_WORKERS)))

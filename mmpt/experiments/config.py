@@ -10,7 +10,7 @@ import fails with one line saying so.
 """
 import argparse
 import importlib
-import warnings
+import os
 
 from dassl.config import get_cfg_default
 from dassl.errors import ConfigError
@@ -20,15 +20,13 @@ METHOD_PACKAGE = "trainers"  # the repository's method package: importing it dec
 
 def import_method_package():
     """Import the method package (declaring every method, MMPT_TRAINER_MODULES' included); returns it."""
-    with warnings.catch_warnings():  # clip's import warns about pkg_resources: noise on the scripts' stderr
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-        try:
-            return importlib.import_module(METHOD_PACKAGE)
-        except ModuleNotFoundError as error:
-            if error.name != METHOD_PACKAGE:
-                raise  # the package exists but one of its own imports failed: keep the traceback
-            raise ConfigError(f"cannot import the method package '{METHOD_PACKAGE}': run from the repository root "
-                              f"or put the repository on PYTHONPATH") from None
+    try:  # (clip's pkg_resources warning is silenced where mmpt is imported: mmpt/__init__.py)
+        return importlib.import_module(METHOD_PACKAGE)
+    except ModuleNotFoundError as error:
+        if error.name != METHOD_PACKAGE:
+            raise  # the package exists but one of its own imports failed: keep the traceback
+        raise ConfigError(f"cannot import the method package '{METHOD_PACKAGE}': run from the repository root "
+                          f"or put the repository on PYTHONPATH") from None
 
 
 def default_max_epoch():
@@ -78,6 +76,30 @@ def setup_cfg(args):
     return cfg
 
 
+def check_inputs(cfg):
+    """What a run is given, checked before anything is built, printed at length or written (train.py calls it
+    first): the trainer's name and options, the backbone's name and, for real CLIP weights, their file (fetched
+    into clip's cache when missing), the dataset's name and folder. A mistake is one ConfigError line, the last
+    one the run prints; nothing is created."""
+    from dassl.data.datasets.build import dataset_class
+    from dassl.engine.build import trainer_class
+    from mmpt.clip_backbone import check_backbone_name, find_clip_file, real_backbone_names
+
+    trainer = trainer_class(cfg.TRAINER.NAME)
+    cfg_node = getattr(trainer, "cfg_node", None)
+    if cfg_node and cfg_node in cfg.TRAINER and hasattr(trainer, "config_from_node"):  # a prompt trainer
+        trainer.config_from_node(cfg.TRAINER[cfg_node])  # the method's own value checks
+        check_backbone_name(cfg.MODEL.BACKBONE.NAME)
+        # real CLIP weights: the file MODEL.BACKBONE.PATH names, or clip's cache, downloaded there when missing
+        # (one process of a distributed run must not download alongside the others: there the model loads them)
+        single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
+        if cfg.MODEL.BACKBONE.NAME in real_backbone_names() and (cfg.MODEL.BACKBONE.PATH or single_process):
+            find_clip_file(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH)
+    check_present = getattr(dataset_class(cfg.DATASET.NAME), "check_present", None)
+    if check_present is not None:  # the dataset's folder (a loader that makes or finds its own: nothing)
+        check_present(cfg)
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, raise_errors=False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -109,7 +131,8 @@ def get_parser(raise_errors=False):
     parser.add_argument("--head", type=str, default="", help="name of the head")
     parser.add_argument("--eval-only", action="store_true", help="evaluation only")
     parser.add_argument("--model-dir", type=str, default="", help="load the model from this directory for eval-only")
-    parser.add_argument("--load-epoch", type=int, help="load the weights of this epoch (default: model-best)")
+    parser.add_argument("--load-epoch", type=int, help="load the weights of this epoch (default: the last epoch "
+                        "found in --model-dir)")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
     parser.add_argument("--deterministic", action="store_true", help="deterministic kernels (sets DETERMINISTIC "
                         "True; mmpt/determinism.py says what it sets and costs)")

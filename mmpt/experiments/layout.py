@@ -263,6 +263,21 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
                output_dir=output_dir, argv=argv, trains=trains, depends_on=depends_on, nproc=nproc, nnodes=nnodes)
 
 
+def check_trained(job, output_root):
+    """An evaluation before its training (base2new_test.sh before base2new_train.sh): one line naming the
+    training step to run first, instead of train.py's missing-model error."""
+    model_dir = osp.join(output_root, job.depends_on[0])
+    if run_folder.holds_results(model_dir):
+        return
+    train_stage = TRAIN_STAGE_OF[job.stage]
+    step = train_stage if train_stage == "xd_train" else "base2new_train"
+    args = [str(job.seed)] if train_stage == "xd_train" else [job.dataset, str(job.seed)]
+    folder = method(job.trainer).scripts_folder
+    script = f"scripts/{folder}/{step}.sh" if folder else f"scripts/run.sh {job.trainer} {step}"
+    raise ConfigError(f"no trained model in {model_dir}: run the training first, e.g. `bash {script} "
+                      f"{' '.join(args)}` with the same DATA, CFG, OUTPUT and options")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mmpt.experiments.layout", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["plan"])
@@ -288,6 +303,8 @@ def main(argv=None):
                         load_epoch=args.load_epoch, nproc=args.nproc, nnodes=args.nnodes,
                         rdzv_endpoint=args.rdzv_endpoint)
         done = is_done(job.output_dir, job.trains, job.argv)
+        if not done and job.depends_on:
+            check_trained(job, args.output)
     except (KeyError, FileNotFoundError, ValueError) as e:  # ConfigError / RunError included
         sys.exit(str(e).strip("'\""))
     print(f"RUN_DIR={shlex.quote(job.output_dir)}")

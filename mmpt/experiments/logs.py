@@ -92,7 +92,8 @@ def parse_function(*metrics, directory="", args=None, end_signal=None):
         else:
             skipped.append(osp.basename(run_dir))
     if not found:
-        raise ValueError(f"No '{metrics[0]['name']}' result after '{end_signal}' in any log of {directory}")
+        raise ValueError(f"No '{metrics[0]['name']}' result after '{end_signal}' in any log of {directory}"
+                         f"{_other_signal_hint(directory, metrics, end_signal)}")
     outputs = [found[run_dir] for run_dir in one_config_runs(directory, list(found), echo=print)]
     metrics_results = defaultdict(list)
     for output in outputs:
@@ -124,6 +125,17 @@ def one_config_runs(directory, run_dirs, echo=print):
     for other in groups[1:]:
         echo("WARNING: " + config_groups.describe_apart(directory, groups[0], other))
     return groups[0].runs if groups else []
+
+
+def _other_signal_hint(directory, metrics, end_signal):
+    """'; ... add --test-log' when the logs hold results after the other end line (--eval-only logs, e.g. the
+    base2new test_new folders, read without --test-log), else ''."""
+    other = END_SIGNAL_TRAIN if end_signal == END_SIGNAL_TEST else END_SIGNAL_TEST
+    if not any(parse_run(run_dir, metrics, other) for run_dir in sub_folders(directory)):
+        return ""
+    if other == END_SIGNAL_TEST:
+        return f" (its logs are of --eval-only runs, which end with '{other}': add --test-log)"
+    return f" (its logs are of training runs, which end with '{other}': drop --test-log)"
 
 
 def collect_results(directory, keyword="accuracy", test_log=False):
@@ -161,10 +173,20 @@ def main(args, end_signal):
     metric = {"name": args.keyword, "regex": metric_regex(args.keyword)}
     if args.multi_exp:
         final_results = defaultdict(list)
+        without = []  # experiment folders with no result at all: listed, and the others still averaged
         for directory in sub_folders(args.directory):
-            results = parse_function(metric, directory=directory, args=args, end_signal=end_signal)
+            try:
+                results = parse_function(metric, directory=directory, args=args, end_signal=end_signal)
+            except ValueError as error:
+                print(f"Note: {error}; left out")
+                without.append(osp.basename(directory))
+                continue
             for key, value in results.items():
                 final_results[key].append(value)
+        if not final_results:
+            raise ValueError(f"no experiment folder of {args.directory} holds a result (without: {without})")
+        if without:
+            print(f"Note: {len(without)} experiment folder(s) without results, left out: {', '.join(without)}")
         print("Average performance")
         for key, values in final_results.items():
             print(f"* {key}: {np.mean(values):.2f}%")

@@ -33,10 +33,12 @@ from datetime import datetime
 
 from dassl.errors import ConfigError
 from dassl.utils import atomic_write
+from dassl.utils.registry import closest_name_hint
 from mmpt import run_folder
 from mmpt.experiments import layout
 
 MANIFEST_NAME = "sweep_manifest.json"
+SWEEP_LOCK_FILE = ".sweep.lock"  # held by the sweep running into an output root (a second one stops at once)
 JOB_LOG_NAME = "stdout.log"
 PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
 
@@ -50,7 +52,8 @@ def resolve_trainer(name):
     try:
         return names[name.lower()]
     except KeyError:
-        raise ValueError(f"mmpt.sweep: unknown trainer '{name}' (known: {', '.join(declared)})") from None
+        raise ValueError(f"unknown trainer '{name}' (--trainers).{closest_name_hint(name, declared)} "
+                         f"Known: {', '.join(declared)}") from None
 
 
 def protocol_stages(protocol, trainer, datasets, shots_list):
@@ -69,7 +72,7 @@ def protocol_stages(protocol, trainer, datasets, shots_list):
         targets = datasets or (layout.XD_TARGETS if protocol == "xd" else layout.DG_TARGETS)
         source = [("xd_test", layout.SOURCE_DATASET, 16)] if zero_shot else [("xd_train", layout.SOURCE_DATASET, 16)]
         return source + [("xd_test", d, 16) for d in targets if not (zero_shot and d == layout.SOURCE_DATASET)]
-    raise ValueError(f"mmpt.sweep: unknown protocol '{protocol}' (known: {', '.join(PROTOCOLS)})")
+    raise ValueError(f"unknown protocol '{protocol}' (known: {', '.join(PROTOCOLS)})")
 
 
 def expand_grid(trainers, protocols, datasets=None, seeds=(1, 2, 3), shots=(1, 2, 4, 8, 16), cfg=None,
@@ -105,8 +108,14 @@ class Manifest:
         self.path = osp.join(output_root, MANIFEST_NAME)
         self.data = {"command": command, "updated": now(), "jobs": OrderedDict()}
         if osp.isfile(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                old = json.load(f)
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    old = json.load(f)
+                old.get("jobs", {}).items()
+            except (ValueError, AttributeError) as error:  # cut (an old, non-atomic write) or edited by hand
+                raise ConfigError(f"{self.path} does not parse ({type(error).__name__}: {error}); it records the "
+                                  f"jobs of earlier sweeps into {output_root}: restore it, or delete it (finished "
+                                  f"runs are found again from their folders)") from None
             self.data["jobs"].update(old.get("jobs", {}))  # keep the records of jobs outside this grid
         self.data["command"] = command
 
@@ -137,6 +146,35 @@ PROGRESS_LINE = re.compile(r"^(epoch \[|\* accuracy|Finish training|Trainable pa
                            r"Evaluate on|Traceback|\w*Error)")
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_prctl = []  # [libc.prctl] once looked up (or [None] where there is none)
+
+
+def die_with_parent_hook():
+    """A Popen preexec_fn (Linux) under which a job gets SIGTERM when the sweep dies, SIGKILL included, and stops
+    as on Ctrl-C (train.py leaves nothing half-written; a rerun resumes it); None where prctl is missing (there a
+    restarted sweep waits for a job still running into its folder, LocalRunner). libc is looked up here, in the
+    parent: the child of a threaded parent must not import or allocate before exec."""
+    if not _prctl:
+        try:
+            import ctypes
+
+            _prctl.append(ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None)
+        except (OSError, AttributeError):
+            _prctl.append(None)
+    prctl = _prctl[0]
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def die_with_parent():
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the sweep died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return die_with_parent
+
+
 def start_job(job, cuda_devices=None, progress=None, extra_env=None):
     """Start the job's command as its own process group, appending its stdout/stderr to its log.
 
@@ -154,11 +192,12 @@ def start_job(job, cuda_devices=None, progress=None, extra_env=None):
     if progress is None:
         try:
             return subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=layout.REPO_ROOT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=die_with_parent_hook())
         finally:
             log.close()  # the child holds its own descriptor
     proc = subprocess.Popen(job.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            cwd=layout.REPO_ROOT, start_new_session=True, text=True, errors="replace")
+                            cwd=layout.REPO_ROOT, start_new_session=True, text=True, errors="replace",
+                            preexec_fn=die_with_parent_hook())
 
     def copy_lines():  # the log gets every line, the console the progress lines
         with log:
@@ -231,6 +270,7 @@ class LocalRunner:
         queue = [job for job in jobs if self.manifest.status(job.id) == "pending"]
         running = {}  # job id -> (job, process, slot)
         free = list(self.slots)
+        waiting = set()  # jobs whose folder another live process (a killed sweep's job) runs into
 
         def dependency_status(job_id):  # a dependency outside this grid counts by its result on disk
             if job_id in grid:
@@ -257,7 +297,15 @@ class LocalRunner:
                         self.manifest.set(job.id, status="failed", error="dependency failed", finished=now())
                         self.echo(f"[failed] {job.id} (dependency failed: {', '.join(job.depends_on)})")
                     elif free and all(s in ("done", "skipped") for s in dep_status):
+                        if self.still_running_elsewhere(job, waiting):
+                            continue
                         queue.remove(job)
+                        if job.id in waiting and layout.is_done(job.output_dir, job.trains, job.argv):
+                            waiting.discard(job.id)
+                            self.manifest.set(job.id, status="done", returncode=0, error=None, finished=now())
+                            self.echo(f"[done] {job.id} (finished by the job that was running into its folder)")
+                            continue
+                        waiting.discard(job.id)
                         slot = free.pop(0)
                         progress = None
                         if self.progress:
@@ -268,7 +316,7 @@ class LocalRunner:
                         self.manifest.set(job.id, status="running", started=now(), gpu=slot, attempts=attempts)
                         self.echo(f"[running] {job.id}" + (f" on GPU {slot}" if slot is not None else "")
                                   + f"  (log: {job_log(job)})")
-                if running:
+                if running or waiting:
                     time.sleep(self.poll)
         except BaseException:  # Ctrl-C / SIGTERM: stop the children, record them as failed (re-run resumes them)
             for job_id, (job, proc, _) in running.items():
@@ -276,6 +324,18 @@ class LocalRunner:
                 proc.wait()
                 self.manifest.set(job_id, status="failed", returncode=proc.returncode, error="interrupted")
             raise
+
+    def still_running_elsewhere(self, job, waiting):
+        """True while a live train.py holds the job's folder lock (the job of a sweep killed a moment ago, until
+        its parent-death signal stops it, or a copy started by hand): the job waits for it instead of failing
+        on the lock, then runs (resuming) or, when that process finished it, counts as done."""
+        if not run_folder.folder_in_use(job.output_dir):
+            return False
+        if job.id not in waiting:
+            waiting.add(job.id)
+            self.echo(f"[waiting] {job.id} (a running process holds {osp.join(job.output_dir, run_folder.LOCK_FILE)};"
+                      f" waiting for it)")
+        return True
 
 
 def run_submitit(manifest, jobs, folder, cluster=None, partition=None, time_min=240, gpus_per_job=1,
@@ -400,7 +460,7 @@ def get_parser():
 
 def main(argv=None, echo=print):
     args = get_parser().parse_args(argv)
-    if not args.dry_run and not args.data:
+    if not args.data:  # a dry run too: it prints the commands as they will run
         sys.exit("mmpt.sweep: error: no dataset root: pass --data DIR or set DATA")
     output_root = osp.abspath(args.output)
     try:
@@ -414,16 +474,32 @@ def main(argv=None, echo=print):
         sys.exit(f"mmpt.sweep: error: {str(e).strip(chr(39))}")
     try:
         if args.dry_run:
-            for job in jobs:
-                state = "done" if layout.is_done(job.output_dir, job.trains, job.argv) else "todo"
-                echo(f"[{state}] {job.id}\n    {job.shell()}")
-            echo(f"{len(jobs)} jobs")
-            return 0
-        manifest = Manifest(output_root, command=shlex.join([sys.executable, "-m", "mmpt.sweep"] + list(
-            sys.argv[1:] if argv is None else argv)))
-        skipped, pending = prepare(jobs, manifest)
-    except ConfigError as e:  # a corrupt result record: one line naming the file
+            return dry_run(jobs, output_root, echo)
+        with run_folder.locked_output_dir(output_root, SWEEP_LOCK_FILE, holder="python -m mmpt.sweep",
+                                          option="--output"):
+            return run_sweep(args, argv, jobs, output_root, slots, echo)
+    except ConfigError as e:  # a corrupt result record or manifest, an output in use: one line naming the file
         sys.exit(f"mmpt.sweep: error: {e}")
+
+
+def dry_run(jobs, output_root, echo=print):
+    """List the jobs, each [done] or [todo], and how many are done / to run / failed in the last sweep."""
+    recorded = Manifest(output_root).data["jobs"] if osp.isfile(osp.join(output_root, MANIFEST_NAME)) else {}
+    done = failed = 0
+    for job in jobs:
+        finished = layout.is_done(job.output_dir, job.trains, job.argv)
+        done += finished
+        failed += not finished and recorded.get(job.id, {}).get("status") == "failed"
+        echo(f"[{'done' if finished else 'todo'}] {job.id}\n    {job.shell()}")
+    echo(f"{len(jobs)} jobs: {done} done, {len(jobs) - done} to run ({failed} of them failed in the last sweep)")
+    return 0
+
+
+def run_sweep(args, argv, jobs, output_root, slots, echo=print):
+    """Run the jobs (under the output root's sweep lock)."""
+    manifest = Manifest(output_root, command=shlex.join([sys.executable, "-m", "mmpt.sweep"] + list(
+        sys.argv[1:] if argv is None else argv)))
+    skipped, pending = prepare(jobs, manifest)
     echo(f"Sweep: {len(jobs)} jobs, {skipped} already finished (skipped), {pending} to run")
     # SIGTERM (e.g. scancel, kill) unwinds like Ctrl-C: the runner stops its children and saves the manifest
     try:

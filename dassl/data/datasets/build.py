@@ -4,12 +4,18 @@ from dassl.utils.registry import UnknownNameError, closest_name_hint
 DATASET_REGISTRY = Registry("DATASET")
 
 
+def dataset_class(name):
+    """The dataset class registered under `name`; an unknown name suggests the closest one (ignoring case)."""
+    available = DATASET_REGISTRY.registered_names()
+    if name not in available:
+        raise UnknownNameError(f"Unknown dataset '{name}' (DATASET.NAME).{closest_name_hint(name, available)} "
+                               f"Available: {sorted(available)}")
+    return DATASET_REGISTRY.get(name)
+
+
 def build_dataset(cfg):
     """Instantiate the dataset class registered under cfg.DATASET.NAME with cfg."""
-    available = DATASET_REGISTRY.registered_names()
-    if cfg.DATASET.NAME not in available:
-        raise UnknownNameError(f"Unknown dataset '{cfg.DATASET.NAME}' (DATASET.NAME).{closest_name_hint(cfg.DATASET.NAME, available)} "
-                               f"Available: {sorted(available)}")
+    cls = dataset_class(cfg.DATASET.NAME)
     if cfg.VERBOSE:
         print(f"Loading dataset: {cfg.DATASET.NAME}")
-    return DATASET_REGISTRY.get(cfg.DATASET.NAME)(cfg)
+    return cls(cfg)
