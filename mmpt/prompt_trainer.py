@@ -92,6 +92,15 @@ class PromptTrainer(TrainerX):
     loss_weights = {}  # {term name: weight}, one entry per term `loss_terms` returns
     # {variant name: config overrides} the bit-for-bit records (tests/records.py) build on their 3-layer backbone
     record_variants = {}
+    # the protocol: True = trains on the unlabeled training images of every class it is tested on (PromptKD):
+    # base-to-new trains once on all classes (evaluated on base and new), cross-dataset trains on each target
+    transductive = False
+    # the results tables' track: "" = the inductive methods; a name (PromptKD: "distillation") = tables of their
+    # own, never averaged or ranked with the inductive rows
+    track = ""
+    # a method trained from another method's run (PromptKD's teacher): the config field naming that run's folder;
+    # the experiment layout runs `teacher_run(node)` first and fills the field
+    teacher_field = None
 
     @classmethod
     def training_outputs(cls, model, images, labels, class_features=None):
@@ -108,6 +117,11 @@ class PromptTrainer(TrainerX):
             image_features = model.image_features(images, prompts)
         return TrainingOutputs(images, labels, prompts, model.logits(image_features, class_features), class_features,
                                image_features)
+
+    @classmethod
+    def teacher_run(cls, node):
+        """(trainer, config name, seed) of the run `teacher_field` names, from the method's config node."""
+        raise NotImplementedError(f"{cls.__name__} declares teacher_field but no teacher_run")
 
     @classmethod
     def loss_terms(cls, model, outputs):
