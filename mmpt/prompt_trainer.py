@@ -124,6 +124,12 @@ class PromptTrainer(TrainerX):
         raise NotImplementedError(f"{cls.__name__} declares teacher_field but no teacher_run")
 
     @classmethod
+    def track_note(cls, recorded):
+        """What the tables of the method's results `track` say about a run (from its recorded config, {dotted key:
+        value}); "" = nothing."""
+        return ""
+
+    @classmethod
     def loss_terms(cls, model, outputs):
         """{term name: scalar tensor} beyond the cross-entropy (run outside autocast); weighted by loss_weights."""
         return {}

@@ -263,6 +263,10 @@ class PromptKD(PromptTrainer):
     loss_weights = {"loss_kd": "KD_WEIGHT"}
     # the protocol: trains on the unlabeled training images of every class it is tested on (base-to-new: base and
     # new; cross-dataset: each target), from a teacher run (stage 1) named by TEACHER_DIR
+    # the records' student (3 layers, joint width 48) and a finished teacher run of random-tiny-ViT (width 64)
+    record_variants = {"PromptKD": dict(TEACHER_DIR="tests/data/promptkd_teacher", TEACHER_BACKBONE="random-tiny-ViT",
+                                        N_CTX_VISION=2, PROMPT_DEPTH_VISION=2, PROJECTOR_HIDDEN=16,
+                                        TEMPERATURE=2.0, KD_WEIGHT=3.0)}
     transductive = True
     track = "distillation"
     teacher_field = "TEACHER_DIR"
@@ -271,6 +275,12 @@ class PromptKD(PromptTrainer):
     def teacher_run(cls, node):
         """(trainer, config name, seed) of the stage-1 run the layout trains before this one."""
         return TEACHER_TRAINER, node.TEACHER_CONFIG, node.TEACHER_SEED
+
+    @classmethod
+    def track_note(cls, recorded):
+        node = f"TRAINER.{cls.cfg_node}."
+        return (f"teacher {TEACHER_TRAINER} at {recorded.get(node + 'TEACHER_BACKBONE')}, model selection "
+                f"{recorded.get(node + 'MODEL_SELECTION')}")
 
     @classmethod
     def training_outputs(cls, model, images, labels, class_features=None):

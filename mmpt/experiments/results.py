@@ -86,6 +86,8 @@ def collect(output_root):
         cell = _cell(directory, test_log)
         if cell is not None:
             cells[key] = cell
+            if track_of(key[1]) and (key[1], key[2]) not in cells.track_notes:
+                cells.track_notes[(key[1], key[2])] = track_note(key[1], directory)
 
     b2n = osp.join(output_root, "base2new")
     for stage, metric, test_log in (("train_base", "base", False), ("test_base", "base", True),
@@ -135,9 +137,41 @@ def target_protocol(target_dir):
 
 
 class Cells(OrderedDict):
-    """collect()'s cells, and `own_targets` {target of one's own: "xd" or "dg"}."""
+    """collect()'s cells, `own_targets` {target of one's own: "xd" or "dg"} and `track_notes` {(trainer, cfg): what
+    its track's tables say about it} (methods of a results track, e.g. PromptKD's distillation track)."""
 
     own_targets = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.track_notes = {}
+
+
+def track_of(trainer):
+    """The results track a trainer declares ("": the inductive methods; a trainer no longer declared: "")."""
+    methods = layout.declared_methods()
+    return methods[trainer].track if trainer in methods else ""
+
+
+def track_note(trainer, directory):
+    """The method's own words on a group of runs of its track (PromptKD: its teacher's backbone), from the
+    config.yaml of the group's first seed folder that has one."""
+    for seed_dir in _subdirs(directory):
+        recorded = run_folder.recorded_config(osp.join(directory, seed_dir))
+        if recorded is not None:
+            return layout.method(trainer).track_note(recorded)
+    return ""
+
+
+def split_tracks(cells):
+    """{track: Cells} ("" first: the inductive methods), each with the own targets and track notes of `cells`."""
+    tracks = OrderedDict([("", Cells())])
+    for key, cell in cells.items():
+        tracks.setdefault(track_of(key[1]), Cells())[key] = cell
+    for part in tracks.values():
+        part.own_targets = getattr(cells, "own_targets", None)
+        part.track_notes = getattr(cells, "track_notes", {})
+    return tracks
 
 
 # ----------------------------------------------------------------------------- tables
@@ -277,19 +311,20 @@ def base2new_summary(cells, hm_convention="avg"):
     return summary
 
 
-def base2new_tables(cells, hm_convention="avg"):
+def base2new_tables(cells, hm_convention="avg", paper=None):
     summary = base2new_summary(cells, hm_convention)
     if not summary:
         return [], summary
     note = f"HM convention: {HM_CONVENTIONS[hm_convention]}."
     average = Table("base2new_average", "Base-to-new generalisation, average over datasets (accuracy %)",
                     ["Method", "Datasets", "Base", "New", "HM"], note)
+    paper = published.BASE2NEW_AVERAGE if paper is None else paper
     for label, entry in summary.items():
         avg = entry["average"]
         average.add_row(label, [entry["n"], fmt(avg["base"]), fmt(avg["new"]), fmt(avg["hm"])])
         for metric in ("base", "new", "hm"):
             average.record("ours", label, "average", 16, metric, avg[metric])
-    for name, avg in published.BASE2NEW_AVERAGE.items():
+    for name, avg in paper.items():
         average.add_row(f"{name} (paper)", [11, fmt(avg["base"]), fmt(avg["new"]), fmt(avg["hm"])])
         for metric in ("base", "new", "hm"):
             average.record("paper", f"{name} (paper)", "average", 16, metric, avg[metric])
@@ -335,14 +370,44 @@ def transfer_table(cells, name, title, targets, paper):
         average = row.get("average", np.mean([row[d] for d in targets]))
         if known != list(targets):
             average = np.mean([row[d] for d in known])
-        table.add_row(f"{paper_name} (paper)", [fmt(row["imagenet"])] + [fmt(row[d]) if d in row else "-"
-                                                                          for d in columns] + [fmt(average)])
-        for d in ["imagenet"] + known:
+        table.add_row(f"{paper_name} (paper)", [fmt(row["imagenet"]) if "imagenet" in row else "-"] +
+                      [fmt(row[d]) if d in row else "-" for d in columns] + [fmt(average)])
+        for d in ["imagenet"] * ("imagenet" in row) + known:
             table.record("paper", f"{paper_name} (paper)", d, 16, "accuracy", row[d])
     return table
 
 
 def build_tables(cells, hm_convention="avg"):
+    """The inductive methods' tables, then each results track's own (never averaged with them)."""
+    tracks = split_tracks(cells)
+    tables, summary = inductive_tables(tracks.pop(""), hm_convention)
+    for track, part in tracks.items():
+        for table in track_tables(part, track, hm_convention):
+            tables.append(table)
+    return tables, summary
+
+
+def track_tables(cells, track, hm_convention="avg"):
+    """A results track's base-to-new and cross-dataset tables: named and titled by the track, with its published
+    rows (mmpt.experiments.published.TRACKS) and a note on each method (its teacher)."""
+    paper = published.TRACKS.get(track, {})
+    notes = "; ".join(f"{trainer} ({cfg}): {note}" for (trainer, cfg), note in cells.track_notes.items()
+                      if note and any(k[1:3] == (trainer, cfg) for k in cells))
+    tables = base2new_tables(cells, hm_convention, paper=paper.get("base2new", {}))[0]
+    xd = transfer_table(cells, "cross_dataset", "Cross-dataset transfer (accuracy %)", layout.XD_TARGETS,
+                        paper.get("cross_dataset", {}))
+    tables += [xd] if xd is not None else []
+    for table in tables:
+        table.name = f"{track}_{table.name}"
+        table.title += f" -- {track} track"
+        table.note = " ".join(part for part in (
+            f"The {track} track: transductive (trains on unlabeled images of every class it is tested on) and "
+            f"taught by another model; not averaged or compared with the inductive methods' tables.",
+            f"{notes}." if notes else "", table.note) if part)
+    return tables
+
+
+def inductive_tables(cells, hm_convention="avg"):
     tables = fewshot_tables(cells)
     b2n, summary = base2new_tables(cells, hm_convention)
     tables += b2n
