@@ -2,6 +2,7 @@
 formulas with a teacher and a student of different widths (eval logits, the KL loss with its reduction,
 temperature and weight, one step's gradients, fp32); the teacher checks; the two stages end to end through the
 sweep on the toy world, with a killed teacher and a killed student resumed."""
+import io
 import json
 import shutil
 
@@ -10,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 import mmpt
-import trainers  # noqa: F401  (declares the methods)
 from dassl.utils import ConfigError
 from mmpt.experiments import layout, record, results, sweep
 from mmpt.prompt_trainer import freeze_all_but_prompt_learner
@@ -225,7 +225,6 @@ def test_killed_teacher_and_student_resume_to_the_same_checkpoints(toy_pipeline)
     for job, kept in before.items():
         assert "resume" in (out / job / "log.txt").read_text().lower()
         resumed = torch.load(out / job / "prompt_learner" / "model.pth.tar-2", weights_only=True)["state_dict"]
-        import io
         original = torch.load(io.BytesIO(kept), weights_only=True)["state_dict"]
         assert resumed.keys() == original.keys()
         assert all(torch.equal(resumed[k], original[k]) for k in original), job

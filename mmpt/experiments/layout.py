@@ -324,6 +324,7 @@ def main(argv=None):
     parser.add_argument("--nproc", default=1, type=int, help="processes (GPUs) per node: > 1 launches torchrun")
     parser.add_argument("--nnodes", default=1, type=int, help="nodes (each runs the same command)")
     parser.add_argument("--rdzv-endpoint", default="", help="HOST:PORT the nodes meet at (--nnodes > 1)")
+    parser.add_argument("--teacher", action="store_true", help="plan the stage-1 run (teacher) of this run instead")
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = argv[argv.index("--") + 1:] if "--" in argv else []  # KEY VALUE pairs for train.py
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -332,6 +333,10 @@ def main(argv=None):
                         data_root=args.data, output_root=args.output, opts=opts, python=args.python,
                         load_epoch=args.load_epoch, nproc=args.nproc, nnodes=args.nnodes,
                         rdzv_endpoint=args.rdzv_endpoint)
+        if args.teacher:
+            if not job.prerequisites:
+                raise ValueError(f"mmpt.experiments.layout: {args.trainer} trains from no teacher run here")
+            job = job.prerequisites[0]
         done = is_done(job.output_dir, job.trains, job.argv)
     except (KeyError, FileNotFoundError, ValueError) as e:  # ConfigError / RunError included
         sys.exit(str(e).strip("'\""))
