@@ -310,3 +310,32 @@ def test_train_py_refuses_a_wrong_teacher_before_loading_anything(toy_pipeline, 
     with pytest.raises(ConfigError, match="no such folder"):
         train.main(train.get_parser().parse_args(job.argv[start:]))
     assert "Loading CLIP" not in (tmp_path / job.id / "log.txt").read_text()
+
+
+def test_the_releases_selection_on_base_test_images(toy_pipeline, tmp_path):
+    """MODEL_SELECTION best_base_test (the release's): each epoch's accuracy on the base classes' test images picks
+    model-best.pth.tar, which the final test and --eval-only use; the selection accuracy is the base-half
+    evaluation's own number for that checkpoint. Without TEST.FINAL_MODEL best_val it is refused in one line."""
+    import train
+
+    data_root, out, jobs = toy_pipeline
+    teacher = out / job_of(jobs, "PromptSRC", "base2new_train")
+    official = ["TRAINER.PROMPTKD.MODEL_SELECTION", "best_base_test", "TEST.FINAL_MODEL", "best_val"]
+
+    def run(stage, opts, model_dir=None):
+        job = layout.build_job(stage, "PromptKD", "toy_world", 1, 0, cfg="toy_demo", data_root=str(data_root),
+                               output_root=str(tmp_path), opts=TOY + ["TRAINER.PROMPTKD.TEACHER_DIR", str(teacher)] + opts)
+        start = next(i for i, a in enumerate(job.argv) if a.endswith("train.py")) + 1
+        trainer = train.main(train.get_parser().parse_args(job.argv[start:]))
+        return trainer, (tmp_path / job.id / "log.txt").read_text(), tmp_path / job.id
+
+    with pytest.raises(ConfigError, match="MODEL_SELECTION='best_base_test' with TEST.FINAL_MODEL='last_step'"):
+        run("base2new_train_all", official[:2])
+    _, log, run_dir = run("base2new_train_all", official)
+    selections = [float(v) for v in __import__("re").findall(r"\* selection accuracy: ([\d.]+)%", log)]
+    assert len(selections) == 2 and "Deploy the model with the best val performance" in log
+    best = torch.load(run_dir / "prompt_learner" / "model-best.pth.tar", weights_only=True)
+    assert round(best["val_result"], 1) == max(selections)
+    evaluation, log, _ = run("base2new_test_base", official)
+    assert "loading model-best.pth.tar instead of epoch 2" in log
+    assert evaluation.loaded_epoch == best["epoch"] and evaluation.test_result == pytest.approx(best["val_result"])
