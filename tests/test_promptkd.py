@@ -339,3 +339,29 @@ def test_the_releases_selection_on_base_test_images(toy_pipeline, tmp_path):
     evaluation, log, _ = run("base2new_test_base", official)
     assert "loading model-best.pth.tar instead of epoch 2" in log
     assert evaluation.loaded_epoch == best["epoch"] and evaluation.test_result == pytest.approx(best["val_result"])
+
+
+def test_the_stage_graph_of_both_protocols(tmp_path):
+    """base-to-new: per dataset one ViT-L/14 PromptSRC teacher (seed 1) for every student seed; cross-dataset: one
+    ImageNet teacher for every target's student; the student's own options never reach the teacher."""
+    jobs = sweep.expand_grid(["PromptKD"], ["base2new", "xd"], ["dtd"], seeds=[1, 2], output_root=str(tmp_path),
+                             opts=["TRAINER.PROMPTKD.KD_WEIGHT", "50.0", "OPTIM.MAX_EPOCH", "3"])
+    by_stage = {}
+    for job in jobs:
+        by_stage.setdefault((job.trainer, job.stage), []).append(job)
+    b2n_teacher, = by_stage[("PromptSRC", "base2new_train")]
+    xd_teacher, = by_stage[("PromptSRC", "xd_train")]
+    assert (b2n_teacher.dataset, xd_teacher.dataset) == ("dtd", "imagenet")
+    assert {b2n_teacher.cfg, xd_teacher.cfg} == {"vit_l14_c2_ep20_batch8_4+4ctx"} and b2n_teacher.seed == 1
+    for teacher in (b2n_teacher, xd_teacher):
+        assert "OPTIM.MAX_EPOCH" in teacher.argv and "TRAINER.PROMPTKD.KD_WEIGHT" not in teacher.argv
+    students = by_stage[("PromptKD", "base2new_train_all")] + by_stage[("PromptKD", "xd_train_target")]
+    assert len(students) == 4 and all(job.shots == 0 for job in students)
+    for job in students:
+        teacher = b2n_teacher if job.stage == "base2new_train_all" else xd_teacher
+        assert job.depends_on == [teacher.id] and jobs.index(teacher) < jobs.index(job)
+        assert job.argv[job.argv.index("TRAINER.PROMPTKD.TEACHER_DIR") + 1] == teacher.output_dir
+    for job in by_stage[("PromptKD", "base2new_test_new")]:
+        assert job.depends_on[0].startswith("base2new/train_all/") and "--eval-only" in job.argv
+    with pytest.raises(ValueError, match="base2new and xd protocols only"):
+        sweep.expand_grid(["PromptKD"], ["fewshot"], ["dtd"], seeds=[1])
