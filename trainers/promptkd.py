@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dassl.engine import TRAINER_REGISTRY
-from dassl.utils import ConfigError
+from dassl.utils import ConfigError, distributed
 from mmpt.config import PromptOptions
 from mmpt.experiments import record
 from mmpt.prompt_trainer import PromptTrainer
@@ -330,18 +330,16 @@ class PromptKD(PromptTrainer):
         with self.precision.autocast():
             prompts = self.model.compute_prompts()
             class_features = self.model.class_features(prompts)[:kept]
-        correct = total = 0
-        for batch in self.test_loader:
+        self.evaluator.reset()
+        for batch in self.test_loader:  # distributed: each rank its shard, gathered below
             images, labels = self.parse_batch_test(batch)
             keep = labels < kept
-            if not keep.any():
-                continue
-            with self.precision.autocast():
-                logits = self.model(images[keep], prompts=prompts, class_features=class_features)
-            correct += int((logits.float().argmax(dim=-1) == labels[keep]).sum())
-            total += int(keep.sum())
-        accuracy = 100.0 * correct / max(total, 1)
-        print(f"* selection accuracy: {accuracy:.1f}% ({total} images)")
+            if keep.any():
+                with self.precision.autocast():
+                    logits = self.model(images[keep], prompts=prompts, class_features=class_features)
+                self.evaluator.process(logits.float(), labels[keep])
+        accuracy = distributed.evaluate_gathered(self.evaluator)["accuracy"]
+        print(f"* selection accuracy: {accuracy:.1f}%")
         return accuracy
 
     def load_model(self, directory, epoch=None):
