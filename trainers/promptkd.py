@@ -160,9 +160,9 @@ def load_teacher(config, classnames, key="TRAINER.PROMPTKD"):
 
 
 # ------------------------------------------------------------------------------------------------ the student
-def joint_width(clip_model):
-    """The width of CLIP's joint image-text space."""
-    return clip_model.text_projection.shape[1]
+def joint_width(model):
+    """The width of the joint image-text space of a CLIP or a PromptedCLIP (its text projection's output)."""
+    return getattr(model, "text_encoder", model).text_projection.shape[1]
 
 
 class FeatureProjector(nn.Module):
@@ -198,7 +198,7 @@ class PromptKDCLIP(PromptedCLIP):
         super().__init__(clip_model, template_sentences(DEFAULT_TEMPLATE, classnames))
         self.teacher = teacher if teacher is not None else load_teacher(config, classnames)
         self.teacher.requires_grad_(False).eval()
-        teacher_width = joint_width_of(self.teacher)
+        teacher_width = joint_width(self.teacher)
         self.prompt_learner = PromptKDPromptLearner(config.N_CTX_VISION, config.PROMPT_DEPTH_VISION,
                                                     vision_width(clip_model), joint_width(clip_model),
                                                     config.PROJECTOR_HIDDEN, teacher_width)
@@ -228,11 +228,6 @@ class PromptKDCLIP(PromptedCLIP):
     def compute_prompts(self):
         return Prompts(vision=list(self.prompt_learner.visual_ctx.unbind(0)),
                        image_head=self.prompt_learner.projector, class_features=self.teacher_class_features())
-
-
-def joint_width_of(model):
-    """The joint width of a PromptedCLIP (its text tower's projection)."""
-    return model.text_encoder.text_projection.shape[1]
 
 
 def distillation_loss(student_logits, teacher_logits, temperature):
