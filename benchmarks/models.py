@@ -85,9 +85,32 @@ def build_method(trainer_name, cfg, classnames, clip_model):
     """`mmpt.create_model` with the method's config node of `cfg` (frozen backbone, prompt_learner trainable)."""
     from mmpt import create_model
 
-    node = cfg.TRAINER[trainer_class(trainer_name).cfg_node]
+    method = trainer_class(trainer_name)
+    node = cfg.TRAINER[method.cfg_node]
     with contextlib.redirect_stdout(open(os.devnull, "w")):
+        if method.teacher_field and not node[method.teacher_field]:  # PromptKD without a teacher run at hand
+            from mmpt.prompt_trainer import freeze_all_but_prompt_learner
+
+            model = method.model_class(clip_model, classnames, method.make_config(**dict(node)),
+                                       teacher=stand_in_teacher(node.TEACHER_BACKBONE, classnames))
+            freeze_all_but_prompt_learner(model)
+            return model
         return create_model(trainer_name, clip_model, classnames, **dict(node))
+
+
+def stand_in_teacher(backbone, classnames):
+    """A frozen zero-prompt-depth stand-in for a student's teacher: one-layer towers with `backbone`'s joint width,
+    which is all a student's parameter count depends on (the projector's output). Never a teacher to train from."""
+    from clip.model import CLIP
+
+    from mmpt.clip_backbone import ARCHITECTURES, load_clip_by_name
+    from mmpt.prompted_clip import PromptedCLIP
+    from mmpt.sentences import template_sentences
+
+    arch = backbone.replace("random-", "")
+    embed = ARCHITECTURES[arch][0] if arch in ARCHITECTURES else load_clip_by_name(backbone).text_projection.shape[1]
+    clip_model = CLIP(embed, 32, 1, 64, 16, 77, 49408, 64, 1, 1).float().eval()
+    return PromptedCLIP(clip_model, template_sentences("a photo of a {}.", classnames)).requires_grad_(False)
 
 
 def trainable_parameters(model):

@@ -99,6 +99,15 @@ class PromptTrainer(TrainerX):
     # own parameter group at OPTIM.LR x multiplier, every other prompt tensor at OPTIM.LR (DePT's head at x 6.5);
     # a child the model does not build is skipped. {}: one group
     lr_multipliers = {}
+    # the protocol: True = trains on the unlabeled training images of every class it is tested on (PromptKD):
+    # base-to-new trains once on all classes (evaluated on base and new), cross-dataset trains on each target
+    transductive = False
+    # the results tables' track: "" = the inductive methods; a name (PromptKD: "distillation") = tables of their
+    # own, never averaged or ranked with the inductive rows
+    track = ""
+    # a method trained from another method's run (PromptKD's teacher): the config field naming that run's folder;
+    # the experiment layout runs `teacher_run(node)` first and fills the field
+    teacher_field = None
 
     @classmethod
     def training_outputs(cls, model, images, labels, class_features=None):
@@ -109,6 +118,17 @@ class PromptTrainer(TrainerX):
         out = model.outputs(images, prompts, None if prompts.depends_on_image else class_features)
         return TrainingOutputs(images, labels, prompts, out.logits["itm"], out.class_features, out.image_features,
                                forward=out)
+
+    @classmethod
+    def teacher_run(cls, node):
+        """(trainer, config name, seed) of the run `teacher_field` names, from the method's config node."""
+        raise NotImplementedError(f"{cls.__name__} declares teacher_field but no teacher_run")
+
+    @classmethod
+    def track_note(cls, recorded):
+        """What the tables of the method's results `track` say about a run (from its recorded config, {dotted key:
+        value}); "" = nothing."""
+        return ""
 
     @classmethod
     def loss_terms(cls, model, outputs):

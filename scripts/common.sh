@@ -63,7 +63,7 @@ _run_stage() {
     plan=$("$PYTHON" -m mmpt.experiments.layout plan --stage "$stage" --trainer "$TRAINER" --cfg "${CFG:-}" \
         --dataset "$dataset" --seed "$seed" --shots "$shots" --data "$DATA" --output "$OUTPUT" \
         --python "$PYTHON" ${LOAD_EPOCH:+--load-epoch "$LOAD_EPOCH"} --nproc "${NGPUS:-1}" --nnodes "${NNODES:-1}" \
-        --rdzv-endpoint "${RDZV_ENDPOINT:-}" -- "${opts[@]}") || exit 2
+        --rdzv-endpoint "${RDZV_ENDPOINT:-}" ${PLAN_TEACHER:+--teacher} -- "${opts[@]}") || exit 2
     local RUN_DIR RUN_DONE
     local -a RUN_CMD
     eval "$plan"
@@ -71,7 +71,7 @@ _run_stage() {
         echo "Skipping $RUN_DIR: its results already exist (result.json records a finished run, config.yaml matches); delete the folder to rerun"
         return 0
     fi
-    echo "Running $stage -> $RUN_DIR"
+    echo "Running ${PLAN_TEACHER:+the teacher of }$stage -> $RUN_DIR"
     echo "+ ${RUN_CMD[*]@Q}"
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
         return 0
@@ -111,6 +111,36 @@ run_xd_train() {
 run_xd_test() {
     _require_args 2 "DATASET SEED" "$@"
     _run_stage xd_test "$1" "$2" "${SHOTS:-16}" "${@:3}"
+}
+
+# Transductive methods (PromptKD: trains on the unlabeled images of every class it is tested on, from a teacher):
+# teacher.sh PROTOCOL DATASET: stage 1, the teacher run (base2new: on DATASET's base half; xd: on ImageNet)
+run_teacher() {
+    _require_args 2 "PROTOCOL DATASET (PROTOCOL: base2new or xd)" "$@"
+    case "$1" in
+        base2new) PLAN_TEACHER=1 _run_stage base2new_train_all "$2" 1 0 "${@:3}" ;;
+        xd) PLAN_TEACHER=1 _run_stage xd_train_target "$2" 1 0 "${@:3}" ;;
+        *) _die "unknown protocol '$1' (base2new or xd)" ;;
+    esac
+}
+
+# base2new_train.sh DATASET SEED (stage 2): the student on every class's full training split, unlabeled
+run_base2new_train_all() {
+    _require_args 2 "DATASET SEED" "$@"
+    _run_stage base2new_train_all "$1" "$2" 0 "${@:3}"
+}
+
+# base2new_test.sh DATASET SEED: that student on the base half, then on the new half
+run_base2new_test_transductive() {
+    _require_args 2 "DATASET SEED" "$@"
+    _run_stage base2new_test_base "$1" "$2" 0 "${@:3}"
+    _run_stage base2new_test_new "$1" "$2" 0 "${@:3}"
+}
+
+# xd_train.sh TARGET SEED (stage 2): the student on the target's full training split, unlabeled, tested there
+run_xd_train_target() {
+    _require_args 2 "TARGET SEED" "$@"
+    _run_stage xd_train_target "$1" "$2" 0 "${@:3}"
 }
 
 # the steps of every protocol, by the per-method scripts' names (scripts/<trainer>/<step>.sh)

@@ -34,11 +34,12 @@ def demo_opts(epochs=None):
 
 
 def demo_jobs(data_root, output_root, epochs=None, trainers=None):
-    jobs = []
+    jobs = {}  # each run once: PromptKD's grid holds its PromptSRC teacher, which may be a demo run of its own
     for trainer in trainers or DEMO_TRAINERS:
-        jobs += sweep.expand_grid([trainer], ["base2new"], [DEMO_DATASET[1]], seeds=[1], cfg=DEMO_CONFIG,
-                                  data_root=data_root, output_root=output_root, opts=demo_opts(epochs))
-    return jobs
+        for job in sweep.expand_grid([trainer], ["base2new"], [DEMO_DATASET[1]], seeds=[1], cfg=DEMO_CONFIG,
+                                     data_root=data_root, output_root=output_root, opts=demo_opts(epochs)):
+            jobs.setdefault(job.id, job)
+    return list(jobs.values())
 
 
 def make_demo_data(data_root):

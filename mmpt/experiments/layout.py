@@ -81,8 +81,13 @@ STAGES = {
     "fewshot": ("fewshot", True, "all"),
     "xd_train": ("xd", True, "all"),
     "xd_test": ("xd", False, "all"),
+    # transductive methods (`transductive = True`, PromptKD): train on the unlabeled training images of every class
+    # of the dataset (evaluated by base2new_test_base / _new) or of each cross-dataset target (tested in the run)
+    "base2new_train_all": ("b2n", True, "all"),
+    "xd_train_target": ("xd", True, "all"),
 }
 TRAIN_STAGE_OF = {"base2new_test_new": "base2new_train", "xd_test": "xd_train"}
+TRANSDUCTIVE_TRAIN_STAGE = "base2new_train_all"  # the model a transductive method's base2new_test_* evaluates
 
 
 def dataset_config_file(dataset, repo_root=REPO_ROOT):
@@ -116,6 +121,8 @@ def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
     tail = osp.join(dataset, f"shots_{shots}", trainer, cfg, f"seed{seed}")
     if stage == "base2new_train":
         return osp.join("base2new", "train_base", tail)
+    if stage == "base2new_train_all":
+        return osp.join("base2new", "train_all", tail)
     if stage in ("base2new_test_new", "base2new_test_base"):
         return osp.join("base2new", "test_" + STAGES[stage][2], tail)
     if stage == "fewshot":
@@ -123,7 +130,7 @@ def run_dir(stage, trainer, cfg, dataset, seed, shots=16):
     tag = f"{cfg}_{shots}shots" if method(trainer).trains else cfg
     if stage == "xd_train":
         return osp.join(SOURCE_DATASET, trainer, tag, f"seed{seed}")
-    if stage == "xd_test":
+    if stage in ("xd_test", "xd_train_target"):
         return osp.join("evaluation", trainer, tag, dataset, f"seed{seed}")
     raise KeyError(f"mmpt.experiments.layout: unknown stage '{stage}' (known: {', '.join(STAGES)})")
 
@@ -210,6 +217,9 @@ class Job:
     depends_on: list = field(default_factory=list)
     nproc: int = 1  # processes (GPUs) per node; > 1 or nnodes > 1: argv starts with torchrun
     nnodes: int = 1
+    # the Jobs of other runs this one needs that a grid must hold too (PromptKD's teacher run); not a field:
+    # the manifest records them as jobs of their own
+    prerequisites = ()
 
     def to_dict(self):
         return asdict(self)
@@ -225,7 +235,7 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     if stage not in STAGES:
         raise KeyError(f"mmpt.experiments.layout: unknown stage '{stage}' (known: {', '.join(STAGES)})")
     dataset_file = dataset_config_file(dataset, repo_root)
-    dataset = dataset_name(dataset)
+    dataset_arg, dataset = dataset, dataset_name(dataset)
     cfg = cfg or default_config(trainer, stage, dataset, shots)
     seed, shots = int(seed), int(shots)
     trains = is_training_stage(stage, trainer)
@@ -246,7 +256,10 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
     if not trains:
         argv.append("--eval-only")
         if method(trainer).trains:
-            train_stage = TRAIN_STAGE_OF[stage]
+            if method(trainer).transductive and stage.startswith("base2new"):
+                train_stage = TRANSDUCTIVE_TRAIN_STAGE
+            else:
+                train_stage = TRAIN_STAGE_OF[stage]
             model_rel = run_dir(train_stage, trainer, tag, dataset if stage != "xd_test" else SOURCE_DATASET,
                                 seed, shots)
             epoch = load_epoch if load_epoch is not None else config_max_epoch(config_file, opts)
@@ -259,8 +272,40 @@ def build_job(stage, trainer, dataset, seed, shots=16, cfg=None, data_root="", o
         argv += ["DATASET.SUBSAMPLE_CLASSES", subsample]
     argv += dataset_opts(trainer, stage, dataset)
     argv += [str(o) for o in opts]
-    return Job(id=rel, stage=stage, trainer=trainer, cfg=cfg, dataset=dataset, seed=seed, shots=shots,
-               output_dir=output_dir, argv=argv, trains=trains, depends_on=depends_on, nproc=nproc, nnodes=nnodes)
+    teacher = None
+    if method(trainer).teacher_field:
+        teacher = teacher_job(stage, trainer, dataset_arg, argv, data_root=data_root, output_root=output_root, opts=opts,
+                              python=python, repo_root=repo_root, nproc=nproc, nnodes=nnodes,
+                              rdzv_endpoint=rdzv_endpoint)
+    if teacher is not None:  # the run reads the teacher's folder (not part of its own folder's name)
+        argv += [f"TRAINER.{method(trainer).cfg_node}.{method(trainer).teacher_field}", teacher.output_dir]
+        depends_on.append(teacher.id)
+    job = Job(id=rel, stage=stage, trainer=trainer, cfg=cfg, dataset=dataset, seed=seed, shots=shots,
+              output_dir=output_dir, argv=argv, trains=trains, depends_on=depends_on, nproc=nproc, nnodes=nnodes)
+    job.prerequisites = [teacher] if teacher is not None else []
+    return job
+
+
+def teacher_job(stage, trainer, dataset, argv, opts=(), **build_args):
+    """The stage-1 run a method with a teacher (`teacher_field`, `teacher_run`) is trained from: its declared
+    trainer / config / seed, on the student's dataset (base-to-new) or the cross-dataset source, 16 shots, with
+    the user's options except the student's own node. None when the command already names a teacher folder."""
+    student = method(trainer)
+    cfg = train_config.config_from_argv([str(a) for a in argv[argv.index(osp.join(build_args["repo_root"],
+                                                                                "train.py")) + 1:]])
+    node = cfg.TRAINER[student.cfg_node]
+    if node[student.teacher_field]:
+        return None
+    teacher_trainer, teacher_cfg, teacher_seed = student.teacher_run(node)
+    if STAGES[stage][0] == "xd":
+        teacher_stage, teacher_dataset = "xd_train", SOURCE_DATASET
+    else:
+        teacher_stage, teacher_dataset = "base2new_train", dataset
+    pairs = run_folder.option_pairs(opts)
+    own = f"TRAINER.{student.cfg_node}."
+    teacher_opts = [item for key, value in pairs.items() if not key.startswith(own) for item in (key, value)]
+    return build_job(teacher_stage, teacher_trainer, teacher_dataset, teacher_seed, 16, cfg=teacher_cfg,
+                     opts=teacher_opts, **build_args)
 
 
 def check_trained(job, output_root):
@@ -294,6 +339,7 @@ def main(argv=None):
     parser.add_argument("--nproc", default=1, type=int, help="processes (GPUs) per node: > 1 launches torchrun")
     parser.add_argument("--nnodes", default=1, type=int, help="nodes (each runs the same command)")
     parser.add_argument("--rdzv-endpoint", default="", help="HOST:PORT the nodes meet at (--nnodes > 1)")
+    parser.add_argument("--teacher", action="store_true", help="plan the stage-1 run (teacher) of this run instead")
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = argv[argv.index("--") + 1:] if "--" in argv else []  # KEY VALUE pairs for train.py
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -302,6 +348,10 @@ def main(argv=None):
                         data_root=args.data, output_root=args.output, opts=opts, python=args.python,
                         load_epoch=args.load_epoch, nproc=args.nproc, nnodes=args.nnodes,
                         rdzv_endpoint=args.rdzv_endpoint)
+        if args.teacher:
+            if not job.prerequisites:
+                raise ValueError(f"mmpt.experiments.layout: {args.trainer} trains from no teacher run here")
+            job = job.prerequisites[0]
         done = is_done(job.output_dir, job.trains, job.argv)
         if not done and job.depends_on:
             check_trained(job, args.output)

@@ -470,13 +470,36 @@ def base2new_summary(cells, hm_convention="avg"):
 
 def comparable_average(entry):
     """The published base-to-new average of a summary entry when it may stand beside ours (the papers' backbone,
-    and the papers' 11 datasets all present: the published averages are over them), else None."""
-    name = published.paper_name(entry["trainer"])
-    if not entry["world"].comparable or name not in published.BASE2NEW_AVERAGE:
-        return None
+    and the papers' 11 datasets all present: the published averages are over them), else None. A results track
+    (PromptKD's distillation track) has its own published rows (published.TRACKS), shown beside its runs only."""
+    world = entry["world"]
     if not set(layout.DATASETS_11) <= set(entry["datasets"]):
         return None
+    if world.track != STANDARD_TRACK:
+        rows = published.TRACKS.get(world.track, {}).get("base2new", {})
+        on_papers_backbone = world.kind == "real" and world.backbone == published.BACKBONE
+        return (entry["trainer"], rows[entry["trainer"]]) if on_papers_backbone and entry["trainer"] in rows else None
+    name = published.paper_name(entry["trainer"])
+    if not world.comparable or name not in published.BASE2NEW_AVERAGE:
+        return None
     return name, published.BASE2NEW_AVERAGE[name]
+
+
+def track_note(cells, world):
+    """What a results track's tables say about their runs: the track's nature and each method's own words on its
+    runs (PromptKD: the teacher's backbone and the checkpoint selection), from the recorded configs; "" for the
+    standard track."""
+    if world.track == STANDARD_TRACK:
+        return ""
+    notes = OrderedDict()
+    for key, cell in cells.items():
+        trainer = key[1]
+        if cell.world == world and cell.config and trainer in layout.declared_methods():
+            notes.setdefault((trainer, key[2]), layout.method(trainer).track_note(cell.config))
+    said = "; ".join(f"{trainer} ({cfg}): {note}" for (trainer, cfg), note in notes.items() if note)
+    return (f"The {world.track} track: transductive (trains on unlabeled images of every class it is tested on) and "
+            f"taught by another model; never averaged or ranked with the standard track's tables."
+            + (f" {said}." if said else ""))
 
 
 def base2new_tables(cells, hm_convention="avg"):
@@ -501,13 +524,16 @@ def base2new_tables(cells, hm_convention="avg"):
             paper = comparable_average(entry)
             if paper is not None:
                 name, values = paper
-                average.sources[f"{name} (paper)"] = published.source_of(name)
+                average.sources[f"{name} (paper)"] = (published.source_of(name) if world.track == STANDARD_TRACK
+                                                      else published.TRACK_SOURCES[world.track])
                 average.add_row(f"{name} (paper)", [11] + [fmt(values[m]) + mark(avg[m], spread[m], seeds, values[m])
                                                            for m in ("base", "new", "hm")] + [""])
                 for metric in ("base", "new", "hm"):
                     average.record("paper", f"{name} (paper)", "average", 16, metric, values[metric])
             elif world.comparable and published.paper_name(entry["trainer"]) in published.BASE2NEW_AVERAGE:
                 short.append(f"{label} ({entry['n']})")
+        if track_note(cells, world):
+            average.notes.append(track_note(cells, world))
         if short:
             average.notes.append(f"The published base-to-new averages are over the {len(layout.DATASETS_11)} "
                                  f"datasets; not shown beside {', '.join(short)}, which cover fewer.")
@@ -548,6 +574,8 @@ def transfer_tables(cells, name, title, targets, paper):
             shots = next(k[4] for k in xd if (k[1], k[2]) == (trainer, cfg))
             row = paper_row(world, published.SHOTS if trainer == layout.ZERO_SHOT else shots, trainer, paper)
             add_method_rows(table, label, by_dataset, columns, columns, row, 16, lead=[layout.SOURCE_DATASET])
+        if track_note(cells, world):
+            table.notes.append(track_note(cells, world))
         tables.append(table)
     return tables
 

@@ -59,6 +59,13 @@ def resolve_trainer(name):
 def protocol_stages(protocol, trainer, datasets, shots_list):
     """[(stage, dataset, shots)] of one protocol for one trainer, in dependency order."""
     zero_shot = not layout.method(trainer).trains  # evaluation only
+    if layout.method(trainer).transductive:  # full training splits (0 shots); its teacher run joins as a dependency
+        if protocol == "base2new":
+            stages = ["base2new_train_all", "base2new_test_base", "base2new_test_new"]
+            return [(stage, d, 0) for d in datasets or layout.DATASETS_11 for stage in stages]
+        if protocol == "xd":
+            return [("xd_train_target", d, 0) for d in datasets or layout.XD_TARGETS]
+        raise ValueError(f"mmpt.sweep: {trainer} runs the base2new and xd protocols only (not {protocol})")
     if protocol == "base2new":
         datasets = datasets or layout.DATASETS_11
         stages = ["base2new_test_base", "base2new_test_new"] if zero_shot else ["base2new_train", "base2new_test_new"]
@@ -87,6 +94,8 @@ def expand_grid(trainers, protocols, datasets=None, seeds=(1, 2, 3), shots=(1, 2
                 for stage, dataset, k in protocol_stages(protocol, trainer, datasets, shots):
                     job = layout.build_job(stage, trainer, dataset, seed, k, cfg=cfg, data_root=data_root,
                                            output_root=output_root, opts=opts, python=python, nproc=nproc)
+                    for prerequisite in job.prerequisites:  # e.g. PromptKD's teacher run, before its student
+                        jobs.setdefault(prerequisite.id, prerequisite)
                     jobs.setdefault(job.id, job)
     return list(jobs.values())
 
@@ -347,9 +356,10 @@ def run_submitit(manifest, jobs, folder, cluster=None, partition=None, time_min=
     import submitit
 
     pending = [job for job in jobs if manifest.status(job.id) == "pending"]
-    chains = OrderedDict()
-    for job in pending:
-        root = job.depends_on[0] if job.depends_on and job.depends_on[0] in chains else job.id
+    chains, chain_of = OrderedDict(), {}
+    for job in pending:  # a job joins the chain of its first pending dependency (teacher -> student -> evaluations)
+        root = next((chain_of[d] for d in job.depends_on if d in chain_of), job.id)
+        chain_of[job.id] = root
         chains.setdefault(root, []).append(job.to_dict())
     # the workers unpickle run_chain from mmpt.experiments.sweep: make the repository importable there as here
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
