@@ -41,6 +41,7 @@ def bare_trainer(method, model, overrides):
     trainer.model = model
     trainer.device = torch.device("cpu")
     trainer.precision = Precision(trainer.config.PREC, trainer.device)
+    trainer.scaler = trainer.precision.grad_scaler()  # disabled unless PREC is fp16: the step then checks the loss
     trainer.optim = "unused"  # the step checks that there is something to train; the step itself is replaced
     trainer.constant_class_features = None
     trainer.batch_idx, trainer.num_batches = 0, 2  # not the epoch's last batch: no LR update
