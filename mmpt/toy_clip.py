@@ -43,7 +43,7 @@ PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PRETRAIN_PURPOSE = 1  # toy_world.image_seed namespace of the corpus (the benchmark uses toy_world.DATASET_PURPOSE)
 DEFAULTS = dict(seed=0, steps=600, batch_size=128, lr=1e-3, weight_decay=0.05, warmup=50, text_length=16,
-                images_per_class={"photo": 200, "sketch": 40, "noisy": 40}, threads=1)
+                images_per_class={"photo": 200, "sketch": 40, "noisy": 40}, classes="all", threads=1)
 
 # caption templates: (template, attributes it names). The class-level ones dominate; partial ones teach the
 # words one at a time, nuisance ones teach the words the captions of a real corpus would carry.
@@ -71,6 +71,7 @@ CAPTIONS = [
     ("a {style} of a {colour} {shape}.", ("style", "colour", "shape")),
     ("a {style} of a {shape}.", ("style", "shape")),
 ]
+CORPUS_CLASSES = {"all": toy_world.all_classes, "base": toy_world.base_classes}
 ATTRIBUTE_KEYS = ("colour", "shape", "pattern", "size", "background", "style")
 STYLE_WORDS = {"photo": "photo", "sketch": "sketch", "noisy": "noisy photo"}
 
@@ -82,19 +83,19 @@ def caption_words(attributes):
 
 
 # ----------------------------------------------------------------------------------------------- the file
-def initial_token_table(seed):
+def initial_token_table(seed, width=ARCHITECTURE["transformer_width"]):
     """The token table's initial values (CLIP's init: N(0, 0.02)) from a generator of its own."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(ARCHITECTURE["vocab_size"], ARCHITECTURE["transformer_width"], generator=generator) * 0.02
+    return torch.randn(ARCHITECTURE["vocab_size"], width, generator=generator) * 0.02
 
 
-def build_model(seed):
+def build_model(seed, architecture=None):
     """A fresh toy CLIP: CLIP's own initialisation under `seed`, the token table from `initial_token_table`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIP(**ARCHITECTURE)
+        model = CLIP(**(architecture or ARCHITECTURE))
     with torch.no_grad():
-        model.token_embedding.weight.copy_(initial_token_table(seed))
+        model.token_embedding.weight.copy_(initial_token_table(seed, model.token_embedding.weight.shape[1]))
     return model.float()
 
 
@@ -102,8 +103,13 @@ def pack(model, seed, meta):
     """The file's contents: fp16 weights without the token table, plus the changed table rows and their ids."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     table = state.pop("token_embedding.weight")
-    changed = torch.nonzero((table != initial_token_table(seed)).any(dim=1)).flatten()
-    return {"format": "mmpt-toy-clip-1", "architecture": dict(ARCHITECTURE), "token_table_seed": seed,
+    changed = torch.nonzero((table != initial_token_table(seed, table.shape[1])).any(dim=1)).flatten()
+    architecture = dict(ARCHITECTURE, transformer_width=table.shape[1], embed_dim=model.text_projection.shape[1],
+                        vision_width=model.visual.conv1.out_channels, vision_layers=len(model.visual.transformer.resblocks),
+                        transformer_layers=len(model.transformer.resblocks),
+                        transformer_heads=model.transformer.resblocks[0].attn.num_heads,
+                        vision_patch_size=model.visual.conv1.kernel_size[0])
+    return {"format": "mmpt-toy-clip-1", "architecture": architecture, "token_table_seed": seed,
             "token_ids": changed, "token_rows": table[changed].half(),
             "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, "meta": meta}
 
@@ -119,7 +125,7 @@ def unpack(data, source):
         raise ValueError(f"{source} is not a toy CLIP file (no 'format': 'mmpt-toy-clip-1'); rebuild it with "
                          "`python -m mmpt.toy_clip pretrain`")
     model = CLIP(**data["architecture"]).float()
-    table = initial_token_table(data["token_table_seed"])
+    table = initial_token_table(data["token_table_seed"], data["architecture"]["transformer_width"])
     table[data["token_ids"]] = data["token_rows"].float()
     state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}
     state["token_embedding.weight"] = table
@@ -146,13 +152,13 @@ def sha256_of(path):
 class Corpus:
     """Images of the base combinations (never the new ones) with their attributes; captions drawn per step."""
 
-    def __init__(self, images_per_class, seed):
+    def __init__(self, images_per_class, seed, classes="all"):
         from clip import tokenize
 
         self.tokenize = tokenize
         self.token_cache = {}
         pixels, self.attributes = [], []
-        for colour, shape in toy_world.base_classes():
+        for colour, shape in CORPUS_CLASSES[classes]():
             for style, count in images_per_class.items():
                 for index in range(count):
                     image_seed = [PRETRAIN_PURPOSE, seed] + toy_world.image_seed(0, style, colour, shape, index)[1:]
@@ -239,10 +245,10 @@ def pretrain(steps=None, seed=None, echo=print, eval_every=0, **overrides):
     torch.set_num_threads(settings["threads"])
     start = time.time()
     try:
-        corpus = Corpus(settings["images_per_class"], settings["seed"])
+        corpus = Corpus(settings["images_per_class"], settings["seed"], settings["classes"])
         echo(f"toy CLIP pretraining: {len(corpus)} images of {len(toy_world.base_classes())} base classes "
              f"(rendered in {time.time() - start:.0f} s), {settings['steps']} steps of {settings['batch_size']}")
-        model = build_model(settings["seed"])
+        model = build_model(settings["seed"], settings.get("architecture"))
         model.train()
         set_text_length(model, settings["text_length"])
         optimizer = torch.optim.AdamW(parameter_groups(model, settings["weight_decay"]), lr=settings["lr"])

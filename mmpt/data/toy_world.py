@@ -56,7 +56,7 @@ SPLIT_FILE = "split_toy_world.json"
 # the datasets: registry name -> (folder under DATASET.ROOT, style, lighting, images per class per split); the
 # shifted renderings are test-only (evaluation targets of a model trained on ToyWorld)
 DATASETS = {
-    "ToyWorld": ("toy_world", "photo", "cool", SPLIT_SIZES),
+    "ToyWorld": ("toy_world", "photo", "class", SPLIT_SIZES),
     "ToyWorldSketch": ("toy_world_sketch", "sketch", "neutral", {"train": 0, "val": 0, "test": SPLIT_SIZES["test"]}),
     "ToyWorldNoisy": ("toy_world_noisy", "noisy", "neutral", {"train": 0, "val": 0, "test": SPLIT_SIZES["test"]}),
 }
@@ -169,6 +169,21 @@ def sample_nuisance(rng, style="photo"):
     }
 
 
+LOOK_PURPOSE = 7
+LOOK = dict(gain=0.25, offset=25.0, background=0.0, rotate=25.0, stretch=0.0)
+
+
+def class_look(colour, shape, look=None):
+    """The benchmark's look of one class: drawn once per class from its own seed."""
+    look = dict(LOOK, **(look or {}))
+    rng = np.random.default_rng([LOOK_PURPOSE, all_classes().index((colour, shape))])
+    return {"gain": 1.0 + look["gain"] * rng.uniform(-1, 1, size=3),
+            "offset": look["offset"] * rng.uniform(-1, 1, size=3),
+            "background": look["background"] * rng.uniform(-1, 1, size=3),
+            "rotate": look["rotate"] * rng.uniform(-1, 1),
+            "stretch": 1.0 + look["stretch"] * rng.uniform(-1, 1)}
+
+
 def render(colour, shape, seed, style="photo", return_attributes=False, lighting="neutral"):
     """One IMAGE_SIZE x IMAGE_SIZE RGB image of a `colour` `shape`, deterministic in (colour, shape, seed, style);
     `seed` is an int or a list of ints (see image_seed)."""
@@ -180,16 +195,25 @@ def render(colour, shape, seed, style="photo", return_attributes=False, lighting
     size = IMAGE_SIZE * SUPERSAMPLE
     attrs = sample_nuisance(rng, style)
     background = _background(style, size, rng)
+    look = class_look(colour, shape) if lighting == "class" else None
+    if look is not None:
+        background = np.clip(background + look["background"], 0, 255)
     rgb = np.clip(np.asarray(COLOURS[colour]) + rng.uniform(-22, 22, size=3), 0, 255)
     cx, cy = (c * size for c in attrs["centre"])
     mask = _shape_mask(shape, size, cx, cy, attrs["radius"] * size)
+    if look is not None and (look["rotate"] or look["stretch"] != 1.0):
+        mask = mask.rotate(look["rotate"], resample=Image.BILINEAR, center=(cx, cy))
+        w = max(1, int(round(size * look["stretch"])))
+        mask = mask.resize((w, size), Image.BILINEAR)
+        mask = mask.crop((0, 0, size, size)) if w >= size else Image.fromarray(
+            np.pad(np.asarray(mask), ((0, 0), (0, size - w))))
     if style == "sketch":  # the outline only: the mask minus its erosion
         mask = Image.fromarray(np.asarray(mask) - np.asarray(mask.filter(ImageFilter.MinFilter(2 * SUPERSAMPLE + 1))))
     alpha = np.asarray(mask, dtype=np.float64)[:, :, None] / 255.0
     canvas = background * (1 - alpha) + _fill(attrs["pattern"], size, rgb, rng) * alpha
     small = np.asarray(Image.fromarray(canvas.round().astype(np.uint8)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX),
                        dtype=np.float64)
-    gain, offset = LIGHTING[lighting]
+    gain, offset = (look["gain"], look["offset"]) if look is not None else LIGHTING[lighting]
     small = small * np.asarray(gain) + np.asarray(offset)
     noise_std = {"photo": 8.0, "sketch": 4.0, "noisy": 28.0}[style]
     pixels = np.clip(small + rng.normal(0, noise_std, size=small.shape), 0, 255).round().astype(np.uint8)
