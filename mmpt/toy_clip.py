@@ -32,7 +32,7 @@ from mmpt.data import toy_world
 NAME = "toy-ViT"
 WEIGHTS_FILE = osp.join(osp.dirname(osp.abspath(__file__)), "weights", "toy_vit.pt")
 # the shipped file, as written by `python -m mmpt.toy_clip pretrain` with the defaults below
-WEIGHTS_SHA256 = "abb13c42ec98d9081781b5652cfdcc9cd64c4389360088aea2c9e9b2696f80c0"
+WEIGHTS_SHA256 = "cc861d66f7d9b38da66df743d2d534c51f4cda47e9aeb27de18a0e2f958a3912"
 
 ARCHITECTURE = dict(embed_dim=64, image_resolution=toy_world.IMAGE_SIZE, vision_layers=4, vision_width=64,
                     vision_patch_size=8, context_length=77, vocab_size=49408, transformer_width=64,
@@ -42,7 +42,7 @@ PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
 PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PRETRAIN_PURPOSE = 1  # toy_world.image_seed namespace of the corpus (the benchmark uses toy_world.DATASET_PURPOSE)
-DEFAULTS = dict(seed=0, steps=600, batch_size=128, lr=1e-3, weight_decay=0.05, warmup=50, text_length=16,
+DEFAULTS = dict(seed=0, steps=1200, batch_size=128, lr=1e-3, weight_decay=0.05, warmup=50, text_length=16,
                 images_per_class={"photo": 200, "sketch": 40, "noisy": 40}, classes="all", threads=1)
 
 # caption templates: (template, attributes it names). The class-level ones dominate; partial ones teach the
@@ -83,19 +83,19 @@ def caption_words(attributes):
 
 
 # ----------------------------------------------------------------------------------------------- the file
-def initial_token_table(seed, width=ARCHITECTURE["transformer_width"]):
+def initial_token_table(seed):
     """The token table's initial values (CLIP's init: N(0, 0.02)) from a generator of its own."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(ARCHITECTURE["vocab_size"], width, generator=generator) * 0.02
+    return torch.randn(ARCHITECTURE["vocab_size"], ARCHITECTURE["transformer_width"], generator=generator) * 0.02
 
 
-def build_model(seed, architecture=None):
+def build_model(seed):
     """A fresh toy CLIP: CLIP's own initialisation under `seed`, the token table from `initial_token_table`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIP(**(architecture or ARCHITECTURE))
+        model = CLIP(**ARCHITECTURE)
     with torch.no_grad():
-        model.token_embedding.weight.copy_(initial_token_table(seed, model.token_embedding.weight.shape[1]))
+        model.token_embedding.weight.copy_(initial_token_table(seed))
     return model.float()
 
 
@@ -103,13 +103,8 @@ def pack(model, seed, meta):
     """The file's contents: fp16 weights without the token table, plus the changed table rows and their ids."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     table = state.pop("token_embedding.weight")
-    changed = torch.nonzero((table != initial_token_table(seed, table.shape[1])).any(dim=1)).flatten()
-    architecture = dict(ARCHITECTURE, transformer_width=table.shape[1], embed_dim=model.text_projection.shape[1],
-                        vision_width=model.visual.conv1.out_channels, vision_layers=len(model.visual.transformer.resblocks),
-                        transformer_layers=len(model.transformer.resblocks),
-                        transformer_heads=model.transformer.resblocks[0].attn.num_heads,
-                        vision_patch_size=model.visual.conv1.kernel_size[0])
-    return {"format": "mmpt-toy-clip-1", "architecture": architecture, "token_table_seed": seed,
+    changed = torch.nonzero((table != initial_token_table(seed)).any(dim=1)).flatten()
+    return {"format": "mmpt-toy-clip-1", "architecture": dict(ARCHITECTURE), "token_table_seed": seed,
             "token_ids": changed, "token_rows": table[changed].half(),
             "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, "meta": meta}
 
@@ -125,7 +120,7 @@ def unpack(data, source):
         raise ValueError(f"{source} is not a toy CLIP file (no 'format': 'mmpt-toy-clip-1'); rebuild it with "
                          "`python -m mmpt.toy_clip pretrain`")
     model = CLIP(**data["architecture"]).float()
-    table = initial_token_table(data["token_table_seed"], data["architecture"]["transformer_width"])
+    table = initial_token_table(data["token_table_seed"])
     table[data["token_ids"]] = data["token_rows"].float()
     state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}
     state["token_embedding.weight"] = table
@@ -246,9 +241,9 @@ def pretrain(steps=None, seed=None, echo=print, eval_every=0, **overrides):
     start = time.time()
     try:
         corpus = Corpus(settings["images_per_class"], settings["seed"], settings["classes"])
-        echo(f"toy CLIP pretraining: {len(corpus)} images of {len(toy_world.base_classes())} base classes "
+        echo(f"toy CLIP pretraining: {len(corpus)} images of {len(CORPUS_CLASSES[settings['classes']]())} classes "
              f"(rendered in {time.time() - start:.0f} s), {settings['steps']} steps of {settings['batch_size']}")
-        model = build_model(settings["seed"], settings.get("architecture"))
+        model = build_model(settings["seed"])
         model.train()
         set_text_length(model, settings["text_length"])
         optimizer = torch.optim.AdamW(parameter_groups(model, settings["weight_decay"]), lr=settings["lr"])
@@ -296,7 +291,7 @@ def pretrain(steps=None, seed=None, echo=print, eval_every=0, **overrides):
 def zero_shot_accuracy(model, classes, dataset="ToyWorld", per_class=20, template="a photo of a {}."):
     """Top-1 accuracy (%) of zero-shot `model` on the test images of `classes` of a toy dataset (rendered in
     memory: the same pictures as the dataset's files)."""
-    _, style, lighting, sizes = toy_world.DATASETS[dataset]
+    _, style, look, sizes = toy_world.DATASETS[dataset]
     from clip import tokenize
 
     names = [toy_world.class_name(*c) for c in classes]
@@ -306,7 +301,7 @@ def zero_shot_accuracy(model, classes, dataset="ToyWorld", per_class=20, templat
     test_start = sizes["train"] + sizes["val"]  # write_world numbers a class's images train, val, test
     for label, (colour, shape) in enumerate(classes):
         pixels = [np.asarray(toy_world.render(colour, shape, toy_world.image_seed(
-            toy_world.DATASET_PURPOSE, style, colour, shape, test_start + i), style, lighting=lighting))
+            toy_world.DATASET_PURPOSE, style, colour, shape, test_start + i), style, look=look))
             for i in range(per_class)]
         images = (torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
         predictions = (F.normalize(model.encode_image(images), dim=-1) @ text.t()).argmax(dim=1)
