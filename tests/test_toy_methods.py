@@ -14,15 +14,15 @@ import pytest
 
 from tests.e2e import run_train
 
-# trainer: (batch size, epochs, learning rate) -- the toy_demo config's batch, its epochs divided by a factor
-# and its learning rate multiplied by it (the demo runs the configs as they are)
+# trainer: (batch size, epochs, learning rate). CoOp and MPL: their toy_demo configs' (the demo's). The others: the
+# config's batch, its epochs divided by a factor and its learning rate multiplied by it (a few seconds each)
 SCHEDULES = {
-    "CoOp": (32, 10, 0.01),
+    "CoOp": (32, 50, 0.002),
     "CoCoOp": (8, 2, 0.05),
     "KgCoOp": (128, 20, 0.01),
     "MaPLe": (8, 2, 0.0175),
     "MuDPT": (8, 2, 0.0125),
-    "MPL": (8, 2, 0.0175),
+    "MPL": (8, 5, 0.0035),
     "PromptSRC": (8, 2, 0.005),
     "TCP": (8, 2, 0.004),
 }
