@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e import run_train
 
-# trainer: (batch size, epochs, learning rate). CoOp and MPL: their toy_demo configs' (the demo's). The others: the
+# trainer: (batch size, epochs, learning rate). CoOp, MPL and MMA: their toy_demo configs' (the demo's). The others: the
 # config's batch, its epochs divided by a factor and its learning rate multiplied by it (a few seconds each)
 SCHEDULES = {
     "CoOp": (32, 50, 0.002),
@@ -25,17 +25,20 @@ SCHEDULES = {
     "MPL": (8, 5, 0.0035),
     "PromptSRC": (8, 2, 0.005),
     "TCP": (8, 2, 0.004),
+    "MMA": (8, 4, 0.0015),  # its toy_demo config's
 }
 TRAINERS = list(SCHEDULES)
-KEEP_NEW_BETTER_THAN_COOP = ["CoCoOp", "KgCoOp", "MaPLe", "MuDPT", "MPL", "PromptSRC", "TCP"]
+KEEP_NEW_BETTER_THAN_COOP = ["CoCoOp", "KgCoOp", "MaPLe", "MuDPT", "MPL", "PromptSRC", "TCP", "MMA"]
 COMMON_OPTS = ("MODEL.BACKBONE.NAME", "toy-ViT", "OPTIM.WARMUP_EPOCH", "0", "DATASET.NUM_SHOTS", "16",
                "DATALOADER.TEST.BATCH_SIZE", "100", "TRAIN.PRINT_FREQ", "100")
 CHANCE = 100 / 18
-# Measured (python -m pytest tests/test_toy_methods.py -s), accuracy % base / new: MEASURED
+# Measured (python -m pytest tests/test_toy_methods.py -s), accuracy % base / new (360 test images each, one
+# image = 0.28 points): ZeroshotCLIP 56.9 / 63.1, CoOp 65.8 / 57.5, CoCoOp 58.1 / 58.9, KgCoOp 60.3 / 63.1,
+# MaPLe 61.9 / 61.1, MuDPT 61.4 / 60.6, MPL MPL_MEASURED, PromptSRC 63.6 / 62.2, TCP 61.1 / 63.1, MMA 59.7 / 60.3.
 # Training is seeded: the same machine repeats them; another CPU may move them by a few images.
-BASE_GAIN = 1.0  # every trainer: base >= zero-shot base + BASE_GAIN (smallest measured gain: MEASURED)
-COOP_NEW_LOSS = 3.0  # CoOp: new <= zero-shot new - COOP_NEW_LOSS (measured: MEASURED)
-NEW_OVER_COOP = 0.5  # KEEP_NEW_BETTER_THAN_COOP: new >= CoOp's new + NEW_OVER_COOP (smallest measured: MEASURED)
+BASE_GAIN = 0.5  # every trainer: base >= zero-shot base + BASE_GAIN (smallest measured gain: +1.2, CoCoOp)
+COOP_NEW_LOSS = 3.0  # CoOp: new <= zero-shot new - COOP_NEW_LOSS (measured: -5.6)
+NEW_OVER_COOP = 0.5  # KEEP_NEW_BETTER_THAN_COOP: new >= CoOp's new + NEW_OVER_COOP (smallest measured: +1.4, CoCoOp)
 
 
 def accuracy(log):
