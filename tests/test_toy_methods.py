@@ -4,9 +4,8 @@ Every trainer trains on 16 shots of the 18 base classes with its toy_demo config
 (SCHEDULES: a fraction of the demo's epochs, the learning rate raised by the same factor), seed 1, and is
 tested on the base and on the new classes; zero-shot CLIP gives the reference. What the methods are for, as on
 the real benchmarks (docs/TOY_WORLD.md): prompt tuning raises base accuracy above zero-shot for every trainer;
-CoOp pays for it on the new classes, and the methods built to keep CLIP's generality (CoCoOp, KgCoOp and the
-multi-modal ones) keep more of the new classes than CoOp does. The margins were measured (see below) and set
-with headroom.
+CoOp pays for it on the new classes, and methods built to keep CLIP's generality keep more of the new classes
+than CoOp does. The margins were measured (see below) and set with headroom.
 """
 import re
 
@@ -28,7 +27,9 @@ SCHEDULES = {
     "MMA": (8, 4, 0.0015),  # its toy_demo config's
 }
 TRAINERS = list(SCHEDULES)
-KEEP_NEW_BETTER_THAN_COOP = ["CoCoOp", "KgCoOp", "MaPLe", "MuDPT", "MPL", "PromptSRC", "TCP", "MMA"]
+# new classes above CoOp's: the methods for which the demo's 3-seed means (docs/TOY_WORLD.md) show it too. CoCoOp,
+# MaPLe, MMA and MPL are above CoOp here (seed 1) but not on the 3-seed means, so it is not asserted for them
+KEEP_NEW_BETTER_THAN_COOP = ["KgCoOp", "MuDPT", "PromptSRC", "TCP"]
 COMMON_OPTS = ("MODEL.BACKBONE.NAME", "toy-ViT", "OPTIM.WARMUP_EPOCH", "0", "DATASET.NUM_SHOTS", "16",
                "DATALOADER.TEST.BATCH_SIZE", "100", "TRAIN.PRINT_FREQ", "100")
 CHANCE = 100 / 18
@@ -38,7 +39,7 @@ CHANCE = 100 / 18
 # Training is seeded: the same machine repeats them; another CPU may move them by a few images.
 BASE_GAIN = 0.5  # every trainer: base >= zero-shot base + BASE_GAIN (smallest measured gain: +1.2, CoCoOp)
 COOP_NEW_LOSS = 3.0  # CoOp: new <= zero-shot new - COOP_NEW_LOSS (measured: -5.6)
-NEW_OVER_COOP = 0.5  # KEEP_NEW_BETTER_THAN_COOP: new >= CoOp's new + NEW_OVER_COOP (smallest measured: +1.4, CoCoOp)
+NEW_OVER_COOP = 1.5  # KEEP_NEW_BETTER_THAN_COOP: new >= CoOp's new + NEW_OVER_COOP (smallest measured: +3.1, MuDPT)
 
 
 def accuracy(log):
