@@ -1,10 +1,10 @@
 """toy-ViT: a tiny CLIP pretrained on the toy world (mmpt.data.toy_world), shipped with the package.
 
 The model is the real `clip.model.CLIP` (4 layers of width 64 in each tower, 32 px images of 4 x 4 patches,
-CLIP's tokenizer and 77-token context), trained contrastively on captioned images of the BASE colour-shape
-combinations only, in three styles. The new combinations' images are never seen; their names are made of words
-the captions use ("red" and "circle" occur, "red circle" never does when it is a new class), so zero-shot
-recognition of new classes is possible but not given.
+CLIP's tokenizer and 77-token context), trained contrastively on captioned images of all 36 colour-shape
+classes, in three styles: as CLIP's web corpus holds the benchmarks' classes, base and new alike, which are new
+only to prompt tuning. The corpus never shows the benchmark's per-class look (mmpt.data.toy_world.LOOK): that
+is what prompt tuning on the base classes adapts to.
 
     python -m mmpt.toy_clip pretrain [--steps N] [--output FILE]   # rebuild the shipped weights (minutes, CPU)
     python -m mmpt.toy_clip check                                  # sha256 of the shipped file vs the recorded one
@@ -145,7 +145,8 @@ def sha256_of(path):
 
 # ----------------------------------------------------------------------------------------------- corpus
 class Corpus:
-    """Images of the base combinations (never the new ones) with their attributes; captions drawn per step."""
+    """Images of the `classes` ("all": base and new; "base": the base combinations only) in neutral light, with
+    their attributes; captions drawn per step."""
 
     def __init__(self, images_per_class, seed, classes="all"):
         from clip import tokenize

@@ -3,8 +3,9 @@
 Every image shows one shape of one colour (the class, e.g. "red circle") with nuisance attributes: a fill
 pattern (plain, striped, dotted), a size, a position, a background and pixel noise. 6 colours x 6 shapes give
 36 classes. The base / new halves hold out attribute COMBINATIONS, not attribute values: a class is base when
-(colour index + shape index) is even, so every colour and every shape occurs in 3 base and 3 new classes, and a
-model that has only seen base combinations can still name a new one from words it knows.
+(colour index + shape index) is even, so every colour and every shape occurs in 3 base and 3 new classes. The
+benchmark ("ToyWorld") photographs every class in a look of its own (LOOK, class_look) that the pretraining
+corpus of mmpt.toy_clip never shows.
 
 Images are drawn 4x larger with PIL, box-filtered down to IMAGE_SIZE (32 px) and given Gaussian noise; each
 image's randomness comes from its own seed, so the same (style, class, seed) is the same picture on every run.
