@@ -43,8 +43,10 @@ def test_demo_data_is_the_toy_world_made_once(tmp_path):
 
 def test_demo_orchestration_on_finished_runs(tmp_path):
     """With every run already finished, the demo skips them and prints the banner, the sweep, table and chart."""
-    accuracy = {"ZeroshotCLIP": (50.0, 40.0), "CoOp": (70.0, 30.0), "CoCoOp": (65.0, 38.0), "MaPLe": (72.0, 41.0),
-                "MuDPT": (80.0, 60.0), "MPL": (71.0, 42.0), "TCP": (69.0, 45.0)}
+    accuracy = {"ZeroshotCLIP": (50.0, 40.0), "CoOp": (70.0, 30.0), "CoCoOp": (65.0, 38.0), "KgCoOp": (66.0, 39.0),
+                "MaPLe": (72.0, 41.0), "PromptSRC": (74.0, 43.0), "TCP": (69.0, 45.0), "MMA": (73.0, 44.0),
+                "MPL": (71.0, 42.0), "MuDPT": (80.0, 60.0)}
+    assert sorted(accuracy) == sorted(demo.DEMO_TRAINERS)
     jobs = demo_jobs(tmp_path)
     for job in jobs:
         os.makedirs(job.output_dir)
@@ -65,6 +67,12 @@ def test_demo_orchestration_on_finished_runs(tmp_path):
     chart = [line for line in lines if line.rstrip().endswith("68.57") and "hm" in line]
     assert chart and chart[0].count("#") == round(68.57 / 100 * demo.CHART_WIDTH)
     assert os.path.getsize(report["files"]["base2new_bars"]) > 1024
+    # the demo's own table ends the output: its trainers in its order (zero-shot first, then by paper), the note
+    start = lines.index("| method | base | new | HM |")
+    table = lines[start:start + len(demo.DEMO_TRAINERS) + 4]
+    assert lines[start + len(table)].startswith("Done in") and table[:2] == ["| method | base | new | HM |", "|---|---|---|---|"] and table[-2:] == ["", demo.TABLE_NOTE]
+    assert [row.split(" | ")[0][2:] for row in table[2:-2]] == demo.DEMO_TRAINERS
+    assert "| MuDPT | 80.00 | 60.00 | 68.57 |" in table
     first = jobs[0]
     assert layout.is_done(first.output_dir, first.trains)  # skipped, not rerun: the fake record is still there
     assert "stdout.log" not in os.listdir(first.output_dir)

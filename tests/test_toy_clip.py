@@ -5,6 +5,7 @@ shipped file is checked against its recorded sha256 (`python -m mmpt.toy_clip pr
 """
 import os
 
+import numpy as np
 import torch
 from clip import tokenize
 from clip.model import CLIP
@@ -45,14 +46,15 @@ def test_loads_by_name_with_the_full_token_table():
     assert len(stored) < 200
 
 
-def test_zero_shot_transfers_to_new_combinations():
-    """The ToyWorld test images, rendered in memory, and the shipped file: measured base 33.1 %, new 30.3 % (the
-    same as ZeroshotCLIP through train.py), chance 5.6 %; asserted with headroom. Under the pretraining's
-    neutral light the same images give 55.6 % and 45.6 %."""
+def test_zero_shot_transfers_to_new_classes():
+    """The ToyWorld test images, rendered in memory, and the shipped file: measured base 56.9 %, new 63.1 % (the
+    same as ZeroshotCLIP through train.py), chance 5.6 %; the new classes asserted at the issue's 60 %. The
+    benchmark's per-class look costs zero-shot toy-ViT the difference to the same images photographed
+    neutrally, as the pretraining corpus is: base 75.6 %, new 75.8 %."""
     model = toy_clip.load_toy_clip()
     base = toy_clip.zero_shot_accuracy(model, toy_world.base_classes())
     new = toy_clip.zero_shot_accuracy(model, toy_world.new_classes())
-    assert base > 4 * CHANCE and new > 4 * CHANCE, (base, new)
+    assert base > 8 * CHANCE and new >= 60, (base, new)
 
 
 def test_pack_unpack_round_trip(tmp_path):
@@ -79,10 +81,16 @@ def test_prefix_text_encoding_equals_encode_text():
     assert torch.allclose(full, prefix, atol=1e-6)
 
 
-def test_corpus_holds_base_combinations_only():
+def test_corpus_holds_every_class_in_neutral_light():
+    """CLIP's corpus holds the benchmarks' new classes too: the toy corpus shows all 36 classes, never in the
+    benchmark's look (its images are the neutral renderings of their seeds)."""
     corpus = toy_clip.Corpus({"photo": 2, "sketch": 1, "noisy": 1}, seed=0)
     seen = {(a["colour"], a["shape"]) for a in corpus.attributes}
-    assert seen == set(toy_world.base_classes())
+    assert seen == set(toy_world.all_classes())
+    first = toy_world.all_classes()[0]
+    neutral = toy_world.render(*first, [toy_clip.PRETRAIN_PURPOSE, 0, 0, 0, 0], "photo")
+    pixels = (np.asarray(neutral).astype(np.float32) / 255.0 - np.array(toy_clip.PIXEL_MEAN)) / np.array(toy_clip.PIXEL_STD)
+    assert np.allclose(corpus.images[0].permute(1, 2, 0).numpy(), pixels, atol=1e-5)
     # soft targets: a caption naming only a colour matches every image of that colour in the batch
     indices = list(range(len(corpus)))
     matches = corpus.matches(indices, [("colour",)] + [("colour", "shape")] * (len(indices) - 1))

@@ -1,10 +1,11 @@
 """Method-level behaviour on the toy world with the pretrained toy-ViT (base-to-new, one shared run per module).
 
-Every trainer trains on the 18 base classes (all 20 training images each, its toy_demo config for EPOCHS
-epochs, seed 1) and is tested on the base and on the new classes; zero-shot CLIP gives the reference. What prompt tuning is
-for: base accuracy rises above zero-shot for every trainer, and the multi-modal methods keep new-class
-accuracy close to zero-shot (here they even raise it: the benchmark's lighting, learnt on base, holds for
-new). The margins were measured (see below) and set with headroom.
+Every trainer trains on 16 shots of the 18 base classes with its toy_demo config, on a compressed schedule
+(SCHEDULES: a fraction of the demo's epochs, the learning rate raised by the same factor), seed 1, and is
+tested on the base and on the new classes; zero-shot CLIP gives the reference. What the methods are for, as on
+the real benchmarks (docs/TOY_WORLD.md): prompt tuning raises base accuracy above zero-shot for every trainer;
+CoOp pays for it on the new classes, and methods built to keep CLIP's generality keep more of the new classes
+than CoOp does. The margins were measured (see below) and set with headroom.
 """
 import re
 
@@ -12,19 +13,34 @@ import pytest
 
 from tests.e2e import run_train
 
-TRAINERS = ["CoOp", "CoCoOp", "MaPLe", "MuDPT", "MPL", "TCP"]
-MULTI_MODAL = ["MaPLe", "MuDPT", "MPL"]
-EPOCHS = 2
-# the toy_demo configs with EPOCHS epochs and no warm-up epoch (the configs' constant 1e-5 warm-up would be half of it)
-OPTS = ("MODEL.BACKBONE.NAME", "toy-ViT", "OPTIM.MAX_EPOCH", str(EPOCHS), "OPTIM.WARMUP_EPOCH", "0",
-        "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "DATALOADER.TEST.BATCH_SIZE", "100", "TRAIN.PRINT_FREQ", "100")
+# trainer: (batch size, epochs, learning rate). CoOp, MPL and MMA: their toy_demo configs' (the demo's). The others: the
+# config's batch, its epochs divided by a factor and its learning rate multiplied by it (a few seconds each)
+SCHEDULES = {
+    "CoOp": (32, 50, 0.002),
+    "CoCoOp": (8, 2, 0.05),
+    "KgCoOp": (128, 20, 0.01),
+    "MaPLe": (8, 2, 0.0175),
+    "MuDPT": (8, 2, 0.0125),
+    "MPL": (8, 4, 0.0035),
+    "PromptSRC": (8, 2, 0.005),
+    "TCP": (8, 2, 0.004),
+    "MMA": (8, 4, 0.0015),  # its toy_demo config's
+}
+TRAINERS = list(SCHEDULES)
+# new classes above CoOp's: the methods for which the demo's 3-seed means (docs/TOY_WORLD.md) show it too. CoCoOp,
+# MaPLe, MMA and MPL are above CoOp here (seed 1) but not on the 3-seed means, so it is not asserted for them
+KEEP_NEW_BETTER_THAN_COOP = ["KgCoOp", "MuDPT", "PromptSRC", "TCP"]
+COMMON_OPTS = ("MODEL.BACKBONE.NAME", "toy-ViT", "OPTIM.WARMUP_EPOCH", "0", "DATASET.NUM_SHOTS", "16",
+               "DATALOADER.TEST.BATCH_SIZE", "100", "TRAIN.PRINT_FREQ", "100")
 CHANCE = 100 / 18
-# Measured with EPOCHS = 2 (python -m pytest tests/test_toy_methods.py -s), accuracy % base / new: ZeroshotCLIP
-# 33.1 / 30.3, CoOp 43.6 / 39.2, CoCoOp 40.0 / 33.1, MaPLe 47.2 / 38.6, MuDPT 41.7 / 38.3, MPL 41.9 / 31.9,
-# TCP 39.2 / 36.9.
+# Measured (python -m pytest tests/test_toy_methods.py -s), accuracy % base / new (360 test images each, one
+# image = 0.28 points): ZeroshotCLIP 56.9 / 63.1, CoOp 65.8 / 57.5, CoCoOp 58.1 / 58.9, KgCoOp 60.3 / 63.1,
+# MaPLe 61.9 / 61.1, MuDPT 61.4 / 60.6, MPL 57.5 / 58.9, PromptSRC 63.6 / 62.2, TCP 61.1 / 63.1, MMA 59.7 / 60.3.
 # Training is seeded: the same machine repeats them; another CPU may move them by a few images.
-BASE_GAIN = 4.0  # every trainer: base >= zero-shot base + BASE_GAIN (smallest measured gain: +6.9, CoCoOp)
-NEW_KEEP = 5.0  # multi-modal trainers: new >= zero-shot new - NEW_KEEP (measured: +1.6 (MPL) to +8.3 (MaPLe))
+# every trainer: base above zero-shot base (smallest measured gain: +0.6, MPL, 2 images; its 3-seed demo mean
+# is +2.3; the next smallest +1.2, CoCoOp)
+COOP_NEW_LOSS = 3.0  # CoOp: new <= zero-shot new - COOP_NEW_LOSS (measured: -5.6)
+NEW_OVER_COOP = 1.5  # KEEP_NEW_BETTER_THAN_COOP: new >= CoOp's new + NEW_OVER_COOP (smallest measured: +3.1, MuDPT)
 
 
 def accuracy(log):
@@ -37,42 +53,48 @@ def config(trainer):
     return f"configs/trainers/{trainer}/toy_demo.yaml"
 
 
+def schedule_opts(trainer):
+    batch, epochs, lr = SCHEDULES[trainer]
+    return COMMON_OPTS + ("DATALOADER.TRAIN_X.BATCH_SIZE", str(batch), "OPTIM.MAX_EPOCH", str(epochs),
+                          "OPTIM.LR", str(lr))
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("toy_methods")
     out = {}
     for subsample in ("base", "new"):
-        _, log = run_train(tmp, "ZeroshotCLIP", config("ZeroshotCLIP"), dataset="ToyWorld", opts=OPTS,
+        _, log = run_train(tmp, "ZeroshotCLIP", config("ZeroshotCLIP"), dataset="ToyWorld", opts=COMMON_OPTS,
                            eval_only=True, subsample=subsample, output_dir=tmp / f"zs_{subsample}")
         out[("ZeroshotCLIP", subsample)] = accuracy(log)
     for trainer in TRAINERS:
-        model_dir, log = run_train(tmp, trainer, config(trainer), dataset="ToyWorld", opts=OPTS, subsample="base")
+        opts = schedule_opts(trainer)
+        model_dir, log = run_train(tmp, trainer, config(trainer), dataset="ToyWorld", opts=opts, subsample="base")
         out[(trainer, "base")] = accuracy(log)
-        _, log = run_train(tmp, trainer, config(trainer), dataset="ToyWorld", opts=OPTS, subsample="new",
-                           eval_only=True, model_dir=model_dir, load_epoch=EPOCHS)
+        _, log = run_train(tmp, trainer, config(trainer), dataset="ToyWorld", opts=opts, subsample="new",
+                           eval_only=True, model_dir=model_dir, load_epoch=SCHEDULES[trainer][1])
         out[(trainer, "new")] = accuracy(log)
     print("\nbase-to-new on the toy world:", {f"{t} {s}": v for (t, s), v in out.items()})
     return out
 
 
 def test_zero_shot_transfers_to_new_classes(results):
-    assert results[("ZeroshotCLIP", "new")] > 5 * CHANCE
+    assert results[("ZeroshotCLIP", "new")] >= 60  # CLIP's pretraining saw the new classes too
     assert results[("ZeroshotCLIP", "base")] > 5 * CHANCE
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_prompt_tuning_raises_base_accuracy(results, trainer):
-    assert results[(trainer, "base")] >= results[("ZeroshotCLIP", "base")] + BASE_GAIN, results
+    assert results[(trainer, "base")] > results[("ZeroshotCLIP", "base")], results
 
 
-@pytest.mark.parametrize("trainer", MULTI_MODAL)
-def test_multi_modal_methods_keep_new_accuracy(results, trainer):
-    assert results[(trainer, "new")] >= results[("ZeroshotCLIP", "new")] - NEW_KEEP, results
+def test_coop_loses_new_classes(results):
+    assert results[("CoOp", "new")] <= results[("ZeroshotCLIP", "new")] - COOP_NEW_LOSS, results
 
 
-@pytest.mark.parametrize("trainer", TRAINERS)
-def test_no_method_forgets_new_classes(results, trainer):
-    assert results[(trainer, "new")] > 3 * CHANCE, results
+@pytest.mark.parametrize("trainer", KEEP_NEW_BETTER_THAN_COOP)
+def test_methods_keep_more_new_accuracy_than_coop(results, trainer):
+    assert results[(trainer, "new")] >= results[("CoOp", "new")] + NEW_OVER_COOP, results
 
 
 def declared_methods():

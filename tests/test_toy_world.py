@@ -92,3 +92,19 @@ def test_shifted_worlds_are_test_only_sets_of_the_same_classes(tmp_path, name):
     assert ds.classnames == [toy_world.class_name(*c) for c in toy_world.ordered_classes()]
     assert ds.train_x == ds.test and len(ds.test) == 36 * toy_world.SPLIT_SIZES["test"]
     assert build(tmp_path, name, "new").classnames == [toy_world.class_name(*c) for c in toy_world.new_classes()]
+
+
+def test_benchmark_look_is_per_class_and_only_on_the_benchmark():
+    """Each class has a look of its own (colour cast, tilt), the same on every call; ToyWorld's photos are in it,
+    the shifted renderings and the default rendering (the pretraining corpus's) are not."""
+    looks = [toy_world.class_look(*c) for c in toy_world.all_classes()]
+    assert all(np.array_equal(a["gain"], b["gain"]) and a["tilt"] == b["tilt"]
+               for a, b in zip(looks, [toy_world.class_look(*c) for c in toy_world.all_classes()]))
+    tilts = [look["tilt"] for look in looks]
+    assert len(set(tilts)) == len(tilts) and max(map(abs, tilts)) <= toy_world.LOOK["tilt"]
+    assert all(np.abs(look["gain"] - 1).max() <= toy_world.LOOK["gain"] for look in looks)
+    assert [toy_world.DATASETS[name][2] for name in ("ToyWorld", "ToyWorldSketch", "ToyWorldNoisy")] == [True, False, False]
+    seed = toy_world.image_seed(toy_world.DATASET_PURPOSE, "photo", "red", "square", 0)
+    plain = np.asarray(toy_world.render("red", "square", seed), dtype=float)
+    looked = np.asarray(toy_world.render("red", "square", seed, look=True), dtype=float)
+    assert np.abs(plain - looked).mean() > 5
