@@ -32,7 +32,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "submitit", "huggingface_hub>=0.23"],
+        "test": ["pytest", "pytest-xdist", "submitit", "huggingface_hub>=0.23"],
         "slurm": ["submitit"],
         "tensorboard": ["tensorboard"],
         # the Hub mirror of python -m mmpt.data_prep (--source hub)
