@@ -32,7 +32,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "submitit", "huggingface_hub>=0.23"],
+        "test": ["pytest", "pytest-xdist", "submitit", "huggingface_hub>=0.23", "open_clip_torch>=3.0"],
         "slurm": ["submitit"],
         "tensorboard": ["tensorboard"],
         # the Hub mirror of python -m mmpt.data_prep (--source hub)
