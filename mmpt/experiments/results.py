@@ -532,8 +532,9 @@ def base2new_tables(cells, hm_convention="avg"):
                     average.record("paper", f"{name} (paper)", "average", 16, metric, values[metric])
             elif world.comparable and published.paper_name(entry["trainer"]) in published.BASE2NEW_AVERAGE:
                 short.append(f"{label} ({entry['n']})")
-        if track_note(cells, world):
-            average.notes.append(track_note(cells, world))
+        note = track_note(cells, world)
+        if note:
+            average.notes.append(note)
         if short:
             average.notes.append(f"The published base-to-new averages are over the {len(layout.DATASETS_11)} "
                                  f"datasets; not shown beside {', '.join(short)}, which cover fewer.")
@@ -574,8 +575,9 @@ def transfer_tables(cells, name, title, targets, paper):
             shots = next(k[4] for k in xd if (k[1], k[2]) == (trainer, cfg))
             row = paper_row(world, published.SHOTS if trainer == layout.ZERO_SHOT else shots, trainer, paper)
             add_method_rows(table, label, by_dataset, columns, columns, row, 16, lead=[layout.SOURCE_DATASET])
-        if track_note(cells, world):
-            table.notes.append(track_note(cells, world))
+        note = track_note(cells, world)
+        if note:
+            table.notes.append(note)
         tables.append(table)
     return tables
 
